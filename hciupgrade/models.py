@@ -1,0 +1,205 @@
+"""Pydantic models: the inventory, run options and outcomes. Every one refuses unknown fields, so a typo is an
+error before anything touches a cluster, and every error names the field, the value and what is allowed."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host.lower() == "localhost"
+
+
+class Transport(Strict):
+    """How to reach the nodes. The default is what a real cluster wants: HTTPS with Negotiate (Kerberos/NTLM)."""
+
+    scheme: Literal["https", "http"] = "https"
+    auth: Literal["negotiate", "kerberos", "ntlm", "credssp", "certificate", "basic"] = "negotiate"
+    cert_validation: bool | str = Field(True, description="True, False, or the path of a CA bundle")
+    connection_timeout: float = Field(10, gt=0, le=300)
+    operation_timeout: int = Field(20, ge=1, le=600, description="WSMan OperationTimeout of a long-poll")
+    read_timeout: float = Field(30, gt=0, le=900)
+    call_timeout: float = Field(120, gt=0, description="deadline of one remote call, in wall seconds")
+    configuration_name: str = Field("Microsoft.PowerShell", description="PS session configuration (JEA endpoint)")
+
+    @model_validator(mode="after")
+    def _timeouts(self) -> Transport:
+        if self.read_timeout <= self.operation_timeout:
+            raise ValueError(
+                f"read_timeout ({self.read_timeout}) must be larger than operation_timeout "
+                f"({self.operation_timeout}): a Receive is a long-poll that may take the whole operation timeout")
+        return self
+
+
+class CredentialRef(Strict):
+    """Where the password lives: an environment variable or a Prefect Secret block; never the secret itself."""
+
+    username: str = Field(min_length=1)
+    password_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    prefect_secret: str | None = Field(None, pattern=r"^[a-z0-9-]+$")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> CredentialRef:
+        if (self.password_env is None) == (self.prefect_secret is None):
+            raise ValueError("give exactly one of password_env (an environment variable) or prefect_secret "
+                             "(the name of a Prefect Secret block)")
+        return self
+
+    def resolve(self) -> SecretStr:
+        if self.password_env:
+            value = os.environ.get(self.password_env)
+            if value is None:
+                raise CredentialError(f"credential: environment variable {self.password_env} is not set")
+            return SecretStr(value)
+        from prefect.blocks.system import Secret  # only when asked for: the domain does not need prefect
+
+        return SecretStr(str(Secret.load(self.prefect_secret).get()))
+
+
+class CredentialError(RuntimeError):
+    pass
+
+
+class NodeEndpoint(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9-]{0,14}$")
+    address: str = Field(min_length=1, description="host name or IP of the node's WinRM listener")
+    port: int | None = Field(None, ge=1, le=65535)
+
+
+class ClusterInventory(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9-]{0,14}$")
+    nodes: list[NodeEndpoint] = Field(min_length=2, max_length=16)
+    transport: Transport = Transport()
+    credential: CredentialRef
+    time_factor: float = Field(1.0, gt=0, le=100_000,
+                               description="simulator only: cluster seconds per wall second; 1 for a real cluster")
+
+    @model_validator(mode="after")
+    def _safe_transport(self) -> ClusterInventory:
+        names = [n.name.lower() for n in self.nodes]
+        if len(set(names)) != len(names):
+            raise ValueError(f"cluster {self.name}: node names must be unique")
+        remote = [n.address for n in self.nodes if not is_loopback(n.address)]
+        if remote and self.transport.scheme == "http" and self.transport.auth == "basic":
+            raise ValueError(
+                f"cluster {self.name}: Basic authentication over HTTP would send the password in clear text to "
+                f"{remote[0]}; use scheme https, or auth negotiate/kerberos (loopback simulators excepted)")
+        if remote and self.time_factor != 1.0:
+            raise ValueError(f"cluster {self.name}: time_factor is for the simulator; a real cluster runs at 1")
+        return self
+
+    def node(self, name: str) -> NodeEndpoint:
+        for node in self.nodes:
+            if node.name.lower() == name.lower():
+                return node
+        raise KeyError(name)
+
+
+class Inventory(Strict):
+    clusters: list[ClusterInventory] = Field(min_length=1)
+
+    def cluster(self, name: str | None) -> ClusterInventory:
+        if name is None:
+            if len(self.clusters) == 1:
+                return self.clusters[0]
+            raise InputError(f"--cluster: the inventory holds {len(self.clusters)} clusters; name one of "
+                             f"{', '.join(c.name for c in self.clusters)}")
+        for cluster in self.clusters:
+            if cluster.name.lower() == name.lower():
+                return cluster
+        raise InputError(f"--cluster: {name!r} is not in the inventory (it has "
+                         f"{', '.join(c.name for c in self.clusters)})")
+
+    def write(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.model_dump(mode="json", exclude_defaults=True), sort_keys=False))
+
+
+class InputError(ValueError):
+    """Bad input: the message names the field, the value and what is allowed."""
+
+
+def format_validation(source: str, err: ValidationError) -> str:
+    lines = [f"{source}: invalid"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        value = e.get("input")
+        shown = "" if isinstance(value, dict | list) or value is None else f" (got {value!r})"
+        lines.append(f"  {loc}: {e['msg'].removeprefix('Value error, ')}{shown}")
+    return "\n".join(lines)
+
+
+def load_inventory(path: str | Path) -> Inventory:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such inventory file") from None
+    except yaml.YAMLError as e:
+        raise InputError(f"{path}: not valid YAML: {e}") from None
+    try:
+        return Inventory.model_validate(data)
+    except ValidationError as e:
+        raise InputError(format_validation(str(path), e)) from None
+
+
+class RunOptions(Strict):
+    """How a rolling upgrade runs. Durations are cluster minutes (the simulator's clock scales them)."""
+
+    target_build: str = Field("10.0.25398", pattern=r"^10\.0\.\d{5}(\.\d+)?$",
+                              description="a node on this build (or a later UBR) counts as upgraded")
+    setup_path: str = Field(r"C:\SetupFiles\WindowsServer\ExtractedFiles", pattern=r"^[A-Za-z]:\\",
+                            description="the extracted 23H2 media, the same local path on every node")
+    node_order: list[str] | None = Field(None, description="explicit order; default: fewest roles first, as CAU")
+    failback: Literal["Immediate", "Policy", "NoFailback"] = "Immediate"
+    gate_timeout_minutes: float = Field(30, gt=0, description="how long to wait for the cluster to be safe to drain")
+    drain_timeout_minutes: float = Field(30, gt=0)
+    install_timeout_minutes: float = Field(240, gt=0)
+    reboot_timeout_minutes: float = Field(30, gt=0, description="restart incl. setup's offline phases")
+    repair_timeout_minutes: float = Field(720, gt=0, description="storage resync after the node is resumed")
+    poll_seconds: float = Field(15, gt=0, description="cluster seconds between polls of a long operation")
+    task_retries: int = Field(3, ge=0, le=10, description="retries of a step on a transient remoting failure")
+    retry_delay_seconds: float = Field(10, ge=0, description="wall seconds between those retries")
+    lock_lease_seconds: float = Field(120, ge=60, le=86400,
+                                      description="Prefect lease: how long a killed run's lock outlives it")
+
+    @field_validator("node_order")
+    @classmethod
+    def _unique(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and len({n.lower() for n in v}) != len(v):
+            raise ValueError("node_order names a node twice")
+        return v
+
+    def build_reached(self, build: str) -> bool:
+        want = tuple(int(p) for p in self.target_build.split("."))
+        have = tuple(int(p) for p in build.split("."))[: len(want)]
+        return have >= want
+
+
+class NodeOutcome(Strict):
+    node: str
+    build_before: str | None = None
+    build_after: str | None = None
+    result: Literal["upgraded", "skipped", "failed", "not-started"] = "not-started"
+    error: str | None = None
+    left_paused: bool = False
+
+
+class RunOutcome(Strict):
+    run_id: str
+    cluster: str
+    succeeded: bool
+    nodes: list[NodeOutcome]
+    error: str | None = None

@@ -1,0 +1,175 @@
+"""The .NET enums the upgrade reads, with their real names, values and type names.
+
+Over PSRP an enum arrives as its name (ToString) plus its integer; a projected CIM property may arrive as either.
+`parse` accepts both, so the cluster layer never cares which one a node sent. Values: reference/domain.md §3.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import TypeVar
+
+E = TypeVar("E", bound=enum.IntEnum)
+
+
+class NodeState(enum.IntEnum):
+    """CLUSTER_NODE_STATE."""
+
+    Unknown = -1
+    Up = 0
+    Down = 1
+    Paused = 2
+    Joining = 3
+
+
+class DrainStatus(enum.IntEnum):
+    """CLUSTER_NODE_DRAIN_STATUS."""
+
+    NotInitiated = 0
+    InProgress = 1
+    Completed = 2
+    Failed = 3
+
+
+class NodeStatusInformation(enum.IntFlag):
+    """CLUSTER_NODE_STATUS (flags)."""
+
+    Normal = 0
+    Isolated = 0x1
+    Quarantined = 0x2
+    DrainInProgress = 0x4
+    DrainCompleted = 0x8
+    DrainFailed = 0x10
+    AvoidPlacement = 0x20
+
+
+class FailbackType(enum.IntEnum):
+    """ResumeClusterNodeFailbackType (Resume-ClusterNode -Failback)."""
+
+    NoFailback = 0
+    Immediate = 1
+    Policy = 2
+
+
+class GroupState(enum.IntEnum):
+    """CLUSTER_GROUP_STATE."""
+
+    Unknown = -1
+    Online = 0
+    Offline = 1
+    Failed = 2
+    PartialOnline = 3
+    Pending = 4
+
+
+class GroupType(enum.IntEnum):
+    """Cluster group types used here (WAC's enum)."""
+
+    ClusterGroup = 1
+    AvailableStorage = 2
+    ClusterStoragePool = 5
+    VirtualMachine = 111
+    Unknown = 9999
+
+
+class HealthStatus(enum.IntEnum):
+    """MSFT_VirtualDisk / MSFT_StoragePool HealthStatus."""
+
+    Healthy = 0
+    Warning = 1
+    Unhealthy = 2
+    Unknown = 5
+
+
+class OperationalStatus(enum.IntEnum):
+    """MSFT_VirtualDisk OperationalStatus (an array on the wire). Microsoft's own values are compared by name."""
+
+    Unknown = 0
+    Other = 1
+    OK = 2
+    Degraded = 3
+    Stressed = 4
+    PredictiveFailure = 5
+    Error = 6
+    NonRecoverableError = 7
+    Starting = 8
+    Stopping = 9
+    Stopped = 10
+    InService = 11
+    NoContact = 12
+    LostCommunication = 13
+    Aborted = 14
+    Dormant = 15
+    SupportingEntityInError = 16
+    Completed = 17
+    PowerMode = 18
+    Detached = 0xD010
+    Incomplete = 0xD011
+
+
+class JobState(enum.IntEnum):
+    """CIM_ConcreteJob JobState (MSFT_StorageJob)."""
+
+    New = 2
+    Starting = 3
+    Running = 4
+    Suspended = 5
+    ShuttingDown = 6
+    Completed = 7
+    Terminated = 8
+    Killed = 9
+    Exception = 10
+    Service = 11
+    QueryPending = 12
+
+
+class ProvisioningType(enum.IntEnum):
+    Unknown = 0
+    Thin = 1
+    Fixed = 2
+
+
+class ScheduledTaskState(enum.IntEnum):
+    """MSFT_ScheduledTask State."""
+
+    Unknown = 0
+    Disabled = 1
+    Queued = 2
+    Ready = 3
+    Running = 4
+
+
+# The .NET type name each enum has on the wire (FailoverClusters types; CIM enums are projected by the
+# Storage and ScheduledTasks modules' type data).
+TYPE_NAMES: dict[type[enum.IntEnum], str] = {
+    NodeState: "Microsoft.FailoverClusters.PowerShell.ClusterNodeState",
+    DrainStatus: "Microsoft.FailoverClusters.PowerShell.ClusterNodeDrainStatus",
+    NodeStatusInformation: "Microsoft.FailoverClusters.PowerShell.ClusterNodeStatusInformation",
+    GroupState: "Microsoft.FailoverClusters.PowerShell.ClusterGroupState",
+    GroupType: "Microsoft.FailoverClusters.PowerShell.GroupType",
+    FailbackType: "Microsoft.FailoverClusters.PowerShell.ResumeClusterNodeFailbackType",
+    HealthStatus: "Microsoft.PowerShell.Cmdletization.GeneratedTypes.VirtualDisk.HealthStatus",
+    OperationalStatus: "Microsoft.PowerShell.Cmdletization.GeneratedTypes.VirtualDisk.OperationalStatus",
+    JobState: "Microsoft.PowerShell.Cmdletization.GeneratedTypes.StorageJob.JobState",
+    ProvisioningType: "Microsoft.PowerShell.Cmdletization.GeneratedTypes.VirtualDisk.ProvisioningType",
+    ScheduledTaskState: "Microsoft.PowerShell.Cmdletization.GeneratedTypes.ScheduledTask.StateEnum",
+}
+
+
+def parse(enum_type: type[E], value: object) -> E:
+    """Accept an enum's name (any case) or its integer, as a node may send either."""
+    if isinstance(value, enum_type):
+        return value
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a {enum_type.__name__}")
+    if isinstance(value, int):
+        return enum_type(value)
+    text = str(value).strip()
+    if text.lstrip("-").isdigit():
+        return enum_type(int(text))
+    key = text.replace(" ", "").replace("-", "").lower()
+    for member in enum_type:
+        if member.name.lower() == key:
+            return member
+    allowed = ", ".join(m.name for m in enum_type)
+    raise ValueError(f"{value!r} is not a {enum_type.__name__} (allowed: {allowed})")

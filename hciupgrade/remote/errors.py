@@ -1,0 +1,64 @@
+"""What can go wrong with a remote call, as a small set of exceptions and a typed error record.
+
+Messages carry the node, the call's shape (names only) and the remote error text; never a credential.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    """One PowerShell error record, terminating or not."""
+
+    message: str
+    fq_error_id: str
+    category: int | None = None
+    target: str | None = None
+    exception_type: str | None = None
+    hresult: int | None = None
+    terminating: bool = False
+
+    @property
+    def win32_code(self) -> int | None:
+        """The Win32 code of an HRESULT_FROM_WIN32 HResult (0x8007xxxx), e.g. 5987 for a degraded space."""
+        if self.hresult is None:
+            return None
+        value = self.hresult & 0xFFFFFFFF
+        return value & 0xFFFF if value >> 16 == 0x8007 else None
+
+
+class RemoteError(Exception):
+    def __init__(self, node: str, message: str) -> None:
+        super().__init__(f"{node}: {message}")
+        self.node = node
+
+
+class NodeUnreachable(RemoteError):
+    """Connection refused or reset, a timeout, or the shell gone after a reboot: the node may come back."""
+
+
+class CallTimedOut(NodeUnreachable):
+    """The call did not finish before its deadline; it was stopped. Its outcome on the node is unknown."""
+
+
+class AuthFailed(RemoteError):
+    """The node refused the credentials (HTTP 401). Retrying will not help."""
+
+
+class RemotingError(RemoteError):
+    """Any other WinRM/PSRP failure."""
+
+
+class CmdletFailed(RemoteError):
+    """The call ran and reported errors; `errors` holds them, terminating ones first."""
+
+    def __init__(self, node: str, call: str, errors: list[ErrorInfo]) -> None:
+        first = errors[0]
+        super().__init__(node, f"{call}: {first.message} [{first.fq_error_id}]")
+        self.call = call
+        self.errors = errors
+
+    def has_win32(self, code: int) -> bool:
+        return any(e.win32_code == code for e in self.errors)

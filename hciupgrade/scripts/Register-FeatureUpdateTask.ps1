@@ -1,0 +1,27 @@
+<#
+.SYNOPSIS
+    Registers the scheduled task that runs Windows setup's down-level phase for the 23H2 feature update.
+.DESCRIPTION
+    Shipped with hci-upgrade and sent as is; only the parameters below are bound, never text built from input.
+    The task runs setup.exe from the extracted 23H2 media (the same local path on every node, as CAU's
+    RollingUpgradePlugin requires) with /NoReboot, so the orchestrator decides when the node restarts:
+    Start-ScheduledTask starts it, Get-ScheduledTaskInfo reports LastTaskResult (setup's exit code).
+    A task that is already running is left alone, so the call is idempotent.
+#>
+[CmdletBinding()]
+param(
+    [Parameter(Mandatory)] [ValidatePattern('^[A-Za-z]:\\')] [string] $SetupPath,
+    [string] $TaskName = 'HciUpgrade-FeatureUpdate'
+)
+$ErrorActionPreference = 'Stop'
+$setup = Join-Path -Path $SetupPath -ChildPath 'setup.exe'
+if (-not (Test-Path -LiteralPath $setup)) {
+    throw "setup.exe not found under '$SetupPath': copy the extracted 23H2 media there first."
+}
+$existing = Get-ScheduledTask -TaskName $TaskName -ErrorAction SilentlyContinue
+if ($existing -and $existing.State -eq 'Running') { return $existing }
+$arguments = '/auto upgrade /quiet /eula accept /dynamicupdate disable /noreboot /copylogs C:\Windows\Logs\HciUpgrade'
+$action = New-ScheduledTaskAction -Execute $setup -Argument $arguments
+$principal = New-ScheduledTaskPrincipal -UserId 'SYSTEM' -LogonType ServiceAccount -RunLevel Highest
+$settings = New-ScheduledTaskSettingsSet -ExecutionTimeLimit (New-TimeSpan -Hours 4) -AllowStartIfOnBatteries
+Register-ScheduledTask -TaskName $TaskName -Action $action -Principal $principal -Settings $settings -Force

@@ -1,0 +1,473 @@
+"""The simulated cluster: one state machine with a clock.
+
+Rules of this module:
+- Everything that changes the cluster's state lives here. Cmdlets (cmdlets.py) call the request methods below;
+  the fake endpoint (winrm.py) only asks whether a node is reachable.
+- Time moves by `advance()`: due timers fire in order. Nothing here sleeps or touches a socket.
+- A request the real cluster would refuse raises `Refused` naming the node, its state and the request, with the
+  Win32 code the real cmdlet reports.
+- Every change is appended to the event log (`events`), which is the audit trail the safety tests read.
+
+The node lifecycle is a table (NODE_TRANSITIONS); the few moves that do not fit it are written out below it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from hciupgrade.psenums import (
+    DrainStatus,
+    HealthStatus,
+    JobState,
+    NodeState,
+    NodeStatusInformation,
+    OperationalStatus,
+    ScheduledTaskState,
+)
+from hciupgrade.sim.clock import ScaledClock
+from hciupgrade.sim.scenario import FaultKind, Scenario
+
+GB = 1024**3
+MB = 1024**2
+
+# Win32 codes the real cmdlets report (winerror.h)
+ERROR_CLUSTER_NODE_NOT_PAUSED = 5058
+ERROR_CLUSTER_NODE_DOWN = 5050
+ERROR_CLUSTER_NODE_DRAIN_IN_PROGRESS = 5962
+ERROR_CLUSTER_SPACE_DEGRADED = 5987
+SETUP_FAILED_ROLLED_BACK = 0xC1900101  # setup.exe: "the installation failed ... rolled back"
+SCHED_S_TASK_RUNNING = 0x41301
+
+FEATURE_UPDATE_TASK = "HciUpgrade-FeatureUpdate"
+
+# --- node lifecycle --------------------------------------------------------------------------------------------
+# (state, event) -> new state. Events: pause, resume, restart (the OS goes down), boot (WinRM back, cluster
+# service joining). The join is special (below): the node comes back Paused if it was paused before the restart.
+NODE_TRANSITIONS: dict[tuple[NodeState, str], NodeState] = {
+    (NodeState.Up, "pause"): NodeState.Paused,
+    (NodeState.Paused, "resume"): NodeState.Up,
+    (NodeState.Up, "restart"): NodeState.Down,
+    (NodeState.Paused, "restart"): NodeState.Down,
+    (NodeState.Down, "boot"): NodeState.Joining,
+}
+
+
+class Refused(Exception):
+    """A request the real cluster refuses. `code` is the Win32 error the cmdlet surfaces."""
+
+    def __init__(self, message: str, code: int, node: str | None = None, request: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.node = node
+        self.request = request
+
+
+@dataclass
+class Vm:
+    name: str
+    owner: str
+    memory_gb: float
+    dynamic_memory: bool
+    state: str = "Online"  # cluster group state name
+
+
+@dataclass
+class FeatureUpdateTask:
+    state: ScheduledTaskState = ScheduledTaskState.Ready
+    last_result: int = 0x41303  # SCHED_S_TASK_HAS_NOT_RUN
+    last_run_time: float | None = None
+    setup_path: str = ""
+
+
+@dataclass
+class Node:
+    name: str
+    state: NodeState
+    build: str
+    drain_status: DrainStatus = DrainStatus.NotInitiated
+    status_information: NodeStatusInformation = NodeStatusInformation.Normal
+    paused_by: str | None = None
+    was_paused_at_restart: bool = False
+    away_since: float | None = None  # storage: when its drives stopped taking writes
+    winrm_up: bool = True
+    staged_build: str | None = None  # setup finished its down-level phase; the next restart installs this
+    task: FeatureUpdateTask | None = None
+    returns: bool = True  # False: the node never comes back from its next restart
+
+    @property
+    def number(self) -> str:
+        return self.build.split(".")[2]
+
+    @property
+    def ubr(self) -> int:
+        return int(self.build.split(".")[3])
+
+
+@dataclass
+class VirtualDisk:
+    name: str
+    size: int
+    resiliency: str
+    health: HealthStatus = HealthStatus.Healthy
+    operational: tuple[OperationalStatus, ...] = (OperationalStatus.OK,)
+
+
+@dataclass
+class StorageJob:
+    name: str
+    disk: str
+    bytes_total: int
+    started: float
+    state: JobState = JobState.Running
+    bytes_processed: float = 0.0
+    stall_at: float | None = None  # fraction at which it stops making progress
+    ended: float | None = None
+
+    @property
+    def percent(self) -> int:
+        return int(100 * self.bytes_processed / self.bytes_total) if self.bytes_total else 100
+
+
+@dataclass(order=True)
+class _Timer:
+    due: float
+    seq: int
+    action: Callable[[], None] = field(compare=False)
+    label: str = field(compare=False, default="")
+
+
+class SimCluster:
+    """The state of one cluster and every transition it allows."""
+
+    def __init__(self, scenario: Scenario, clock: ScaledClock | None = None) -> None:
+        self.scenario = scenario
+        spec = scenario.cluster
+        self.name = spec.name
+        self.clock = clock or ScaledClock(scenario.time_factor)
+        self.knobs = scenario.knobs
+        self.d = scenario.durations
+        self.lock = threading.RLock()
+        self.events: list[dict[str, Any]] = []
+        self._event_listeners: list[Callable[[dict[str, Any]], None]] = []
+        self._timers: list[_Timer] = []
+        self._seq = itertools.count()
+        self.functional_level = spec.functional_level
+        self.pool_version = spec.pool_version
+        self.target_build = spec.target_build
+        self.nodes: dict[str, Node] = {}
+        for n in spec.nodes:
+            node = Node(name=n.name, state=NodeState[n.state], build=spec.build)
+            if node.state == NodeState.Paused:
+                node.paused_by = "operator"
+                node.drain_status = DrainStatus.Completed
+                node.away_since = 0.0 if self.knobs.storage_maintenance_mode else None
+            node.winrm_up = scenario.faults_for(n.name, FaultKind.winrm_refused) is None
+            node.returns = scenario.faults_for(n.name, FaultKind.no_return) is None
+            self.nodes[n.name] = node
+        self.vms = {v.name: Vm(v.name, v.owner, v.memory_gb, v.dynamic_memory) for v in spec.vms}
+        self.disks = {
+            v.name: VirtualDisk(v.name, int(v.size_gb * GB), v.resiliency) for v in spec.volumes
+        }
+        self.pool_size = int(sum(v.size_gb for v in spec.volumes) * GB * 2.5)
+        self.jobs: list[StorageJob] = []
+        self._job_ids = itertools.count(1)
+        self._refresh_storage_health()
+
+    # --- time -----------------------------------------------------------------------------------------------
+    def now(self) -> float:
+        return self.clock.now()
+
+    def advance(self) -> None:
+        """Fire every timer that is due, in order, and bring storage jobs up to date."""
+        with self.lock:
+            now = self.now()
+            while self._timers and self._timers[0].due <= now:
+                timer = heapq.heappop(self._timers)
+                timer.action()
+            self._progress_jobs(now)
+
+    def _after(self, seconds: float, action: Callable[[], None], label: str = "") -> None:
+        heapq.heappush(self._timers, _Timer(self.now() + seconds, next(self._seq), action, label))
+
+    # --- the audit trail --------------------------------------------------------------------------------------
+    def on_event(self, listener: Callable[[dict[str, Any]], None]) -> None:
+        self._event_listeners.append(listener)
+
+    def _log(self, kind: str, node: str | None = None, **details: Any) -> None:
+        event = {"seq": len(self.events), "t": round(self.now(), 3), "kind": kind, "node": node, **details}
+        self.events.append(event)
+        for listener in self._event_listeners:
+            listener(event)
+
+    # --- node lifecycle ---------------------------------------------------------------------------------------
+    def _move(self, node: Node, event: str, by: str) -> None:
+        new = NODE_TRANSITIONS.get((node.state, event))
+        if new is None:
+            raise Refused(
+                f"The cluster node '{node.name}' is {node.state.name} and cannot {event}.",
+                ERROR_CLUSTER_NODE_DOWN, node.name, event,
+            )
+        self._set_state(node, new, by, event)
+
+    def _set_state(self, node: Node, new: NodeState, by: str, cause: str) -> None:
+        old = node.state
+        node.state = new
+        self._log("node_state", node.name, old=old.name, new=new.name, by=by, cause=cause)
+
+    def node(self, name: str) -> Node:
+        for node in self.nodes.values():
+            if node.name.lower() == name.lower():
+                return node
+        raise KeyError(name)
+
+    def reachable(self, name: str) -> bool:
+        """Whether the node's WinRM endpoint accepts connections now."""
+        node = self.nodes[name]
+        return node.winrm_up and node.state != NodeState.Down
+
+    # --- requests (what the cmdlets ask for) ------------------------------------------------------------------
+    def storage_degraded_reason(self, excluding: str) -> str | None:
+        """Why pausing a node now would leave a clustered space without redundancy (None: it would not)."""
+        for other in self.nodes.values():
+            if other.name != excluding and other.state != NodeState.Up:
+                return f"node {other.name} is {other.state.name}"
+        for job in self.jobs:
+            if job.state not in (JobState.Completed, JobState.Terminated, JobState.Killed):
+                return f"storage job {job.name} on {job.disk} is {job.state.name}"
+        for disk in self.disks.values():
+            if disk.health != HealthStatus.Healthy:
+                return f"virtual disk {disk.name} is {disk.health.name}"
+        return None
+
+    def suspend(self, name: str, *, drain: bool, force_drain: bool, by: str) -> Node:
+        node = self.node(name)
+        if node.state == NodeState.Paused:
+            if drain and node.drain_status == DrainStatus.InProgress:
+                raise Refused(
+                    f"The node '{node.name}' is already being drained.",
+                    ERROR_CLUSTER_NODE_DRAIN_IN_PROGRESS, node.name, "suspend",
+                )
+            if not drain or node.drain_status == DrainStatus.Completed:
+                return node  # pausing a paused node changes nothing
+        elif node.state != NodeState.Up:
+            raise Refused(f"The cluster node '{node.name}' is {node.state.name}.", ERROR_CLUSTER_NODE_DOWN,
+                          node.name, "suspend")
+        else:
+            reason = self.storage_degraded_reason(excluding=node.name)
+            if reason:
+                self._log("suspend_refused", node.name, by=by, reason=reason)
+                raise Refused(
+                    "A clustered space is in a degraded condition and the requested action cannot be completed "
+                    "at this time.",
+                    ERROR_CLUSTER_SPACE_DEGRADED, node.name, "suspend",
+                )
+            self._log("suspend", node.name, by=by, drain=drain, force_drain=force_drain,
+                      storage_busy=False, others_up=True)
+            self._move(node, "pause", by)
+            node.paused_by = by
+            if self.knobs.storage_maintenance_mode:
+                self._drives_leave(node)
+        if drain:
+            self._start_drain(node, force=force_drain)
+        return node
+
+    def _start_drain(self, node: Node, *, force: bool) -> None:
+        node.drain_status = DrainStatus.InProgress
+        node.status_information = NodeStatusInformation.DrainInProgress
+        self._log("drain", node.name, status="InProgress", force=force)
+        targets = [n.name for n in self.nodes.values() if n.state == NodeState.Up and n.name != node.name]
+        fault = self.scenario.faults_for(node.name, FaultKind.drain_fails)
+        mine = [vm for vm in self.vms.values() if vm.owner == node.name]
+        stuck = None
+        if fault and mine:
+            stuck = fault.vm or mine[0].name
+        elapsed = 0.0
+        for i, vm in enumerate(mine):
+            elapsed += self.d.vm_move_overhead_s + vm.memory_gb / self.d.live_migration_gb_per_s
+            target = targets[i % len(targets)] if targets else None
+            if target is None or (vm.name == stuck and not force):
+                self._after(elapsed, lambda vm=vm: self._drain_failed(node, vm), "drain-fail")
+                return
+            self._after(elapsed, lambda vm=vm, t=target: self._vm_moved(vm, t, failed=(vm.name == stuck)))
+        self._after(elapsed + 1, lambda: self._drain_done(node), "drain-done")
+
+    def _vm_moved(self, vm: Vm, target: str, *, failed: bool) -> None:
+        old = vm.owner
+        vm.owner = target
+        vm.state = "Offline" if failed else "Online"  # -ForceDrain moves a VM that cannot live-migrate as failed
+        self._log("vm_moved", old, vm=vm.name, to=target, live=not failed)
+
+    def _drain_failed(self, node: Node, vm: Vm) -> None:
+        if node.drain_status != DrainStatus.InProgress:
+            return
+        node.drain_status = DrainStatus.Failed
+        node.status_information = NodeStatusInformation.DrainFailed
+        self._log("drain", node.name, status="Failed", vm=vm.name)
+
+    def _drain_done(self, node: Node) -> None:
+        if node.drain_status != DrainStatus.InProgress:
+            return
+        node.drain_status = DrainStatus.Completed
+        node.status_information = NodeStatusInformation.DrainCompleted
+        self._log("drain", node.name, status="Completed")
+
+    def resume(self, name: str, *, failback: str, by: str) -> Node:
+        node = self.node(name)
+        if node.state != NodeState.Paused:
+            if self.knobs.resume_not_paused == "error":
+                raise Refused(f"The cluster node '{node.name}' is not paused.", ERROR_CLUSTER_NODE_NOT_PAUSED,
+                              node.name, "resume")
+            return node
+        self._log("resume", node.name, by=by, failback=failback, paused_by=node.paused_by)
+        self._move(node, "resume", by)
+        node.paused_by = None
+        node.drain_status = DrainStatus.NotInitiated
+        node.status_information = NodeStatusInformation.Normal
+        if self.knobs.storage_maintenance_mode:
+            self._drives_return(node)
+        if failback in ("Immediate", "Policy"):
+            self._fail_back(node)
+        return node
+
+    def _fail_back(self, node: Node) -> None:
+        home = {vm.name: vm.owner for vm in self.vms.values()}
+        spec_owner = {v.name: v.owner for v in self.scenario.cluster.vms}
+        for vm in self.vms.values():
+            if spec_owner.get(vm.name) == node.name and home[vm.name] != node.name:
+                self._vm_moved(vm, node.name, failed=False)
+
+    def restart(self, name: str, *, by: str) -> None:
+        """Restart-Computer: the OS goes down now; setup's offline phases run if a feature update is staged."""
+        node = self.node(name)
+        node.was_paused_at_restart = node.state == NodeState.Paused
+        self._log("restart", node.name, by=by, staged_build=node.staged_build)
+        for vm in self.vms.values():
+            if vm.owner == node.name:  # not drained: roles fail over the hard way
+                self._vm_moved(vm, self._any_up_node(exclude=node.name) or node.name, failed=True)
+        self._move(node, "restart", by)
+        if node.away_since is None:
+            self._drives_leave(node)
+        self._refresh_storage_health()
+        if node.returns:
+            self._after(self.d.reboot_minutes * 60, lambda: self._boot(node), "boot")
+
+    def _any_up_node(self, exclude: str) -> str | None:
+        return next((n.name for n in self.nodes.values() if n.state == NodeState.Up and n.name != exclude), None)
+
+    def _boot(self, node: Node) -> None:
+        if node.staged_build:
+            old, node.build, node.staged_build = node.build, node.staged_build, None
+            self._log("build", node.name, old=old, new=node.build)
+        self._move(node, "boot", "system")
+        self._after(self.d.join_seconds, lambda: self._joined(node), "joined")
+
+    def _joined(self, node: Node) -> None:
+        # Special case: the pause persists across a restart, so a node paused before it comes back Paused.
+        self._set_state(node, NodeState.Paused if node.was_paused_at_restart else NodeState.Up, "system", "join")
+        if not node.was_paused_at_restart or not self.knobs.storage_maintenance_mode:
+            # Pre-21H2 behaviour (knob): the drives rejoin as soon as the node is back, and repair starts now.
+            self._drives_return(node)
+
+    # --- the feature update (setup.exe's down-level phase in a scheduled task) --------------------------------
+    def register_feature_update(self, name: str, setup_path: str, *, by: str) -> FeatureUpdateTask:
+        node = self.node(name)
+        if node.task is None or node.task.state != ScheduledTaskState.Running:
+            node.task = FeatureUpdateTask(setup_path=setup_path)
+            self._log("task_registered", node.name, by=by, setup_path=setup_path)
+        return node.task
+
+    def start_feature_update(self, name: str, *, by: str) -> None:
+        node = self.node(name)
+        task = node.task
+        if task is None:
+            raise Refused(f"No MSFT_ScheduledTask objects found with property 'TaskName' equal to "
+                          f"'{FEATURE_UPDATE_TASK}'.", 2, node.name, "start-task")
+        if task.state == ScheduledTaskState.Running:
+            return
+        task.state = ScheduledTaskState.Running
+        task.last_run_time = self.now()
+        task.last_result = SCHED_S_TASK_RUNNING
+        self._log("install", node.name, status="Running", by=by)
+        fault = self.scenario.faults_for(node.name, FaultKind.install_fails)
+        minutes = self.d.install_minutes
+        if fault:
+            self._after(minutes * 60 * fault.at_percent / 100,
+                        lambda: self._install_ended(node, SETUP_FAILED_ROLLED_BACK), "install-fail")
+        else:
+            self._after(minutes * 60, lambda: self._install_ended(node, 0), "install-done")
+
+    def _install_ended(self, node: Node, code: int) -> None:
+        assert node.task is not None
+        node.task.state = ScheduledTaskState.Ready
+        node.task.last_result = code
+        ok = code in self.knobs.setup_success_codes
+        if ok:
+            node.staged_build = self.target_build
+        self._log("install", node.name, status="Completed" if ok else "Failed", code=code)
+
+    # --- storage ----------------------------------------------------------------------------------------------
+    def _drives_leave(self, node: Node) -> None:
+        node.away_since = self.now()
+        self._log("drives", node.name, status="away")
+        self._refresh_storage_health()
+
+    def _drives_return(self, node: Node) -> None:
+        if node.away_since is None:
+            return
+        away = self.now() - node.away_since
+        node.away_since = None
+        dirty = int(away * self.d.write_mb_per_s * MB)
+        self._log("drives", node.name, status="back", away_s=round(away, 1), dirty_bytes=dirty)
+        fault = self.scenario.faults_for(node.name, FaultKind.repair_stalls)
+        if dirty > 0:
+            share = dirty // len(self.disks)
+            for disk in self.disks.values():
+                job = StorageJob(name="Repair", disk=disk.name, bytes_total=max(share, 1), started=self.now(),
+                                 stall_at=fault.at_percent / 100 if fault else None)
+                self.jobs.append(job)
+                self._log("storage_job", node.name, disk=disk.name, status="Running", bytes_total=job.bytes_total)
+        self._refresh_storage_health()
+
+    def _progress_jobs(self, now: float) -> None:
+        changed = False
+        rate = self.d.repair_mb_per_s * MB / max(1, len(self.disks))
+        for job in list(self.jobs):
+            if job.state == JobState.Running:
+                done = (now - job.started) * rate
+                limit = job.bytes_total * job.stall_at if job.stall_at is not None else job.bytes_total
+                job.bytes_processed = min(done, limit, job.bytes_total)
+                if job.bytes_processed >= job.bytes_total:
+                    job.state, job.ended = JobState.Completed, now
+                    self._log("storage_job", None, disk=job.disk, status="Completed")
+                    changed = True
+            elif job.ended is not None and now - job.ended > self.d.completed_job_linger_s:
+                self.jobs.remove(job)
+        if changed:
+            self._refresh_storage_health()
+
+    def _refresh_storage_health(self) -> None:
+        away = [n for n in self.nodes.values() if n.away_since is not None]
+        for disk in self.disks.values():
+            repairing = any(j.disk == disk.name and j.state == JobState.Running for j in self.jobs)
+            if away:
+                new = (HealthStatus.Warning, (OperationalStatus.Degraded,))
+            elif repairing:
+                new = (HealthStatus.Warning, (OperationalStatus.InService,))
+            else:
+                new = (HealthStatus.Healthy, (OperationalStatus.OK,))
+            if (disk.health, disk.operational) != new:
+                disk.health, disk.operational = new
+                self._log("disk_health", None, disk=disk.name, health=new[0].name,
+                          operational=[s.name for s in new[1]])
+
+    @property
+    def pool_health(self) -> HealthStatus:
+        return max((d.health for d in self.disks.values()), default=HealthStatus.Healthy)
+
+    def running_jobs(self) -> list[StorageJob]:
+        return [j for j in self.jobs if j.state == JobState.Running]

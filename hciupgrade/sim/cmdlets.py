@@ -1,0 +1,506 @@
+"""The cmdlets the simulated cluster answers, with their real names, parameters, output types and errors.
+
+Each handler binds its parameters like PowerShell does (unknown parameter: a ParameterBindingException; unknown
+cmdlet: CommandNotFoundException), asks the state machine (cluster.py), and returns `Out` objects whose type names
+and properties match the real ones (reference/domain.md §3). Enum values are psenums members; pstypes.py turns
+them into .NET enums on the wire. Storage objects are CIM instances: the raw number is the adapted property and
+the Storage module's type data adds the enum name as an extended one, as on a real node.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hciupgrade.psenums import (
+    FailbackType,
+    GroupState,
+    GroupType,
+    HealthStatus,
+    NodeState,
+    OperationalStatus,
+    ProvisioningType,
+    parse,
+)
+from hciupgrade.sim.cluster import (
+    ERROR_CLUSTER_SPACE_DEGRADED,
+    FEATURE_UPDATE_TASK,
+    Node,
+    Refused,
+    SimCluster,
+    StorageJob,
+    VirtualDisk,
+)
+
+SWITCH = object()  # a switch parameter given without a value
+
+CLUSTER_NS = "Microsoft.FailoverClusters.PowerShell"
+CIM = "Microsoft.Management.Infrastructure.CimInstance"
+SCRIPTS_DIR = Path(__file__).resolve().parent.parent / "scripts"
+
+
+def cim_types(namespace: str, cls: str) -> list[str]:
+    return [f"{CIM}#{namespace}/{cls}", f"{CIM}#{cls}", CIM, "System.Object"]
+
+
+@dataclass
+class Out:
+    """One output object: .NET type names, adapted properties, extended (note/script) properties."""
+
+    type_names: list[str]
+    props: dict[str, Any]
+    extended: dict[str, Any] = field(default_factory=dict)
+    to_string: str | None = None
+
+
+@dataclass
+class ErrorOut:
+    """An error record: message, FullyQualifiedErrorId, category, target, exception type and HResult."""
+
+    message: str
+    fq_error_id: str
+    category: str = "NotSpecified"
+    target: str | None = None
+    exception_type: str = "System.Management.Automation.RuntimeException"
+    hresult: int = -2146233087
+
+
+class Terminating(Exception):
+    """A terminating error: the pipeline ends Failed with this record."""
+
+    def __init__(self, error: ErrorOut) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+@dataclass
+class Invocation:
+    sim: SimCluster
+    node: str  # the node whose endpoint received the call
+    caller: str  # the authenticated user
+    params: dict[str, Any]
+    input: list[Out]
+    errors: list[ErrorOut] = field(default_factory=list)
+
+
+Handler = Callable[[Invocation], list[Out]]
+
+
+@dataclass(frozen=True)
+class Spec:
+    handler: Handler
+    params: frozenset[str]
+    positional: tuple[str, ...] = ()
+    command_class: str = ""
+
+
+REGISTRY: dict[str, Spec] = {}
+
+
+def cmdlet(name: str, params: str = "", positional: tuple[str, ...] = (), command_class: str = ""):
+    common = {"ErrorAction", "WarningAction", "Verbose", "Debug", "WhatIf", "Confirm", "Cluster", "InputObject"}
+
+    def register(fn: Handler) -> Handler:
+        REGISTRY[name.lower()] = Spec(fn, frozenset(params.split()) | common, positional, command_class or name)
+        return fn
+
+    return register
+
+
+# --- binding ---------------------------------------------------------------------------------------------------
+def bind(spec: Spec, name: str, raw: list[tuple[str | None, Any]]) -> dict[str, Any]:
+    bound: dict[str, Any] = {}
+    positional = list(spec.positional)
+    allowed = {p.lower(): p for p in spec.params}
+    for pname, value in raw:
+        if pname is None:
+            if not positional:
+                raise Terminating(ErrorOut(
+                    f"A positional parameter cannot be found that accepts argument '{value}'.",
+                    f"PositionalParameterNotFound,{spec.command_class}", "InvalidArgument",
+                    exception_type="System.Management.Automation.ParameterBindingException"))
+            bound[positional.pop(0)] = value
+            continue
+        canonical = allowed.get(pname.lower())
+        if canonical is None:
+            raise Terminating(ErrorOut(
+                f"A parameter cannot be found that matches parameter name '{pname}'.",
+                f"NamedParameterNotFound,{spec.command_class}", "InvalidArgument",
+                exception_type="System.Management.Automation.ParameterBindingException"))
+        bound[canonical] = SWITCH if value is None else value
+    return bound
+
+
+def invoke(sim: SimCluster, node: str, caller: str, commands: list[tuple[str, list[tuple[str | None, Any]]]],
+           ) -> tuple[list[Out], list[ErrorOut]]:
+    """Run one statement (a pipeline of commands) on `node`. Raises Terminating for a terminating error."""
+    errors: list[ErrorOut] = []
+    data: list[Out] = []
+    with sim.lock:
+        sim.advance()
+        for i, (name, raw) in enumerate(commands):
+            spec = REGISTRY.get(name.lower())
+            if spec is None:
+                raise Terminating(ErrorOut(
+                    f"The term '{name}' is not recognized as the name of a cmdlet, function, script file, or "
+                    "operable program. Check the spelling of the name, or if a path was included, verify that "
+                    "the path is correct and try again.",
+                    "CommandNotFoundException", "ObjectNotFound", target=name,
+                    exception_type="System.Management.Automation.CommandNotFoundException"))
+            inv = Invocation(sim, node, caller, bind(spec, name, raw), data if i else [], errors)
+            try:
+                data = spec.handler(inv)
+            except Refused as refused:
+                raise Terminating(cluster_error(refused, spec)) from None
+    return data, errors
+
+
+def hresult_of(code: int) -> int:
+    """The signed HResult a .NET exception carries for a Win32 code (HRESULT_FROM_WIN32) or an HRESULT."""
+    value = code if code >= 0x10000 else 0x80070000 | code
+    return value - 0x100000000 if value >= 0x80000000 else value
+
+
+def cluster_error(refused: Refused, spec: Spec) -> ErrorOut:
+    return ErrorOut(
+        refused.args[0], f"{spec.command_class},{CLUSTER_NS}.{spec.command_class.replace('-', '')}Command",
+        "ResourceUnavailable" if refused.code == ERROR_CLUSTER_SPACE_DEGRADED else "InvalidOperation",
+        target=refused.node, exception_type=f"{CLUSTER_NS}.ClusterCmdletException", hresult=hresult_of(refused.code))
+
+
+def names_param(inv: Invocation, key: str = "Name") -> list[str] | None:
+    value = inv.params.get(key)
+    if value is None:
+        return None
+    return [str(v) for v in value] if isinstance(value, list) else [str(value)]
+
+
+def require_cluster_node(inv: Invocation) -> None:
+    node = inv.sim.nodes[inv.node]
+    if node.state not in (NodeState.Up, NodeState.Paused):
+        raise Terminating(ErrorOut(
+            "The cluster service is not running. Make sure that the service is running on all nodes in the "
+            "cluster.", "ClusterServiceNotRunning", "ConnectionError"))
+
+
+def select_nodes(inv: Invocation) -> list[Node]:
+    wanted = names_param(inv)
+    if inv.input and wanted is None:
+        wanted = [o.props["Name"] for o in inv.input if "Name" in o.props]
+    if wanted is None:
+        return list(inv.sim.nodes.values())
+    found = []
+    for name in wanted:
+        try:
+            found.append(inv.sim.node(name))
+        except KeyError:
+            inv.errors.append(ErrorOut(
+                f"The cluster node '{name}' was not found.", f"ClusterObjectNotFound,{CLUSTER_NS}.GetNodeCommand",
+                "ObjectNotFound", target=name, exception_type=f"{CLUSTER_NS}.ClusterCmdletException"))
+    return found
+
+
+def cluster_node(sim: SimCluster, node: Node) -> Out:
+    major, minor, build, _ = node.build.split(".")
+    return Out(
+        [f"{CLUSTER_NS}.ClusterNode", f"{CLUSTER_NS}.ClusterObject", "System.Object"],
+        {
+            "Name": node.name,
+            "Id": str(list(sim.nodes).index(node.name) + 1),
+            "State": node.state,
+            "StatusInformation": node.status_information,
+            "DrainStatus": node.drain_status,
+            "DrainTarget": 0xFFFFFFFF,
+            "BuildNumber": int(build),
+            "MajorVersion": int(major),
+            "MinorVersion": int(minor),
+            "CSDVersion": "",
+            "NodeWeight": 1,
+            "DynamicWeight": 1 if node.state == NodeState.Up else 0,
+            "FaultDomain": f"Site:Default;Rack:Default;Chassis:Default;Node:{node.name}",
+            "Manufacturer": "Contoso",
+            "Model": "HCI-Node 2U",
+            "SerialNumber": hashlib.sha1(node.name.encode()).hexdigest()[:10].upper(),
+            "Cluster": sim.name,
+        },
+        to_string=node.name,
+    )
+
+
+# --- FailoverClusters ------------------------------------------------------------------------------------------
+@cmdlet("Get-ClusterNode", "Name", positional=("Name",), command_class="Get-ClusterNode")
+def get_cluster_node(inv: Invocation) -> list[Out]:
+    require_cluster_node(inv)
+    return [cluster_node(inv.sim, n) for n in select_nodes(inv)]
+
+
+@cmdlet("Suspend-ClusterNode", "Name Drain ForceDrain Wait TargetNode", positional=("Name", "TargetNode"))
+def suspend_cluster_node(inv: Invocation) -> list[Out]:
+    require_cluster_node(inv)
+    if "Wait" in inv.params:
+        # Blocking on a drain inside a WinRM call is what DESIGN.md says not to do; the simulator refuses it
+        # so the orchestrator never learns to rely on it.
+        raise Terminating(ErrorOut("The simulator does not support -Wait: poll DrainStatus instead.",
+                                   "NotSupported,Suspend-ClusterNode", "NotImplemented"))
+    names = names_param(inv) or [inv.node]
+    out = []
+    for name in names:
+        try:
+            node = inv.sim.node(name)
+        except KeyError:
+            raise Terminating(ErrorOut(f"The cluster node '{name}' was not found.",
+                                       f"ClusterObjectNotFound,{CLUSTER_NS}.SuspendClusterNodeCommand",
+                                       "ObjectNotFound", target=name)) from None
+        node = inv.sim.suspend(node.name, drain="Drain" in inv.params, force_drain="ForceDrain" in inv.params,
+                               by=inv.caller)
+        out.append(cluster_node(inv.sim, node))
+    return out
+
+
+@cmdlet("Resume-ClusterNode", "Name Failback", positional=("Name", "Failback"))
+def resume_cluster_node(inv: Invocation) -> list[Out]:
+    require_cluster_node(inv)
+    failback = inv.params.get("Failback", "NoFailback")
+    try:
+        failback_name = parse(FailbackType, failback).name if failback is not SWITCH else "Immediate"
+    except ValueError:
+        raise Terminating(ErrorOut(
+            f"Cannot bind parameter 'Failback'. Cannot convert value \"{failback}\" to type "
+            f"\"{CLUSTER_NS}.ResumeClusterNodeFailbackType\". Specify one of the following enumerator names and "
+            "try again: NoFailback, Immediate, Policy",
+            "CannotConvertArgumentNoMessage,Microsoft.FailoverClusters.PowerShell.ResumeClusterNodeCommand",
+            "InvalidArgument", exception_type="System.Management.Automation.ParameterBindingException")) from None
+    names = names_param(inv) or [inv.node]
+    out = []
+    for name in names:
+        try:
+            node = inv.sim.node(name)
+        except KeyError:
+            raise Terminating(ErrorOut(f"The cluster node '{name}' was not found.",
+                                       f"ClusterObjectNotFound,{CLUSTER_NS}.ResumeClusterNodeCommand",
+                                       "ObjectNotFound", target=name)) from None
+        out.append(cluster_node(inv.sim, inv.sim.resume(node.name, failback=failback_name, by=inv.caller)))
+    return out
+
+
+@cmdlet("Get-ClusterGroup", "Name", positional=("Name",))
+def get_cluster_group(inv: Invocation) -> list[Out]:
+    require_cluster_node(inv)
+    sim = inv.sim
+    owners = {o.props["Name"] for o in inv.input} if inv.input else None
+    core = next((n.name for n in sim.nodes.values() if n.state == NodeState.Up), inv.node)
+    groups = [("Cluster Group", core, GroupType.ClusterGroup, GroupState.Online),
+              ("Available Storage", core, GroupType.AvailableStorage, GroupState.Offline),
+              ("Cloud Management", core, GroupType.Unknown, GroupState.Online)]
+    groups += [(vm.name, vm.owner, GroupType.VirtualMachine, GroupState[vm.state]) for vm in sim.vms.values()]
+    wanted = names_param(inv)
+    out = []
+    for name, owner, gtype, state in groups:
+        if owners is not None and owner not in owners:
+            continue
+        if wanted is not None and name not in wanted:
+            continue
+        out.append(Out([f"{CLUSTER_NS}.ClusterGroup", f"{CLUSTER_NS}.ClusterObject", "System.Object"],
+                       {"Name": name, "OwnerNode": owner, "State": state, "GroupType": gtype, "Priority": 2000,
+                        "IsCoreGroup": gtype != GroupType.VirtualMachine, "Cluster": sim.name},
+                       to_string=name))
+    return out
+
+
+@cmdlet("Get-Cluster", "Name", positional=("Name",))
+def get_cluster(inv: Invocation) -> list[Out]:
+    require_cluster_node(inv)
+    sim = inv.sim
+    return [Out([f"{CLUSTER_NS}.Cluster", f"{CLUSTER_NS}.ClusterObject", "System.Object"],
+                {"Name": sim.name, "ClusterFunctionalLevel": sim.functional_level,
+                 "ClusterUpgradeVersion": 3 if sim.functional_level >= 12 else 1, "S2DEnabled": 1,
+                 "QuarantineThreshold": 3, "QuarantineDuration": 7200, "DynamicQuorum": 1,
+                 "MaximumParallelMigrations": 1}, to_string=sim.name)]
+
+
+# --- Storage ---------------------------------------------------------------------------------------------------
+STORAGE_NS = "ROOT/Microsoft/Windows/Storage"
+
+
+def virtual_disk(disk: VirtualDisk) -> Out:
+    return Out(
+        cim_types(STORAGE_NS, "MSFT_VirtualDisk"),
+        {"FriendlyName": disk.name, "ResiliencySettingName": disk.resiliency, "Size": disk.size,
+         "FootprintOnPool": disk.size * 2, "AllocatedSize": disk.size, "NumberOfDataCopies": 2,
+         "FaultDomainRedundancy": 1, "PhysicalDiskRedundancy": 1, "IsManualAttach": False,
+         "UniqueId": hashlib.md5(disk.name.encode()).hexdigest().upper(),
+         "HealthStatus": int(disk.health), "OperationalStatus": [int(s) for s in disk.operational],
+         "ProvisioningType": int(ProvisioningType.Fixed)},
+        extended={"HealthStatus": disk.health, "OperationalStatus": list(disk.operational),
+                  "ProvisioningType": ProvisioningType.Fixed},
+        to_string="",
+    )
+
+
+def storage_job(job: StorageJob, sim: SimCluster) -> Out:
+    elapsed = max(0.0, (job.ended or sim.now()) - job.started)
+    h, rem = divmod(int(elapsed), 3600)
+    return Out(
+        cim_types(STORAGE_NS, "MSFT_StorageJob"),
+        {"Name": job.name, "IsBackgroundTask": True, "ElapsedTime": f"{h:02d}:{rem // 60:02d}:{rem % 60:02d}",
+         "JobState": int(job.state), "PercentComplete": job.percent, "BytesProcessed": int(job.bytes_processed),
+         "BytesTotal": job.bytes_total, "Description": f"Regenerating {job.disk}",
+         "UniqueId": f"{{{id(job):x}}}"},
+        extended={"JobState": job.state},
+        to_string="",
+    )
+
+
+@cmdlet("Get-VirtualDisk", "FriendlyName UniqueId StoragePool", positional=("FriendlyName",))
+def get_virtual_disk(inv: Invocation) -> list[Out]:
+    wanted = names_param(inv, "FriendlyName")
+    return [virtual_disk(d) for d in inv.sim.disks.values() if wanted is None or d.name in wanted]
+
+
+@cmdlet("Get-StorageJob", "Name UniqueId JobState StoragePool VirtualDisk", positional=("Name",))
+def get_storage_job(inv: Invocation) -> list[Out]:
+    return [storage_job(j, inv.sim) for j in inv.sim.jobs]
+
+
+@cmdlet("Get-StoragePool", "FriendlyName IsPrimordial UniqueId", positional=("FriendlyName",))
+def get_storage_pool(inv: Invocation) -> list[Out]:
+    sim = inv.sim
+    allocated = sum(d.size * 2 for d in sim.disks.values())
+    pools = [
+        (False, f"S2D on {sim.name}", sim.pool_health, sim.pool_size, allocated, sim.pool_version),
+        (True, "Primordial", HealthStatus.Healthy, sim.pool_size, sim.pool_size, 0),
+    ]
+    primordial = inv.params.get("IsPrimordial")
+    out = []
+    for is_primordial, name, health, size, used, version in pools:
+        if primordial is not None and bool(primordial) != is_primordial:
+            continue
+        operational = OperationalStatus.OK if health == HealthStatus.Healthy else OperationalStatus.Degraded
+        out.append(Out(cim_types(STORAGE_NS, "MSFT_StoragePool"),
+                       {"FriendlyName": name, "IsPrimordial": is_primordial, "IsReadOnly": False,
+                        "HealthStatus": int(health), "OperationalStatus": int(operational), "Size": size,
+                        "AllocatedSize": used, "Version": version},
+                       extended={"HealthStatus": health, "OperationalStatus": operational}, to_string=""))
+    return out
+
+
+# --- the node itself -------------------------------------------------------------------------------------------
+CURRENT_VERSION_KEY = r"HKLM:\SOFTWARE\Microsoft\Windows NT\CurrentVersion"
+
+
+@cmdlet("Get-ItemProperty", "Path Name LiteralPath", positional=("Path", "Name"))
+def get_item_property(inv: Invocation) -> list[Out]:
+    path = str(inv.params.get("Path") or inv.params.get("LiteralPath") or "")
+    if path.rstrip("\\").lower() != CURRENT_VERSION_KEY.lower():
+        raise Terminating(ErrorOut(f"Cannot find path '{path}' because it does not exist.",
+                                   "PathNotFound,Microsoft.PowerShell.Commands.GetItemPropertyCommand",
+                                   "ObjectNotFound", target=path,
+                                   exception_type="System.Management.Automation.ItemNotFoundException"))
+    node = inv.sim.nodes[inv.node]
+    upgraded = node.number == "25398"
+    return [Out(["System.Management.Automation.PSCustomObject", "System.Object"], {}, extended={
+        "ProductName": "Azure Stack HCI", "DisplayVersion": "23H2" if upgraded else "22H2",
+        "CurrentBuildNumber": node.number, "CurrentBuild": node.number, "UBR": node.ubr,
+        "EditionID": "ServerAzureStackHCICor", "InstallationType": "Server Core",
+        "PSPath": "Microsoft.PowerShell.Core\\Registry::HKEY_LOCAL_MACHINE\\SOFTWARE\\Microsoft\\Windows NT\\"
+                  "CurrentVersion",
+        "PSChildName": "CurrentVersion", "PSProvider": "Microsoft.PowerShell.Core\\Registry"})]
+
+
+@cmdlet("Restart-Computer", "Force ComputerName Wait Timeout")
+def restart_computer(inv: Invocation) -> list[Out]:
+    if "Force" not in inv.params and any(
+            vm.owner == inv.node for vm in inv.sim.vms.values()):
+        raise Terminating(ErrorOut(
+            f"Failed to restart the computer {inv.node} with the following error message: The system shutdown "
+            "cannot be initiated because there are other users logged on to the computer.",
+            "RestartcomputerFailed,Microsoft.PowerShell.Commands.RestartComputerCommand", "OperationStopped"))
+    inv.sim.restart(inv.node, by=inv.caller)
+    return []
+
+
+def scheduled_task(inv: Invocation) -> Out:
+    task = inv.sim.nodes[inv.node].task
+    if task is None:
+        raise Terminating(ErrorOut(
+            f"No MSFT_ScheduledTask objects found with property 'TaskName' equal to '{FEATURE_UPDATE_TASK}'.  "
+            "Verify the value of the property and retry.", "CmdletizationQuery_NotFound_TaskName,Get-ScheduledTask",
+            "ObjectNotFound", target=FEATURE_UPDATE_TASK))
+    return Out(cim_types("Root/Microsoft/Windows/TaskScheduler", "MSFT_ScheduledTask"),
+               {"TaskName": FEATURE_UPDATE_TASK, "TaskPath": "\\", "State": int(task.state),
+                "Description": "hci-upgrade: Windows setup, down-level phase"},
+               extended={"State": task.state}, to_string="")
+
+
+def _only_our_task(inv: Invocation) -> None:
+    if str(inv.params.get("TaskName", "")) != FEATURE_UPDATE_TASK:
+        scheduled_task(Invocation(inv.sim, inv.node, inv.caller, {}, []))  # raises NotFound when absent
+        raise Terminating(ErrorOut(f"The simulator only knows the task '{FEATURE_UPDATE_TASK}'.",
+                                   "CmdletizationQuery_NotFound_TaskName", "ObjectNotFound"))
+
+
+@cmdlet("Get-ScheduledTask", "TaskName TaskPath", positional=("TaskName",))
+def get_scheduled_task(inv: Invocation) -> list[Out]:
+    _only_our_task(inv)
+    return [scheduled_task(inv)]
+
+
+@cmdlet("Start-ScheduledTask", "TaskName TaskPath", positional=("TaskName",))
+def start_scheduled_task(inv: Invocation) -> list[Out]:
+    _only_our_task(inv)
+    inv.sim.start_feature_update(inv.node, by=inv.caller)
+    return []
+
+
+@cmdlet("Get-ScheduledTaskInfo", "TaskName TaskPath", positional=("TaskName",))
+def get_scheduled_task_info(inv: Invocation) -> list[Out]:
+    _only_our_task(inv)
+    task = inv.sim.nodes[inv.node].task
+    assert task is not None
+    last_run = inv.sim.clock.datetime_at(task.last_run_time) if task.last_run_time is not None else None
+    return [Out(cim_types("Root/Microsoft/Windows/TaskScheduler", "MSFT_TaskDynamicInfo"),
+                {"TaskName": FEATURE_UPDATE_TASK, "TaskPath": "\\", "LastTaskResult": task.last_result,
+                 "LastRunTime": last_run.strftime("%Y-%m-%dT%H:%M:%S") if last_run else None,
+                 "NumberOfMissedRuns": 0}, to_string="")]
+
+
+# --- packaged scripts: known by their content, as a real node only knows what it is sent --------------------------
+def _script_digest(text: str) -> str:
+    return hashlib.sha256(text.replace("\r\n", "\n").encode()).hexdigest()
+
+
+PACKAGED: dict[str, Callable[[Invocation], list[Out]]] = {}
+
+
+def packaged(filename: str):
+    def register(fn: Callable[[Invocation], list[Out]]):
+        PACKAGED[_script_digest((SCRIPTS_DIR / filename).read_text())] = fn
+        return fn
+
+    return register
+
+
+@packaged("Register-FeatureUpdateTask.ps1")
+def register_feature_update_task(inv: Invocation) -> list[Out]:
+    setup_path = str(inv.params.get("SetupPath", ""))
+    inv.sim.register_feature_update(inv.node, setup_path, by=inv.caller)
+    return [scheduled_task(inv)]
+
+
+def invoke_script(sim: SimCluster, node: str, caller: str, text: str, raw: list[tuple[str | None, Any]],
+                  ) -> tuple[list[Out], list[ErrorOut]]:
+    handler = PACKAGED.get(_script_digest(text))
+    if handler is None:
+        raise Terminating(ErrorOut("The simulator runs only the scripts packaged with hci-upgrade.",
+                                   "ScriptNotPackaged", "PermissionDenied"))
+    params = {k: v for k, v in raw if k is not None}
+    inv = Invocation(sim, node, caller, params, [])
+    with sim.lock:
+        sim.advance()
+        try:
+            return handler(inv), inv.errors
+        except Refused as refused:
+            raise Terminating(cluster_error(refused, Spec(handler, frozenset(), (), "Script"))) from None

@@ -1,0 +1,90 @@
+"""Run a simulated cluster: the state machine, one fake WinRM endpoint per node, and the driver that moves time.
+
+The driver is the only loop: it fires due timers and opens or closes each node's endpoint as the node goes down
+for a reboot or comes back, so a client sees exactly what it would see from a real node.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+from pathlib import Path
+from typing import Any
+
+from hciupgrade.models import ClusterInventory, CredentialRef, Inventory, NodeEndpoint, Transport
+from hciupgrade.sim.cluster import SimCluster
+from hciupgrade.sim.scenario import Scenario
+from hciupgrade.sim.winrm import FakeWinRM
+
+SIM_USER = "hciadmin"
+PASSWORD_ENV = "HCI_UPGRADE_SIM_PASSWORD"
+
+
+class SimHarness:
+    def __init__(self, scenario: Scenario, *, password: str | None = None, tick: float = 0.002) -> None:
+        self.scenario = scenario
+        self.sim = SimCluster(scenario)
+        self.password = password or secrets.token_urlsafe(18)
+        self.endpoints = {name: FakeWinRM(self.sim, name, SIM_USER, self.password) for name in self.sim.nodes}
+        self._tick = tick
+        self._stop = threading.Event()
+        self._driver: threading.Thread | None = None
+
+    def __enter__(self) -> SimHarness:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        for name, endpoint in self.endpoints.items():
+            endpoint.start()  # bind every port once, so a node keeps its port across reboots
+            if not self.sim.reachable(name):
+                endpoint.stop()
+        self._driver = threading.Thread(target=self._drive, name="sim-driver", daemon=True)
+        self._driver.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._driver:
+            self._driver.join(timeout=2)
+        for endpoint in self.endpoints.values():
+            endpoint.stop()
+
+    def _drive(self) -> None:
+        while not self._stop.wait(self._tick):
+            self.sim.advance()
+            for name, endpoint in self.endpoints.items():
+                want = self.sim.reachable(name)
+                if want and not endpoint.running:
+                    endpoint.start()
+                    with self.sim.lock:
+                        self.sim._log("endpoint", name, status="open")
+                elif not want and endpoint.running:
+                    endpoint.stop()
+                    with self.sim.lock:
+                        self.sim._log("endpoint", name, status="closed")
+
+    def inventory(self) -> Inventory:
+        """The inventory an operator would write for this cluster: loopback, HTTP, Basic, password by env var."""
+        return Inventory(clusters=[ClusterInventory(
+            name=self.sim.name,
+            nodes=[NodeEndpoint(name=name, address="127.0.0.1", port=ep.port) for name, ep in self.endpoints.items()],
+            transport=Transport(scheme="http", auth="basic"),
+            credential=CredentialRef(username=SIM_USER, password_env=PASSWORD_ENV),
+            time_factor=self.scenario.time_factor,
+        )])
+
+    def environment(self) -> dict[str, str]:
+        return {PASSWORD_ENV: self.password}
+
+    def events(self) -> list[dict[str, Any]]:
+        with self.sim.lock:
+            return list(self.sim.events)
+
+    def write_events(self, path: str | Path) -> None:
+        with open(path, "w") as fh:
+            for event in self.events():
+                fh.write(json.dumps(event) + "\n")

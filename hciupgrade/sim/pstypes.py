@@ -1,0 +1,107 @@
+"""Turn the simulator's plain outputs into psrpcore objects: real .NET type names, enums, error records."""
+
+from __future__ import annotations
+
+import enum
+from functools import cache
+from typing import Any
+
+from psrpcore.types import (
+    ErrorCategory,
+    ErrorCategoryInfo,
+    ErrorRecord,
+    NETException,
+    PSEnumBase,
+    PSFlagBase,
+    PSInt,
+    PSInt64,
+    PSNoteProperty,
+    PSObject,
+    PSString,
+    PSType,
+)
+from psrpcore.types._enum import PSEnumMeta
+
+from hciupgrade.psenums import TYPE_NAMES
+from hciupgrade.sim.cmdlets import ErrorOut, Out
+
+
+@cache
+def ps_enum_class(py_enum: type[enum.IntEnum]) -> type:
+    """A psrpcore enum class mirroring a psenums enum, with the .NET type name of TYPE_NAMES."""
+    base = PSFlagBase if issubclass(py_enum, enum.IntFlag) else PSEnumBase
+    namespace = PSEnumMeta.__prepare__(py_enum.__name__, (base,))
+    for member in py_enum:
+        namespace[member.name] = member.value
+    cls = PSEnumMeta(py_enum.__name__, (base,), namespace)
+    return PSType([TYPE_NAMES[py_enum]])(cls)
+
+
+def to_ps(value: Any) -> Any:
+    if isinstance(value, enum.IntEnum | enum.IntFlag) and type(value) in TYPE_NAMES:
+        return ps_enum_class(type(value))(int(value))
+    if isinstance(value, Out):
+        return to_psobject(value)
+    if isinstance(value, list | tuple):
+        return [to_ps(v) for v in value]
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        return PSInt(value) if -(2**31) <= value < 2**31 else PSInt64(value)
+    if isinstance(value, str):
+        return PSString(value)
+    return value
+
+
+def to_psobject(out: Out) -> PSObject:
+    obj = PSObject()
+    obj.PSObject.type_names = list(out.type_names)
+    for name, value in out.props.items():
+        obj.PSObject.adapted_properties.append(PSNoteProperty(name, to_ps(value)))
+    for name, value in out.extended.items():
+        obj.PSObject.extended_properties.append(PSNoteProperty(name, to_ps(value)))
+    if out.to_string is not None:
+        obj.PSObject.to_string = out.to_string
+    return obj
+
+
+def error_record(error: ErrorOut) -> ErrorRecord:
+    exception = NETException(Message=error.message, HResult=error.hresult)
+    exception.PSObject.type_names = [error.exception_type, "System.Exception", "System.Object"]
+    return ErrorRecord(
+        Exception=exception,
+        CategoryInfo=category_info(error),
+        TargetObject=error.target,
+        FullyQualifiedErrorId=error.fq_error_id,
+    )
+
+
+def category_info(error: ErrorOut) -> ErrorCategoryInfo:
+    category = getattr(ErrorCategory, error.category, ErrorCategory.NotSpecified)
+    return ErrorCategoryInfo(Category=category, Reason=error.exception_type.rsplit(".", 1)[-1],
+                             TargetName=error.target or "", TargetType="String" if error.target else "")
+
+
+def exception_of(error: ErrorOut) -> NETException:
+    exception = NETException(Message=error.message, HResult=error.hresult)
+    exception.PSObject.type_names = [error.exception_type, "System.Exception", "System.Object"]
+    return exception
+
+
+def normalise_param(value: Any) -> Any:
+    """psrpcore hands parameters over as PSString/PSInt/PSList subclasses: make them plain Python."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, enum.Enum):
+        return value.name
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, list | tuple):
+        return [normalise_param(v) for v in value]
+    if isinstance(value, dict):
+        return {normalise_param(k): normalise_param(v) for k, v in value.items()}
+    return str(value)

@@ -1,0 +1,210 @@
+"""Scenario files (YAML): the cluster's shape, its durations and the faults to inject.
+
+The same files drive the demo, the tests and the benchmarks. Every field is validated; an unknown field is an error,
+so a typo never silently turns a fault off.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,14}$")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class VmSpec(Strict):
+    name: str
+    owner: str
+    memory_gb: float = Field(16, gt=0)
+    dynamic_memory: bool = False
+
+
+class VolumeSpec(Strict):
+    name: str
+    size_gb: float = Field(2048, gt=0)
+    resiliency: Literal["Mirror", "Parity"] = "Mirror"
+
+
+class NodeSpec(Strict):
+    name: str
+    state: Literal["Up", "Paused"] = "Up"
+    """A node that starts Paused was paused by someone else (an operator): the orchestrator must not resume it."""
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not NODE_NAME.match(v):
+            raise ValueError("a node name is 1 to 15 letters, digits or dashes (a NetBIOS name)")
+        return v
+
+
+class Durations(Strict):
+    """Cluster-time durations; the clock scales them. Figures: reference/anchors.md §3."""
+
+    live_migration_gb_per_s: float = Field(2.0, gt=0, description="live-migration throughput per VM move")
+    vm_move_overhead_s: float = Field(20, ge=0, description="fixed cost of each live migration")
+    install_minutes: float = Field(60, gt=0, description="setup's down-level phase (the feature update install)")
+    reboot_minutes: float = Field(10, gt=0, description="restart incl. setup's offline phases, until WinRM is back")
+    join_seconds: float = Field(30, ge=0, description="Joining after WinRM is up, before the node is back Paused")
+    write_mb_per_s: float = Field(40, ge=0, description="data written to the volumes while a node is away")
+    repair_mb_per_s: float = Field(500, gt=0, description="resync throughput")
+    completed_job_linger_s: float = Field(60, ge=0, description="how long a Completed storage job stays listed")
+
+
+class FaultKind(StrEnum):
+    drain_fails = "drain_fails"  # a VM that will not live-migrate: DrainStatus Failed
+    install_fails = "install_fails"  # setup's down-level phase fails (LastTaskResult 0xC1900101)
+    no_return = "no_return"  # the node does not come back from its reboot
+    repair_stalls = "repair_stalls"  # the resync stops making progress
+    winrm_refused = "winrm_refused"  # the node's WinRM port is closed from the start
+
+
+class Fault(Strict):
+    node: str
+    kind: FaultKind
+    vm: str | None = Field(None, description="drain_fails: the VM that will not move (default: the node's first)")
+    at_percent: float = Field(40, ge=0, lt=100, description="repair_stalls / install_fails: where it stops")
+
+
+class Knobs(Strict):
+    """Behaviour the reference marks [UNVERIFIED] or that changed between releases."""
+
+    storage_maintenance_mode: bool = Field(
+        True, description="21H2+: a paused node's drives are in maintenance; repair starts on resume"
+    )
+    resume_not_paused: Literal["noop", "error"] = Field(
+        "noop", description="Resume-ClusterNode on a node that is not paused (ERROR_CLUSTER_NODE_NOT_PAUSED?)"
+    )
+    setup_success_codes: tuple[int, ...] = Field((0,), description="setup.exe exit codes that mean success")
+
+
+class ClusterSpec(Strict):
+    name: str = "hci-demo"
+    nodes: list[NodeSpec] = Field(min_length=2, max_length=16)
+    vms: list[VmSpec] = Field(default_factory=list)
+    volumes: list[VolumeSpec] = Field(min_length=1)
+    build: str = "10.0.20349.2966"
+    target_build: str = "10.0.25398.1486"
+    functional_level: int = 11
+    pool_version: int = 27
+
+    @field_validator("name")
+    @classmethod
+    def _cluster_name(cls, v: str) -> str:
+        if not NODE_NAME.match(v):
+            raise ValueError("a cluster name is 1 to 15 letters, digits or dashes")
+        return v
+
+    @field_validator("build", "target_build")
+    @classmethod
+    def _build(cls, v: str) -> str:
+        if not re.match(r"^10\.0\.\d{5}\.\d+$", v):
+            raise ValueError("a build is 10.0.<build>.<UBR>, e.g. 10.0.25398.1486")
+        return v
+
+    @model_validator(mode="after")
+    def _refs(self) -> ClusterSpec:
+        names = [n.name for n in self.nodes]
+        if len(set(n.lower() for n in names)) != len(names):
+            raise ValueError("node names must be unique")
+        for vm in self.vms:
+            if vm.owner not in names:
+                raise ValueError(f"vm {vm.name!r}: owner {vm.owner!r} is not a node of the cluster ({', '.join(names)})")
+        return self
+
+
+class Scenario(Strict):
+    cluster: ClusterSpec
+    durations: Durations = Durations()
+    time_factor: float = Field(1000, gt=0, le=100_000, description="cluster seconds per wall second")
+    knobs: Knobs = Knobs()
+    faults: list[Fault] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _fault_refs(self) -> Scenario:
+        names = {n.name for n in self.cluster.nodes}
+        for i, fault in enumerate(self.faults):
+            if fault.node not in names:
+                raise ValueError(f"faults[{i}].node: {fault.node!r} is not a node of the cluster ({', '.join(sorted(names))})")
+            if fault.vm and fault.vm not in {vm.name for vm in self.cluster.vms if vm.owner == fault.node}:
+                raise ValueError(f"faults[{i}].vm: {fault.vm!r} is not a VM owned by {fault.node}")
+        return self
+
+    def faults_for(self, node: str, kind: FaultKind) -> Fault | None:
+        return next((f for f in self.faults if f.node == node and f.kind == kind), None)
+
+
+class ScenarioError(ValueError):
+    """A scenario that does not validate; the message names the field, the value and what is allowed."""
+
+
+def _format_errors(source: str, err: ValidationError) -> str:
+    lines = [f"{source}: invalid scenario"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        value = e.get("input")
+        shown = "" if isinstance(value, dict | list) else f" (got {value!r})"
+        lines.append(f"  {loc}: {e['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ScenarioError(f"{path}: no such scenario file") from None
+    except yaml.YAMLError as e:
+        raise ScenarioError(f"{path}: not valid YAML: {e}") from None
+    return parse_scenario(data, source=str(path))
+
+
+def parse_scenario(data: object, source: str = "scenario") -> Scenario:
+    if not isinstance(data, dict):
+        raise ScenarioError(f"{source}: a scenario is a mapping with 'cluster' at the top")
+    try:
+        return Scenario.model_validate(data)
+    except ValidationError as e:
+        raise ScenarioError(_format_errors(source, e)) from None
+
+
+SCENARIO_DIR = Path(__file__).parent / "scenarios"
+
+
+def builtin_scenario(name: str = "demo") -> Scenario:
+    return load_scenario(SCENARIO_DIR / f"{name}.yaml")
+
+
+def make_scenario(
+    nodes: int = 4,
+    vms_per_node: int = 3,
+    faults: list[dict] | None = None,
+    time_factor: float = 1000,
+    **cluster: object,
+) -> Scenario:
+    """A scenario built in code, the shape of the demo's (tests and benchmarks)."""
+    names = [f"node{i + 1}" for i in range(nodes)]
+    data = {
+        "cluster": {
+            "nodes": [{"name": n} for n in names],
+            "vms": [
+                {"name": f"vm-{n}-{j + 1}", "owner": n, "memory_gb": 16}
+                for n in names
+                for j in range(vms_per_node)
+            ],
+            "volumes": [{"name": f"Volume0{k + 1}", "size_gb": 2048} for k in range(3)],
+            **cluster,
+        },
+        "time_factor": time_factor,
+        "faults": faults or [],
+    }
+    return parse_scenario(data, source="generated scenario")
