@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from pathlib import Path
+from collections.abc import Callable
 from typing import Literal
 
 import yaml
@@ -58,15 +59,18 @@ class CredentialRef(Strict):
                              "(the name of a Prefect Secret block)")
         return self
 
-    def resolve(self) -> SecretStr:
+    def resolve(self, secret_block: Callable[[str], str] | None = None) -> SecretStr:
+        """The password. A Prefect Secret block is read through `secret_block` (flows pass Prefect's loader;
+        the domain itself never imports Prefect)."""
         if self.password_env:
             value = os.environ.get(self.password_env)
             if value is None:
-                raise CredentialError(f"credential: environment variable {self.password_env} is not set")
+                raise CredentialError(f"credential.password_env: environment variable {self.password_env} is "
+                                      "not set; export it before the run")
             return SecretStr(value)
-        from prefect.blocks.system import Secret  # only when asked for: the domain does not need prefect
-
-        return SecretStr(str(Secret.load(self.prefect_secret).get()))
+        if secret_block is None:
+            raise CredentialError(f"credential.prefect_secret: {self.prefect_secret!r} needs a Prefect run to read")
+        return SecretStr(secret_block(str(self.prefect_secret)))
 
 
 class CredentialError(RuntimeError):

@@ -52,8 +52,8 @@ def to_plain(value: Any) -> Any:
     """A deserialised object as plain data: a dict of adapted + extended properties (extended win, as in
     PowerShell's ETS), enums as their names, lists as lists."""
     if isinstance(value, GenericComplexObject):
-        if "System.Enum" in value.types:
-            return str(value)
+        if "System.Enum" in value.types:  # its name; its integer when the sender gave no ToString
+            return value.to_string if value.to_string else value.property_sets[0]
         if value.adapted_properties or value.extended_properties:
             merged = {**value.adapted_properties, **value.extended_properties}
             return {k: to_plain(v) for k, v in merged.items()}

@@ -39,7 +39,9 @@ def ps_enum_class(py_enum: type[enum.IntEnum]) -> type:
 
 def to_ps(value: Any) -> Any:
     if isinstance(value, enum.IntEnum | enum.IntFlag) and type(value) in TYPE_NAMES:
-        return ps_enum_class(type(value))(int(value))
+        ps_value = ps_enum_class(type(value))(int(value))
+        ps_value.PSObject.to_string = enum_text(value)
+        return ps_value
     if isinstance(value, Out):
         return to_psobject(value)
     if isinstance(value, list | tuple):
@@ -51,6 +53,13 @@ def to_ps(value: Any) -> Any:
     if isinstance(value, str):
         return PSString(value)
     return value
+
+
+def enum_text(value: enum.IntEnum | enum.IntFlag) -> str:
+    """What .NET's Enum.ToString() prints: the name, or the flag names joined by ", "."""
+    if isinstance(value, enum.IntFlag) and value.value:
+        return ", ".join(m.name for m in type(value) if m.value and m in value)
+    return value.name or str(int(value))
 
 
 def to_psobject(out: Out) -> PSObject:

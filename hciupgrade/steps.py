@@ -1,0 +1,148 @@
+"""How to do each step of a node's upgrade, with its wait and its timeout. One function a step; the order, the
+lock and what to do on failure are the flow's business (flows/rolling_upgrade.py).
+
+The install step drives Windows setup from the extracted 23H2 media, the documented manual alternative to CAU
+(reference/domain.md §1.3): setup.exe /auto upgrade runs in a scheduled task with /NoReboot, so this code decides
+when the node restarts; the restart then runs setup's offline phases and the node comes back on 25398, Paused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hciupgrade.clock import ClusterClock
+from hciupgrade.cluster import SCHED_S_TASK_RUNNING, ClusterClient, ClusterSnapshot, NodeInfo
+from hciupgrade.gates import may_drain, repair_running, storage_settled
+from hciupgrade.models import RunOptions
+from hciupgrade.psenums import DrainStatus, NodeState, ScheduledTaskState
+from hciupgrade.remote import CmdletFailed, NodeUnreachable
+
+ERROR_CLUSTER_SPACE_DEGRADED = 5987
+
+
+class StepFailed(Exception):
+    """A step that ended the node's upgrade. Not retried: retrying would not change the cluster's answer."""
+
+    def __init__(self, node: str, step: str, message: str) -> None:
+        super().__init__(f"{node}: {step}: {message}")
+        self.node = node
+        self.step = step
+
+
+@dataclass
+class Steps:
+    client: ClusterClient
+    options: RunOptions
+    clock: ClusterClock
+
+    @property
+    def poll(self) -> float:
+        return self.options.poll_seconds
+
+    def gate(self, node: str) -> ClusterSnapshot:
+        """Wait until `node` may leave service: it answers, every other node is Up, storage is healthy."""
+        last = ["not checked yet"]
+
+        def probe() -> ClusterSnapshot | None:
+            if not self.client.reachable(node):
+                last[:] = [f"{node} does not answer on WinRM"]
+                return None
+            snapshot = self.client.snapshot(exclude=node)
+            verdict = may_drain(snapshot, node)
+            last[:] = list(verdict.reasons)
+            return snapshot if verdict else None
+
+        snapshot = self.clock.wait_for(probe, timeout=self.options.gate_timeout_minutes * 60, poll=self.poll)
+        if snapshot is None:
+            raise StepFailed(node, "gate", "not safe to drain: " + "; ".join(last))
+        return snapshot
+
+    def drain(self, node: str) -> NodeInfo:
+        """Suspend-ClusterNode -Drain: the node is Paused at once, then its roles move; poll DrainStatus."""
+        try:
+            self.client.suspend(node)
+        except CmdletFailed as e:
+            if e.has_win32(ERROR_CLUSTER_SPACE_DEGRADED):
+                raise StepFailed(node, "drain", "the cluster refused: a clustered space is degraded") from None
+            raise
+
+        def finished() -> NodeInfo | None:
+            info = self.client.node_info(node)
+            return info if info.drain_status in (DrainStatus.Completed, DrainStatus.Failed) else None
+
+        info = self.clock.wait_for(finished, timeout=self.options.drain_timeout_minutes * 60, poll=self.poll)
+        if info is None:
+            raise StepFailed(node, "drain", f"still draining after {self.options.drain_timeout_minutes:g} min")
+        if info.drain_status == DrainStatus.Failed:
+            raise StepFailed(node, "drain", "DrainStatus Failed: a role could not be moved off the node")
+        return info
+
+    def install(self, node: str) -> int:
+        """Run setup's down-level phase in the scheduled task and wait for its exit code."""
+        self.client.register_feature_update(node, self.options.setup_path)
+        self.client.start_feature_update(node)
+
+        def finished() -> tuple[ScheduledTaskState, int] | None:
+            state, code = self.client.feature_update_status(node)
+            return (state, code) if state != ScheduledTaskState.Running and code != SCHED_S_TASK_RUNNING else None
+
+        status = self.clock.wait_for(finished, timeout=self.options.install_timeout_minutes * 60, poll=self.poll)
+        if status is None:
+            raise StepFailed(node, "install", f"setup still running after {self.options.install_timeout_minutes:g} min")
+        code = status[1]
+        if code != 0:
+            raise StepFailed(node, "install", f"setup failed with exit code {code:#010x}; the node keeps its build")
+        return code
+
+    def reboot(self, node: str) -> None:
+        """Restart the node and wait until the cluster sees it go down (it must not be mistaken for back)."""
+        self.client.restart(node)
+
+        def went_down() -> bool:
+            try:
+                return self.client.node_info(node).state in (NodeState.Down, NodeState.Joining)
+            except NodeUnreachable:
+                return False
+
+        if not self.clock.wait_for(went_down, timeout=self.options.reboot_timeout_minutes * 60, poll=self.poll):
+            raise StepFailed(node, "reboot", "the node did not go down after Restart-Computer")
+
+    def wait_back(self, node: str) -> str:
+        """Wait until WinRM answers and the cluster has the node back (Paused); return its new build."""
+
+        def back() -> NodeInfo | None:
+            if not self.client.reachable(node):
+                return None
+            info = self.client.node_info(node)
+            return info if info.state in (NodeState.Paused, NodeState.Up) else None
+
+        info = self.clock.wait_for(back, timeout=self.options.reboot_timeout_minutes * 60, poll=self.poll)
+        if info is None:
+            raise StepFailed(node, "wait-back",
+                             f"not back {self.options.reboot_timeout_minutes:g} min after its restart")
+        build = self.client.os_build(node)
+        if not self.options.build_reached(build):
+            raise StepFailed(node, "wait-back", f"back on {build}, not on {self.options.target_build}")
+        return build
+
+    def wait_storage(self, node: str, *, settled: bool) -> ClusterSnapshot:
+        """Wait until no repair runs (settled=False) or storage is fully healthy again (settled=True)."""
+        last: list[str] = []
+
+        def probe() -> ClusterSnapshot | None:
+            snapshot = self.client.snapshot()
+            if settled:
+                verdict = storage_settled(snapshot)
+                last[:] = list(verdict.reasons)
+                return snapshot if verdict else None
+            return None if repair_running(snapshot) else snapshot
+
+        snapshot = self.clock.wait_for(probe, timeout=self.options.repair_timeout_minutes * 60, poll=self.poll)
+        if snapshot is None:
+            raise StepFailed(node, "wait-storage",
+                             f"storage not healthy after {self.options.repair_timeout_minutes:g} min: "
+                             + "; ".join(last or ["a repair job is still running"]))
+        return snapshot
+
+    def resume(self, node: str) -> NodeInfo:
+        return self.client.resume(node, self.options.failback)

@@ -1,0 +1,1 @@
+"""Prefect tasks: one step on one node each, with retries on transient remoting failures."""
