@@ -1,0 +1,78 @@
+"""Shared fixtures: a Prefect test server for the session, a private HCI_UPGRADE_HOME, and `run_upgrade`, which
+starts a simulated cluster behind fake WinRM endpoints and runs the real flow against it through pypsrp."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def hci_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    home = tmp_path_factory.mktemp("hci-home")
+    os.environ["HCI_UPGRADE_HOME"] = str(home)
+    return home
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@dataclass
+class UpgradeRun:
+    outcome: dict[str, Any]
+    events: list[dict[str, Any]]
+    scenario: Any
+    state: Any
+    record: Path
+
+    def node(self, name: str) -> dict[str, Any]:
+        return next(n for n in self.outcome["nodes"] if n["node"] == name)
+
+    def touched(self, name: str) -> bool:
+        """Whether the orchestrator changed anything on the node (pause, restart, install, resume)."""
+        return any(e["node"] == name and e["kind"] in ("suspend", "restart", "install", "resume", "task_registered")
+                   for e in self.events)
+
+
+@pytest.fixture
+def run_upgrade(prefect_server, tmp_path: Path):
+    from flows.rolling_upgrade import rolling_upgrade
+    from hciupgrade.models import RunOptions
+    from hciupgrade.records import new_run_id, records_dir
+    from hciupgrade.sim.audit import check_invariants
+    from hciupgrade.sim.harness import SIM_USER, SimHarness
+
+    def run(scenario, *, check: bool = True, **options: Any) -> UpgradeRun:
+        defaults = {"poll_seconds": 10, "retry_delay_seconds": 0.05, "task_retries": 1, "gate_timeout_minutes": 5,
+                    "target_build": scenario.cluster.target_build}
+        opts = RunOptions(**{**defaults, **options})
+        run_id = new_run_id()
+        with SimHarness(scenario) as harness:
+            inventory = tmp_path / f"{run_id}.yaml"
+            harness.inventory().write(inventory)
+            os.environ.update(harness.environment())
+            state = rolling_upgrade(inventory=str(inventory), options=opts, run_id=run_id, return_state=True)
+            events = harness.events()
+        record = records_dir() / f"{run_id}.jsonl"
+        final = [json.loads(line) for line in record.read_text().splitlines()]
+        outcome = next(e["outcome"] for e in reversed(final) if e["phase"] == "run" and "outcome" in e)
+        result = UpgradeRun(outcome, events, scenario, state, record)
+        if check:
+            assert check_invariants(events, scenario, outcome, SIM_USER) == []
+        return result
+
+    return run
