@@ -155,6 +155,7 @@ class SimCluster:
         self.events: list[dict[str, Any]] = []
         self._event_listeners: list[Callable[[dict[str, Any]], None]] = []
         self._timers: list[_Timer] = []
+        self._firing_at: float | None = None
         self._seq = itertools.count()
         self.functional_level = spec.functional_level
         self.pool_version = spec.pool_version
@@ -188,11 +189,16 @@ class SimCluster:
             now = self.now()
             while self._timers and self._timers[0].due <= now:
                 timer = heapq.heappop(self._timers)
-                timer.action()
+                self._firing_at = timer.due  # what it schedules counts from when it was due, not from now
+                try:
+                    timer.action()
+                finally:
+                    self._firing_at = None
             self._progress_jobs(now)
 
     def _after(self, seconds: float, action: Callable[[], None], label: str = "") -> None:
-        heapq.heappush(self._timers, _Timer(self.now() + seconds, next(self._seq), action, label))
+        base = self._firing_at if self._firing_at is not None else self.now()
+        heapq.heappush(self._timers, _Timer(base + seconds, next(self._seq), action, label))
 
     # --- the audit trail --------------------------------------------------------------------------------------
     def on_event(self, listener: Callable[[dict[str, Any]], None]) -> None:
