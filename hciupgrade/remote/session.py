@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,9 @@ from hciupgrade.remote.errors import (
 log = logging.getLogger(__name__)
 
 SHELL_NOT_FOUND = 0x8033805B
+
+# Wall seconds of recent remote calls, every session of the process (benchmarks read it).
+CALL_SECONDS: deque[float] = deque(maxlen=100_000)
 
 
 @dataclass
@@ -163,7 +167,9 @@ class NodeSession:
                 self.reset()
                 raise RemotingError(self.node, f"{type(e).__name__}: {e}") from None
             finally:
-                self.call_seconds.append(time.perf_counter() - started)
+                elapsed = time.perf_counter() - started
+                self.call_seconds.append(elapsed)
+                CALL_SECONDS.append(elapsed)
         if result.terminated:
             errors = sorted(result.errors, key=lambda e: not e.terminating)
             raise CmdletFailed(self.node, str(call), errors)
