@@ -59,7 +59,10 @@ class SimHarness:
             for name, endpoint in self.endpoints.items():
                 want = self.sim.reachable(name)
                 if want and not endpoint.running:
-                    endpoint.start()
+                    try:
+                        endpoint.start()
+                    except OSError:
+                        continue  # the port is still busy: WinRM comes up a tick later
                     with self.sim.lock:
                         self.sim._log("endpoint", name, status="open")
                 elif not want and endpoint.running:

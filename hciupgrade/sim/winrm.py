@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import hmac
 import ipaddress
+import random
 import re
 import socket
 import threading
@@ -118,8 +119,12 @@ class FakeWinRM:
         return self._server is not None
 
     def start(self) -> None:
+        """Open the port. The first start picks a free port below the ephemeral range, so that no client
+        connection can hold it while the node reboots; a later start reuses it (OSError if it is still busy)."""
         if self._server is not None:
             return
+        if not self.port:
+            self.port = _free_port(self.host)
         server = _Server((self.host, self.port), _Handler)
         server.endpoint = self
         self.port = server.server_address[1]
@@ -334,6 +339,20 @@ class FakeWinRM:
                 run.pipe.stop()
                 shell.pump()
         return ET.Element(f"{{{NS['rsp']}}}SignalResponse")
+
+
+def _free_port(host: str) -> int:
+    low, high = 20000, 32000  # below Linux's default ephemeral range (32768-60999)
+    for _ in range(200):
+        port = random.randint(low, high)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+                return port
+            except OSError:
+                continue
+    return 0
 
 
 def _seconds(duration: str) -> float:
