@@ -140,7 +140,7 @@ def demo(
                       f"{chosen.cluster.build}, time x{chosen.time_factor:g}. Starting Prefect (embedded)...")
         view = LiveView(record, console)
         thread = view.start()
-        options = RunOptions(poll_seconds=10, retry_delay_seconds=0.2, target_build=chosen.cluster.target_build)
+        options = RunOptions(poll_seconds=5, retry_delay_seconds=0.2, target_build=chosen.cluster.target_build)
         state = rolling_upgrade(inventory=str(inventory), options=options, run_id=run_id, return_state=True)
         view.stop(thread)
         if events:

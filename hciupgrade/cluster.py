@@ -130,12 +130,15 @@ class ClusterClient:
         disks = [DiskInfo(o["FriendlyName"], parse(HealthStatus, o["HealthStatus"]),
                           _operational(o["OperationalStatus"]))
                  for o in self._on_cluster(Cmdlet("Get-VirtualDisk"), exclude)]
-        jobs = [JobInfo(o["Name"], parse(JobState, o["JobState"]), int(o.get("PercentComplete") or 0),
-                        int(o.get("BytesProcessed") or 0), int(o.get("BytesTotal") or 0))
-                for o in self._on_cluster(Cmdlet("Get-StorageJob"), exclude)]
+        jobs = self.storage_jobs(exclude)
         pools = self._on_cluster(Cmdlet("Get-StoragePool", {"IsPrimordial": False}), exclude)
         pool = PoolInfo(pools[0]["FriendlyName"], parse(HealthStatus, pools[0]["HealthStatus"])) if pools else None
         return ClusterSnapshot(tuple(nodes), tuple(disks), tuple(jobs), pool)
+
+    def storage_jobs(self, exclude: str | None = None) -> list[JobInfo]:
+        return [JobInfo(o["Name"], parse(JobState, o["JobState"]), int(o.get("PercentComplete") or 0),
+                        int(o.get("BytesProcessed") or 0), int(o.get("BytesTotal") or 0))
+                for o in self._on_cluster(Cmdlet("Get-StorageJob"), exclude)]
 
     def roles_per_node(self) -> dict[str, int]:
         counts = {name: 0 for name in self.sessions}

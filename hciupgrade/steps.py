@@ -130,12 +130,14 @@ class Steps:
         last: list[str] = []
 
         def probe() -> ClusterSnapshot | None:
+            if not settled:  # only the jobs matter here: one call
+                jobs = self.client.storage_jobs()
+                return None if repair_running(ClusterSnapshot((), (), tuple(jobs), None)) else ClusterSnapshot(
+                    (), (), tuple(jobs), None)
             snapshot = self.client.snapshot()
-            if settled:
-                verdict = storage_settled(snapshot)
-                last[:] = list(verdict.reasons)
-                return snapshot if verdict else None
-            return None if repair_running(snapshot) else snapshot
+            verdict = storage_settled(snapshot)
+            last[:] = list(verdict.reasons)
+            return snapshot if verdict else None
 
         snapshot = self.clock.wait_for(probe, timeout=self.options.repair_timeout_minutes * 60, poll=self.poll)
         if snapshot is None:

@@ -4,6 +4,7 @@ connections of a run are looked up in `RUNS`, which the flow fills for its durat
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from prefect import task
@@ -35,68 +36,55 @@ def step_task(name: str):
                 retries=3, retry_delay_seconds=10)
 
 
-def _ctx(run_id: str) -> RunContext:
-    return RUNS[run_id]
+def _phase(run_id: str, node: str, phase: str, step: Callable[[RunContext], object]) -> object:
+    ctx = RUNS[run_id]
+    with ctx.recorder.phase(node, phase) as extra:
+        result = step(ctx)
+        if result is not None:
+            extra["result"] = result
+    return result
 
 
 @step_task("gate")
 def gate(run_id: str, node: str) -> None:
-    ctx = _ctx(run_id)
-    with ctx.recorder.phase(node, "gate"):
-        ctx.steps.gate(node)
+    _phase(run_id, node, "gate", lambda ctx: ctx.steps.gate(node) and None)
 
 
 @step_task("drain")
 def drain(run_id: str, node: str) -> None:
-    ctx = _ctx(run_id)
-    with ctx.recorder.phase(node, "drain"):
-        ctx.paused_by_us.add(node)  # before the call: a lost answer may still have paused it
-        ctx.steps.drain(node)
+    RUNS[run_id].paused_by_us.add(node)  # before the call: an answer lost on the way may hide a pause
+    _phase(run_id, node, "drain", lambda ctx: ctx.steps.drain(node) and None)
 
 
 @step_task("install")
 def install(run_id: str, node: str) -> None:
-    ctx = _ctx(run_id)
-    with ctx.recorder.phase(node, "install") as extra:
-        extra["exit_code"] = ctx.steps.install(node)
+    _phase(run_id, node, "install", lambda ctx: ctx.steps.install(node))
 
 
 @step_task("reboot")
 def reboot(run_id: str, node: str) -> None:
-    ctx = _ctx(run_id)
-    with ctx.recorder.phase(node, "reboot"):
-        ctx.steps.reboot(node)
+    _phase(run_id, node, "reboot", lambda ctx: ctx.steps.reboot(node))
 
 
 @step_task("wait-back")
 def wait_back(run_id: str, node: str) -> str:
-    ctx = _ctx(run_id)
-    with ctx.recorder.phase(node, "wait-back") as extra:
-        build = ctx.steps.wait_back(node)
-        extra["build"] = build
-    return build
+    return str(_phase(run_id, node, "wait-back", lambda ctx: ctx.steps.wait_back(node)))
 
 
 @step_task("wait-repair")
 def wait_repair(run_id: str, node: str) -> None:
-    ctx = _ctx(run_id)
-    with ctx.recorder.phase(node, "wait-repair"):
-        ctx.steps.wait_storage(node, settled=False)
+    _phase(run_id, node, "wait-repair", lambda ctx: ctx.steps.wait_storage(node, settled=False) and None)
 
 
 @step_task("resume")
 def resume(run_id: str, node: str) -> None:
-    ctx = _ctx(run_id)
-    with ctx.recorder.phase(node, "resume"):
-        ctx.steps.resume(node)
-        ctx.paused_by_us.discard(node)
+    _phase(run_id, node, "resume", lambda ctx: ctx.steps.resume(node) and None)
+    RUNS[run_id].paused_by_us.discard(node)
 
 
 @step_task("wait-storage")
 def wait_storage(run_id: str, node: str) -> None:
-    ctx = _ctx(run_id)
-    with ctx.recorder.phase(node, "wait-storage"):
-        ctx.steps.wait_storage(node, settled=True)
+    _phase(run_id, node, "wait-storage", lambda ctx: ctx.steps.wait_storage(node, settled=True) and None)
 
 
 NODE_STEPS = (gate, drain, install, reboot, wait_back, wait_repair, resume, wait_storage)
