@@ -108,3 +108,22 @@ def test_a_closed_port_is_unreachable(cluster):
     cluster.sim.nodes["node3"].winrm_up = False
     with pytest.raises(NodeUnreachable):
         session(cluster, "node3").run(Cmdlet("Get-ClusterNode"))
+
+
+def test_a_hung_node_times_out_at_the_call_deadline_and_the_session_recovers(cluster):
+    import time
+
+    from hciupgrade.remote import CallTimedOut
+
+    inventory = cluster.inventory().clusters[0]
+    transport = inventory.transport.model_copy(update={"operation_timeout": 1, "read_timeout": 2})
+    s = NodeSession(inventory.node("node1"), transport, SIM_USER, SecretStr(cluster.password))
+    s.run(Cmdlet("Get-ClusterNode"))
+    cluster.endpoints["node1"].hung.set()
+    started = time.monotonic()
+    with pytest.raises(NodeUnreachable) as caught:  # CallTimedOut, or a read timeout: both say "may come back"
+        s.run(Cmdlet("Get-ClusterNode"), timeout=3)
+    assert time.monotonic() - started < 30
+    assert isinstance(caught.value, CallTimedOut | NodeUnreachable)
+    cluster.endpoints["node1"].hung.clear()
+    assert s.run(Cmdlet("Get-ClusterNode")).objects

@@ -19,6 +19,7 @@ import random
 import re
 import socket
 import threading
+import time
 import uuid
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -113,6 +114,7 @@ class FakeWinRM:
         self.shells: dict[str, Shell] = {}
         self._shells_lock = threading.Lock()
         self.requests = 0
+        self.hung = threading.Event()  # a hung host: TCP up, no answer (tests of deadlines)
 
     @property
     def running(self) -> bool:
@@ -417,6 +419,8 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         endpoint = self.server.endpoint
         endpoint.requests += 1
+        while endpoint.hung.is_set() and endpoint.running:
+            time.sleep(0.05)
         length = int(self.headers.get("Content-Length", "0"))
         raw = self.rfile.read(length) if length else b""
         auth = self.headers.get("Authorization")
