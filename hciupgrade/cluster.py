@@ -161,6 +161,31 @@ class ClusterClient:
             return False
 
     # --- changes ---------------------------------------------------------------------------------------------
+    def cau_run_state(self) -> str:
+        """Get-CauRun's RunState: RunNotInProgress, RunInProgress or RunFailed."""
+        objects = self._on_cluster(Cmdlet("Get-CauRun", {"ClusterName": self.name}))
+        return str(objects[0]) if objects else "RunNotInProgress"
+
+    def quorum_witness(self) -> str | None:
+        objects = self._on_cluster(Cmdlet("Get-ClusterQuorum"))
+        return objects[0].get("QuorumResource") if objects else None
+
+    def media_build(self, node: str, setup_path: str) -> str:
+        """The build the feature update on this node would install: the media's install.wim, image 1."""
+        image = setup_path.rstrip("\\") + "\\sources\\install.wim"
+        obj = self.session(node).run(Cmdlet("Get-WindowsImage", {"ImagePath": image, "Index": 1})).objects[0]
+        return str(obj["Version"])
+
+    def run_node_script(self, node: str, path: str, phase: str) -> None:
+        self.session(node).run(PackagedScript("Invoke-NodeScript.ps1", {"Path": path, "Phase": phase}))
+
+    def feature_update_task_exists(self, node: str) -> bool:
+        try:
+            self.session(node).run(Cmdlet("Get-ScheduledTask", {"TaskName": FEATURE_UPDATE_TASK}))
+            return True
+        except CmdletFailed:
+            return False
+
     def suspend(self, node: str, *, force_drain: bool = False) -> NodeInfo:
         params: dict[str, Any] = {"Name": node, "Drain": SWITCH}
         if force_drain:

@@ -7,6 +7,7 @@ import ipaddress
 import os
 from pathlib import Path
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Literal
 
 import yaml
@@ -159,20 +160,46 @@ def load_inventory(path: str | Path) -> Inventory:
         raise InputError(format_validation(str(path), e)) from None
 
 
+SCRIPT_PATH = r"^[A-Za-z]:\\[A-Za-z0-9_\\ .()-]{1,250}\.ps1$"
+
+
 class RunOptions(Strict):
-    """How a rolling upgrade runs. Durations are cluster minutes (the simulator's clock scales them)."""
+    """How a rolling upgrade runs, with Cluster-Aware Updating's names (as aliases) and defaults where CAU has
+    them (reference/domain.md §5.2). Durations are cluster minutes: the simulator's clock scales them."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     target_build: str = Field("10.0.25398", pattern=r"^10\.0\.\d{5}(\.\d+)?$",
                               description="a node on this build (or a later UBR) counts as upgraded")
     setup_path: str = Field(r"C:\SetupFiles\WindowsServer\ExtractedFiles", pattern=r"^[A-Za-z]:\\",
+                            alias="PathToSetupMedia",
                             description="the extracted 23H2 media, the same local path on every node")
-    node_order: list[str] | None = Field(None, description="explicit order; default: fewest roles first, as CAU")
-    failback: Literal["Immediate", "Policy", "NoFailback"] = "Immediate"
-    gate_timeout_minutes: float = Field(30, gt=0, description="how long to wait for the cluster to be safe to drain")
-    drain_timeout_minutes: float = Field(30, gt=0)
+    max_failed_nodes: int | None = Field(None, ge=0, alias="MaxFailedNodes",
+                                         description="failed nodes the run tolerates; default: a third of the nodes")
+    max_retries_per_node: int = Field(3, ge=1, le=64, alias="MaxRetriesPerNode",
+                                      description="attempts of a node's whole update before it counts as failed")
+    require_all_nodes_online: bool = Field(False, alias="RequireAllNodesOnline")
+    node_order: list[str] | None = Field(None, alias="NodeOrder",
+                                         description="explicit order; default: fewest roles first, as CAU")
+    failback: Literal["Immediate", "Policy", "NoFailback"] = Field("Immediate", alias="FailbackMode")
+    reboot_timeout_minutes: float = Field(15, gt=0, alias="RebootTimeoutMinutes",
+                                          description="restart incl. setup's offline phases, until the node is back")
+    drain_timeout_minutes: float = Field(30, gt=0, alias="DrainTimeoutMinutes")
+    drain_timeout_policy: Literal["fail", "force-drain"] = Field(
+        "fail", alias="DrainTimeoutPolicy",
+        description="when a drain fails or times out: fail the node, or -ForceDrain (roles that cannot move are "
+                    "moved as failed: only when the operator allows it)")
+    repair_timeout_minutes: float = Field(720, gt=0, alias="WaitForStorageRepairTimeoutMinutes")
+    gate_timeout_minutes: float = Field(30, gt=0, alias="SuspendClusterNodeTimeoutMinutes",
+                                        description="how long to wait for the cluster to be safe to drain")
     install_timeout_minutes: float = Field(240, gt=0)
-    reboot_timeout_minutes: float = Field(30, gt=0, description="restart incl. setup's offline phases")
-    repair_timeout_minutes: float = Field(720, gt=0, description="storage resync after the node is resumed")
+    pre_update_script: str | None = Field(None, pattern=SCRIPT_PATH, alias="PreUpdateScript",
+                                          description="a .ps1 on the node, run before the pause")
+    post_update_script: str | None = Field(None, pattern=SCRIPT_PATH, alias="PostUpdateScript",
+                                           description="a .ps1 on the node, run after the resume")
+    stop_after: timedelta | None = Field(None, alias="StopAfter",
+                                         description="start no node after this much time (cluster time)")
+    warn_after: timedelta | None = Field(None, alias="WarnAfter")
     poll_seconds: float = Field(15, gt=0, description="cluster seconds between polls of a long operation")
     task_retries: int = Field(3, ge=0, le=10, description="retries of a step on a transient remoting failure")
     retry_delay_seconds: float = Field(10, ge=0, description="wall seconds between those retries")
@@ -191,12 +218,17 @@ class RunOptions(Strict):
         have = tuple(int(p) for p in build.split("."))[: len(want)]
         return have >= want
 
+    def failed_nodes_allowed(self, nodes: int) -> int:
+        """CAU's default: about a third of the nodes (range 0 to N-1)."""
+        return self.max_failed_nodes if self.max_failed_nodes is not None else nodes // 3
+
 
 class NodeOutcome(Strict):
     node: str
     build_before: str | None = None
     build_after: str | None = None
     result: Literal["upgraded", "skipped", "failed", "not-started"] = "not-started"
+    attempts: int = 0
     error: str | None = None
     left_paused: bool = False
 

@@ -139,6 +139,14 @@ class ScheduledTaskState(enum.IntEnum):
     Running = 4
 
 
+class CauRunState(enum.IntEnum):
+    """Get-CauRun's first object. Values seen: RunNotInProgress, RunInProgress, RunFailed [others UNVERIFIED]."""
+
+    RunNotInProgress = 0
+    RunInProgress = 1
+    RunFailed = 2
+
+
 # The .NET type name each enum has on the wire (FailoverClusters types; CIM enums are projected by the
 # Storage and ScheduledTasks modules' type data).
 TYPE_NAMES: dict[type[enum.IntEnum], str] = {
@@ -153,6 +161,7 @@ TYPE_NAMES: dict[type[enum.IntEnum], str] = {
     JobState: "Microsoft.PowerShell.Cmdletization.GeneratedTypes.StorageJob.JobState",
     ProvisioningType: "Microsoft.PowerShell.Cmdletization.GeneratedTypes.VirtualDisk.ProvisioningType",
     ScheduledTaskState: "Microsoft.PowerShell.Cmdletization.GeneratedTypes.ScheduledTask.StateEnum",
+    CauRunState: "Microsoft.ClusterAwareUpdating.RunState",
 }
 
 

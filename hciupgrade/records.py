@@ -17,7 +17,8 @@ from typing import Any
 
 import pandas as pd
 
-PHASES = ("gate", "drain", "install", "reboot", "wait-back", "wait-repair", "resume", "wait-storage")
+PHASES = ("gate", "pre-script", "drain", "install", "reboot", "wait-back", "wait-repair", "resume", "post-script",
+          "wait-storage")
 
 
 def home() -> Path:
@@ -117,3 +118,22 @@ def node_summary(events: pd.DataFrame, run_id: str) -> pd.DataFrame:
     for column in ("build_before", "build_after", "result", "error"):
         result[column] = outcomes.get(column)
     return result.join(table, how="left").reset_index()
+
+
+def owned_nodes(cluster: str, *, exclude_run: str | None = None, directory: Path | None = None) -> dict[str, str]:
+    """Nodes that a run of this tool paused and did not release: node -> run id. A crashed run's nodes stay
+    owned until a later run resumes them (or finds them Up and releases them)."""
+    events = []
+    for path in (directory or records_dir()).glob("*.jsonl"):
+        if exclude_run and path.stem == exclude_run:
+            continue
+        with open(path) as fh:
+            events += [e for e in map(json.loads, filter(lambda line: '"ownership"' in line, fh))
+                       if e.get("phase") == "ownership" and str(e.get("cluster", "")).lower() == cluster.lower()]
+    owned: dict[str, str] = {}
+    for event in sorted(events, key=lambda e: e["start"]):
+        if event["status"] == "paused":
+            owned[event["node"]] = event["run_id"]
+        else:
+            owned.pop(event["node"], None)
+    return owned

@@ -58,29 +58,52 @@ class Steps:
         return snapshot
 
     def drain(self, node: str) -> NodeInfo:
-        """Suspend-ClusterNode -Drain: the node is Paused at once, then its roles move; poll DrainStatus."""
+        """Suspend-ClusterNode -Drain: the node is Paused at once, then its roles move; poll DrainStatus.
+        Idempotent: a node already paused and drained is not drained twice; a drain in progress is only
+        watched. A failed or timed-out drain fails the node, or is forced when the operator allowed it."""
+        info = self.client.node_info(node)
+        if info.state == NodeState.Paused and info.drain_status == DrainStatus.Completed:
+            return info
+        if not (info.state == NodeState.Paused and info.drain_status == DrainStatus.InProgress):
+            self._suspend(node, force=False)
+        info = self._wait_drained(node)
+        if info is not None and info.drain_status == DrainStatus.Completed:
+            return info
+        why = "DrainStatus Failed: a role could not be moved off the node" if info is not None else \
+            f"still draining after {self.options.drain_timeout_minutes:g} min"
+        if self.options.drain_timeout_policy != "force-drain":
+            raise StepFailed(node, "drain", why)
+        self._suspend(node, force=True)  # roles that cannot move are moved as failed: the operator allowed it
+        info = self._wait_drained(node)
+        if info is None or info.drain_status != DrainStatus.Completed:
+            raise StepFailed(node, "drain", f"{why}; -ForceDrain did not complete either")
+        return info
+
+    def _suspend(self, node: str, *, force: bool) -> None:
         try:
-            self.client.suspend(node)
+            self.client.suspend(node, force_drain=force)
         except CmdletFailed as e:
             if e.has_win32(ERROR_CLUSTER_SPACE_DEGRADED):
                 raise StepFailed(node, "drain", "the cluster refused: a clustered space is degraded") from None
             raise
 
+    def _wait_drained(self, node: str) -> NodeInfo | None:
         def finished() -> NodeInfo | None:
             info = self.client.node_info(node)
             return info if info.drain_status in (DrainStatus.Completed, DrainStatus.Failed) else None
 
-        info = self.clock.wait_for(finished, timeout=self.options.drain_timeout_minutes * 60, poll=self.poll)
-        if info is None:
-            raise StepFailed(node, "drain", f"still draining after {self.options.drain_timeout_minutes:g} min")
-        if info.drain_status == DrainStatus.Failed:
-            raise StepFailed(node, "drain", "DrainStatus Failed: a role could not be moved off the node")
-        return info
+        return self.clock.wait_for(finished, timeout=self.options.drain_timeout_minutes * 60, poll=self.poll)
 
     def install(self, node: str) -> int:
-        """Run setup's down-level phase in the scheduled task and wait for its exit code."""
-        self.client.register_feature_update(node, self.options.setup_path)
-        self.client.start_feature_update(node)
+        """Run setup's down-level phase in the scheduled task and wait for its exit code. Idempotent: a setup
+        that is running is only watched, one that already succeeded is not run again."""
+        state, code = self.client.feature_update_status(node) if self.client.feature_update_task_exists(node) \
+            else (ScheduledTaskState.Unknown, None)
+        if state == ScheduledTaskState.Ready and code == 0:
+            return 0
+        if state != ScheduledTaskState.Running:
+            self.client.register_feature_update(node, self.options.setup_path)
+            self.client.start_feature_update(node)
 
         def finished() -> tuple[ScheduledTaskState, int] | None:
             state, code = self.client.feature_update_status(node)
@@ -148,3 +171,19 @@ class Steps:
 
     def resume(self, node: str) -> NodeInfo:
         return self.client.resume(node, self.options.failback)
+
+    def gate_adopted(self, node: str) -> None:
+        """For a node a dead run left out of service: every other node must be Up before this one continues."""
+        others = [n for n in self.client.nodes(exclude=node) if n.name.lower() != node.lower()
+                  and n.state != NodeState.Up]
+        if others:
+            raise StepFailed(node, "gate", "; ".join(f"node {n.name} is {n.state.name}" for n in others))
+
+    def script(self, node: str, phase: str) -> None:
+        path = self.options.pre_update_script if phase == "Pre" else self.options.post_update_script
+        if path is None:
+            return
+        try:
+            self.client.run_node_script(node, path, phase)
+        except CmdletFailed as e:
+            raise StepFailed(node, f"{phase.lower()}-script", e.errors[0].message) from None

@@ -54,7 +54,7 @@ def test_a_node_already_on_the_target_build_is_skipped(run_upgrade):
 
 def test_a_vm_that_will_not_migrate_stops_the_run_and_the_node_is_resumed(run_upgrade):
     scenario = make_scenario(nodes=3, time_factor=FAST, faults=[{"node": "node2", "kind": "drain_fails"}])
-    run = run_upgrade(scenario, node_order=["node1", "node2", "node3"])
+    run = run_upgrade(scenario, node_order=["node1", "node2", "node3"], max_failed_nodes=0)
     assert not run.outcome["succeeded"] and run.state.is_failed()
     assert "node2" in run.outcome["error"] and "drain" in run.outcome["error"]
     assert run.node("node1")["result"] == "upgraded"
@@ -66,7 +66,7 @@ def test_a_vm_that_will_not_migrate_stops_the_run_and_the_node_is_resumed(run_up
 
 def test_a_failed_install_stops_the_run_and_the_node_keeps_its_build(run_upgrade):
     scenario = make_scenario(nodes=3, time_factor=FAST, faults=[{"node": "node1", "kind": "install_fails"}])
-    run = run_upgrade(scenario, node_order=["node1", "node2", "node3"])
+    run = run_upgrade(scenario, node_order=["node1", "node2", "node3"], max_failed_nodes=0)
     assert not run.outcome["succeeded"]
     assert "setup failed with exit code 0xc1900101" in run.outcome["error"]
     assert run.node("node1")["result"] == "failed"
@@ -87,7 +87,8 @@ def test_a_node_that_does_not_come_back_is_named_and_left_for_the_operator(run_u
 
 def test_a_stalled_repair_stops_the_run_before_the_next_node(run_upgrade):
     scenario = make_scenario(nodes=3, time_factor=FAST, faults=[{"node": "node1", "kind": "repair_stalls"}])
-    run = run_upgrade(scenario, node_order=["node1", "node2", "node3"], repair_timeout_minutes=60)
+    run = run_upgrade(scenario, node_order=["node1", "node2", "node3"], repair_timeout_minutes=60,
+                      max_failed_nodes=0, max_retries_per_node=1)
     assert not run.outcome["succeeded"]
     assert "storage not healthy" in run.outcome["error"] and "Repair" in run.outcome["error"]
     assert run.node("node1")["result"] == "failed"
@@ -96,7 +97,7 @@ def test_a_stalled_repair_stops_the_run_before_the_next_node(run_upgrade):
 
 def test_a_node_refusing_winrm_is_named_and_nothing_is_done_to_it(run_upgrade):
     scenario = make_scenario(nodes=3, time_factor=FAST, faults=[{"node": "node3", "kind": "winrm_refused"}])
-    run = run_upgrade(scenario, node_order=["node1", "node2", "node3"])
+    run = run_upgrade(scenario, node_order=["node1", "node2", "node3"], max_failed_nodes=0)
     assert not run.outcome["succeeded"]
     assert [run.node(n)["result"] for n in ("node1", "node2", "node3")] == ["upgraded", "upgraded", "failed"]
     assert "node3" in run.outcome["error"] and "not reachable" in run.outcome["error"]
@@ -110,5 +111,54 @@ def test_a_node_paused_by_an_operator_blocks_the_run_and_stays_paused(run_upgrad
     data["cluster"]["nodes"][2]["state"] = "Paused"
     run = run_upgrade(parse_scenario(data), gate_timeout_minutes=2)
     assert not run.outcome["succeeded"]
-    assert "node node3 is Paused" in run.outcome["error"]
+    assert "node3 paused outside this tool" in run.outcome["error"]
     assert not any(e["kind"] in ("suspend", "resume") for e in run.events)
+
+
+def test_a_node_is_retried_as_a_whole_up_to_max_retries_per_node(run_upgrade):
+    scenario = make_scenario(nodes=2, time_factor=FAST, faults=[{"node": "node1", "kind": "install_fails", "times": 1}])
+    run = run_upgrade(scenario, node_order=["node1", "node2"])
+    assert run.outcome["succeeded"]
+    assert run.node("node1")["attempts"] == 2 and run.node("node1")["result"] == "upgraded"
+    assert sum(1 for e in run.events if e["kind"] == "suspend" and e["node"] == "node1") == 2
+
+
+def test_within_max_failed_nodes_the_run_goes_on_but_does_not_succeed(run_upgrade):
+    scenario = make_scenario(nodes=3, time_factor=FAST, faults=[{"node": "node1", "kind": "drain_fails"}])
+    run = run_upgrade(scenario, node_order=["node1", "node2", "node3"], max_failed_nodes=1, max_retries_per_node=2)
+    assert [run.node(n)["result"] for n in ("node1", "node2", "node3")] == ["failed", "upgraded", "upgraded"]
+    assert run.node("node1")["attempts"] == 2
+    assert not run.outcome["succeeded"] and run.outcome["error"].startswith("PartiallyFailed")
+
+
+def test_more_failures_than_max_failed_nodes_stop_the_run(run_upgrade):
+    faults = [{"node": "node1", "kind": "install_fails"}, {"node": "node2", "kind": "install_fails"}]
+    run = run_upgrade(make_scenario(nodes=4, time_factor=FAST, faults=faults),
+                      node_order=["node1", "node2", "node3", "node4"], max_failed_nodes=1, max_retries_per_node=1)
+    assert run.outcome["error"].startswith("MaxFailedNodesExceeded")
+    assert not run.touched("node3") and not run.touched("node4")
+
+
+def test_a_failing_pre_update_script_means_the_node_is_not_updated(run_upgrade):
+    scenario = make_scenario(nodes=2, time_factor=FAST, faults=[{"node": "node1", "kind": "pre_script_fails"}])
+    run = run_upgrade(scenario, node_order=["node1", "node2"], pre_update_script="C:\\Scripts\\pre.ps1",
+                      post_update_script="C:\\Scripts\\post.ps1", max_failed_nodes=0, max_retries_per_node=1)
+    assert "pre-script" in run.outcome["error"]
+    assert not any(e["kind"] in ("suspend", "install") for e in run.events if e["node"] == "node1")
+
+
+def test_force_drain_when_the_operator_allows_it(run_upgrade):
+    scenario = make_scenario(nodes=2, time_factor=FAST, faults=[{"node": "node1", "kind": "drain_fails"}])
+    run = run_upgrade(scenario, node_order=["node1", "node2"], drain_timeout_policy="force-drain")
+    assert run.outcome["succeeded"]
+    assert any(e["kind"] == "vm_moved" and not e["live"] for e in run.events)
+
+
+def test_a_cau_run_in_progress_blocks_before_anything_changes(run_upgrade):
+    from hciupgrade.sim.scenario import parse_scenario
+
+    data = make_scenario(nodes=2, time_factor=FAST).model_dump()
+    data["knobs"] = {"cau_run_state": "RunInProgress"}
+    run = run_upgrade(parse_scenario(data))
+    assert "Get-CauRun: RunInProgress" in run.outcome["error"]
+    assert not run.touched("node1") and not run.touched("node2")

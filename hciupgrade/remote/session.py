@@ -160,7 +160,7 @@ class NodeSession:
                 if e.code in (SHELL_NOT_FOUND, 0x80338029):
                     raise NodeUnreachable(self.node, f"remote shell gone (WSMan fault {e.code:#x})") from None
                 raise RemotingError(self.node, f"WSMan fault {e.code}: {e.reason}") from None
-            except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as e:
+            except requests.exceptions.RequestException as e:  # refused, reset, timed out, cut mid-answer
                 self.reset()
                 raise NodeUnreachable(self.node, f"{type(e).__name__}: connection failed") from None
             except (WinRMTransportError, WinRMError) as e:

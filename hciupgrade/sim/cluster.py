@@ -177,6 +177,7 @@ class SimCluster:
         self.pool_size = int(sum(v.size_gb for v in spec.volumes) * GB * 2.5)
         self.jobs: list[StorageJob] = []
         self._job_ids = itertools.count(1)
+        self._strikes: dict[tuple[str, FaultKind], int] = {}
         self._refresh_storage_health()
 
     # --- time -----------------------------------------------------------------------------------------------
@@ -236,6 +237,17 @@ class SimCluster:
         node = self.nodes[name]
         return node.winrm_up and node.state != NodeState.Down
 
+    def strikes(self, node: str, kind: FaultKind) -> Any:
+        """The fault of this kind on `node` if it strikes now (a fault with `times` strikes that often)."""
+        fault = self.scenario.faults_for(node, kind)
+        if fault is None:
+            return None
+        count = self._strikes.get((node, kind), 0)
+        if fault.times is not None and count >= fault.times:
+            return None
+        self._strikes[(node, kind)] = count + 1
+        return fault
+
     # --- requests (what the cmdlets ask for) ------------------------------------------------------------------
     def storage_degraded_reason(self, excluding: str) -> str | None:
         """Why pausing a node now would leave a clustered space without redundancy (None: it would not)."""
@@ -287,8 +299,8 @@ class SimCluster:
         node.status_information = NodeStatusInformation.DrainInProgress
         self._log("drain", node.name, status="InProgress", force=force)
         targets = [n.name for n in self.nodes.values() if n.state == NodeState.Up and n.name != node.name]
-        fault = self.scenario.faults_for(node.name, FaultKind.drain_fails)
         mine = [vm for vm in self.vms.values() if vm.owner == node.name]
+        fault = self.strikes(node.name, FaultKind.drain_fails) if mine else None
         stuck = None
         if fault and mine:
             stuck = fault.vm or mine[0].name
@@ -399,7 +411,7 @@ class SimCluster:
         task.last_run_time = self.now()
         task.last_result = SCHED_S_TASK_RUNNING
         self._log("install", node.name, status="Running", by=by)
-        fault = self.scenario.faults_for(node.name, FaultKind.install_fails)
+        fault = self.strikes(node.name, FaultKind.install_fails)
         minutes = self.d.install_minutes
         if fault:
             self._after(minutes * 60 * fault.at_percent / 100,
@@ -413,8 +425,18 @@ class SimCluster:
         node.task.last_result = code
         ok = code in self.knobs.setup_success_codes
         if ok:
-            node.staged_build = self.target_build
+            spec = next(n for n in self.scenario.cluster.nodes if n.name == node.name)
+            node.staged_build = spec.media_build or self.target_build
         self._log("install", node.name, status="Completed" if ok else "Failed", code=code)
+
+    def run_node_script(self, name: str, path: str, phase: str, *, by: str) -> None:
+        """A Pre/PostUpdateScript on the node: it succeeds unless a *_script_fails fault strikes."""
+        node = self.node(name)
+        kind = FaultKind.pre_script_fails if phase == "Pre" else FaultKind.post_script_fails
+        failed = self.strikes(node.name, kind) is not None
+        self._log("script", node.name, by=by, path=path, status="Failed" if failed else "Completed")
+        if failed:
+            raise Refused(f"The script '{path}' failed on {node.name}: exit code 1.", 1, node.name, "script")
 
     # --- storage ----------------------------------------------------------------------------------------------
     def _drives_leave(self, node: Node) -> None:

@@ -504,3 +504,52 @@ def invoke_script(sim: SimCluster, node: str, caller: str, text: str, raw: list[
             return handler(inv), inv.errors
         except Refused as refused:
             raise Terminating(cluster_error(refused, Spec(handler, frozenset(), (), "Script"))) from None
+
+
+@packaged("Invoke-NodeScript.ps1")
+def invoke_node_script(inv: Invocation) -> list[Out]:
+    inv.sim.run_node_script(inv.node, str(inv.params.get("Path", "")), str(inv.params.get("Phase", "Pre")),
+                            by=inv.caller)
+    return []
+
+
+# --- Cluster-Aware Updating, quorum, media ------------------------------------------------------------------------
+CAU_NS = "Microsoft.ClusterAwareUpdating"
+
+
+@cmdlet("Get-CauRun", "ClusterName Credential ShowClusterNodeState WaitForCompletion WaitForStart",
+        positional=("ClusterName",))
+def get_cau_run(inv: Invocation) -> list[Out]:
+    """A RunState value first, then the CauRun when a run exists (reference/domain.md §5.4)."""
+    from hciupgrade.psenums import CauRunState
+
+    state = CauRunState[inv.sim.knobs.cau_run_state]
+    out: list[Any] = [state]  # an enum value on the output stream, as the real cmdlet writes it
+    if state != CauRunState.RunNotInProgress:
+        out.append(Out([f"{CAU_NS}.CauRun", "System.Object"],
+                       {"RunId": "6f1c2a9e-3d52-4c1b-9a8e-0c7d2b1e4f10", "RunStartTime": "2026-11-20T01:35:39",
+                        "CurrentOrchestrator": next(iter(inv.sim.nodes)), "CancelPending": False,
+                        "NodeStatusNotifications": [], "NodeResults": []}, to_string=""))
+    return out
+
+
+@cmdlet("Get-ClusterQuorum", "Name", positional=("Name",))
+def get_cluster_quorum(inv: Invocation) -> list[Out]:
+    require_cluster_node(inv)
+    witness = inv.sim.knobs.witness
+    return [Out([f"{CLUSTER_NS}.ClusterQuorumSettings", "System.Object"],
+                {"Cluster": inv.sim.name, "QuorumResource": None if witness == "none" else witness,
+                 "QuorumType": "Majority"}, to_string=inv.sim.name)]
+
+
+@cmdlet("Get-WindowsImage", "ImagePath Index Name", positional=())
+def get_windows_image(inv: Invocation) -> list[Out]:
+    path = str(inv.params.get("ImagePath", ""))
+    spec = next(n for n in inv.sim.scenario.cluster.nodes if n.name == inv.node)
+    build = spec.media_build or inv.sim.target_build
+    return [Out(["Microsoft.Dism.Commands.WimImageInfoObject", "Microsoft.Dism.Commands.ImageInfoObject",
+                 "System.Object"],
+                {"ImagePath": path, "ImageIndex": int(inv.params.get("Index", 1)),
+                 "ImageName": "Azure Stack HCI", "Version": build, "EditionId": "ServerAzureStackHCICor",
+                 "InstallationType": "Server Core", "Languages": ["en-US (Default)"], "Architecture": 9},
+                to_string="")]

@@ -37,6 +37,8 @@ class VolumeSpec(Strict):
 class NodeSpec(Strict):
     name: str
     state: Literal["Up", "Paused"] = "Up"
+    media_build: str | None = Field(None, description="the build of the setup media on this node (default: "
+                                                       "the cluster's target_build)")
     """A node that starts Paused was paused by someone else (an operator): the orchestrator must not resume it."""
 
     @field_validator("name")
@@ -66,6 +68,8 @@ class FaultKind(StrEnum):
     no_return = "no_return"  # the node does not come back from its reboot
     repair_stalls = "repair_stalls"  # the resync stops making progress
     winrm_refused = "winrm_refused"  # the node's WinRM port is closed from the start
+    pre_script_fails = "pre_script_fails"  # the PreUpdateScript throws on this node
+    post_script_fails = "post_script_fails"  # the PostUpdateScript throws on this node
 
 
 class Fault(Strict):
@@ -73,6 +77,8 @@ class Fault(Strict):
     kind: FaultKind
     vm: str | None = Field(None, description="drain_fails: the VM that will not move (default: the node's first)")
     at_percent: float = Field(40, ge=0, lt=100, description="repair_stalls / install_fails: where it stops")
+    times: int | None = Field(None, ge=1, description="drain_fails / install_fails / *_script_fails: how many "
+                                                      "times it strikes (default: every time)")
 
 
 class Knobs(Strict):
@@ -85,6 +91,9 @@ class Knobs(Strict):
         "noop", description="Resume-ClusterNode on a node that is not paused (ERROR_CLUSTER_NODE_NOT_PAUSED?)"
     )
     setup_success_codes: tuple[int, ...] = Field((0,), description="setup.exe exit codes that mean success")
+    cau_run_state: Literal["RunNotInProgress", "RunInProgress", "RunFailed"] = Field(
+        "RunNotInProgress", description="what Get-CauRun reports (a CAU run left behind blocks the upgrade)")
+    witness: Literal["Cloud Witness", "File Share Witness", "none"] = "Cloud Witness"
 
 
 class ClusterSpec(Strict):

@@ -38,7 +38,7 @@ from psrpcore.types import PSInvocationState
 
 from hciupgrade.sim import cmdlets
 from hciupgrade.sim.cluster import SimCluster
-from hciupgrade.sim.pstypes import category_info, error_record, exception_of, normalise_param, to_psobject
+from hciupgrade.sim.pstypes import category_info, error_record, exception_of, normalise_param, to_ps
 
 NS = {
     "s": "http://www.w3.org/2003/05/soap-envelope",
@@ -289,7 +289,7 @@ class FakeWinRM:
                     outputs, errors = cmdlets.invoke(
                         self.sim, self.node, caller, [(c.command_text, p) for c, p in zip(statement, params)])
                 for output in outputs:
-                    pipe.write_output(to_psobject(output))
+                    pipe.write_output(to_ps(output))
                 for error in errors:
                     pipe.write_error(exception_of(error), category_info(error), error.target, error.fq_error_id)
         except cmdlets.Terminating as terminating:

@@ -1,0 +1,125 @@
+"""Before anything changes: the run's preflight, the scan (what each node would get) and the plan.
+
+Each check is a Finding; a blocking one stops the run before it touches the cluster. `--dry-run` prints the same
+findings and the plan, and changes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hciupgrade.cluster import ClusterClient, NodeInfo
+from hciupgrade.gates import storage_busy
+from hciupgrade.models import RunOptions
+from hciupgrade.psenums import NodeState
+from hciupgrade.remote import NodeUnreachable, RemoteError
+
+
+@dataclass(frozen=True)
+class Finding:
+    check: str
+    ok: bool
+    detail: str
+    blocking: bool = True
+
+    @property
+    def level(self) -> str:
+        return "ok" if self.ok else ("BLOCKS" if self.blocking else "warning")
+
+
+@dataclass(frozen=True)
+class ScanRow:
+    node: str
+    current: str | None
+    offered: str | None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class PlannedNode:
+    node: str
+    action: str  # upgrade, skip, adopt
+    detail: str
+    steps: tuple[str, ...] = ()
+
+
+@dataclass
+class Preflight:
+    findings: list[Finding] = field(default_factory=list)
+    scan: list[ScanRow] = field(default_factory=list)
+    plan: list[PlannedNode] = field(default_factory=list)
+    nodes: list[NodeInfo] = field(default_factory=list)
+    reachable: dict[str, bool] = field(default_factory=dict)
+
+    @property
+    def blocked(self) -> bool:
+        return any(not f.ok and f.blocking for f in self.findings)
+
+    def blocking_reasons(self) -> list[str]:
+        return [f"{f.check}: {f.detail}" for f in self.findings if not f.ok and f.blocking]
+
+
+def check(client: ClusterClient, options: RunOptions, owned: set[str]) -> Preflight:
+    """Every preflight check, the scan and the facts the plan needs. Reads only."""
+    pre = Preflight()
+    add = pre.findings.append
+    for name in client.sessions:
+        pre.reachable[name] = client.reachable(name)
+    down = [n for n, ok in pre.reachable.items() if not ok]
+    add(Finding("nodes reachable", not down,
+                "every node answers on WinRM" if not down else f"no answer from {', '.join(down)}",
+                blocking=options.require_all_nodes_online))
+    try:
+        pre.nodes = client.nodes()
+    except NodeUnreachable as e:
+        add(Finding("cluster", False, str(e)))
+        return pre
+    foreign = [n.name for n in pre.nodes if n.state == NodeState.Paused and n.name not in owned]
+    add(Finding("no node paused by someone else", not foreign,
+                "none" if not foreign else f"{', '.join(foreign)} paused outside this tool: resume it by hand "
+                "or finish what it is paused for; it will not be resumed by this run"))
+    not_up = [f"{n.name} is {n.state.name}" for n in pre.nodes
+              if n.state not in (NodeState.Up, NodeState.Paused) and n.name not in owned]
+    add(Finding("nodes online", not not_up, "all Up or Paused" if not not_up else "; ".join(not_up),
+                blocking=options.require_all_nodes_online or bool(not_up)))
+    try:
+        cau = client.cau_run_state()
+        add(Finding("no CAU run in progress", cau == "RunNotInProgress",
+                    f"Get-CauRun: {cau}" + ("" if cau == "RunNotInProgress" else
+                                             " (finish it, or recover with Invoke-CauRun -ForceRecovery -Force)")))
+    except RemoteError as e:
+        add(Finding("no CAU run in progress", False, f"Get-CauRun failed: {e}"))
+    snapshot = client.snapshot()
+    busy = storage_busy(snapshot)
+    ours_away = any(n.state != NodeState.Up and n.name in owned for n in pre.nodes)
+    repairing = any("storage job" in b for b in busy)
+    add(Finding("storage healthy", not busy, "pool and every virtual disk Healthy" if not busy else "; ".join(busy),
+                blocking=bool(busy) and not (ours_away or repairing)))
+    witness = client.quorum_witness()
+    up = sum(1 for n in pre.nodes if n.state == NodeState.Up)
+    votes = len(pre.nodes) + (1 if witness else 0)
+    remaining = up - 1 + (1 if witness else 0)
+    add(Finding("quorum with one node away", remaining > votes / 2,
+                f"{remaining} of {votes} votes remain while a node is away (witness: {witness or 'none'})"))
+    pre.scan = scan(client, options, pre.reachable)
+    offered = {row.offered for row in pre.scan if row.offered}
+    add(Finding("same feature update offered to every node", len(offered) <= 1,
+                f"offered: {', '.join(sorted(offered)) or 'nothing'}", blocking=False))
+    if offered and not all(options.build_reached(b) for b in offered):
+        add(Finding("media reaches the target build", False,
+                    f"the media offers {', '.join(sorted(offered))}, below {options.target_build}"))
+    return pre
+
+
+def scan(client: ClusterClient, options: RunOptions, reachable: dict[str, bool]) -> list[ScanRow]:
+    """What each node would get: its build now and the build of the feature update on its media."""
+    rows = []
+    for name in client.sessions:
+        if not reachable.get(name):
+            rows.append(ScanRow(name, None, None, "not reachable"))
+            continue
+        try:
+            rows.append(ScanRow(name, client.os_build(name), client.media_build(name, options.setup_path)))
+        except RemoteError as e:
+            rows.append(ScanRow(name, None, None, str(e)))
+    return rows
