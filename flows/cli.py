@@ -32,7 +32,7 @@ err = Console(stderr=True)
 
 @app.callback()
 def _commands() -> None:
-    """Commands: demo."""
+    """Commands: demo, upgrade, status, report, sim serve."""
 
 
 class LiveView:
@@ -159,6 +159,210 @@ def demo(
         if not json_out:
             console.print(f"[red]Upgrade failed:[/] {outcome and outcome.get('error')}")
         raise typer.Exit(1)
+
+
+sim_app = typer.Typer(no_args_is_help=True, help="The simulated cluster.")
+app.add_typer(sim_app, name="sim")
+
+
+@sim_app.command("serve")
+def sim_serve(
+    inventory_out: Annotated[Path, typer.Option(help="write the cluster's inventory (YAML) here")],
+    scenario: Annotated[Optional[Path], typer.Option(help="scenario file (YAML); default: the 4-node demo")] = None,
+    events: Annotated[Optional[Path], typer.Option(help="append the event log (JSON Lines) here as it happens")] = None,
+) -> None:
+    """Run a simulated cluster as its own process, as a real one outlives the orchestrator. The password comes
+    from HCI_UPGRADE_SIM_PASSWORD, which the inventory names; stop with Ctrl-C or SIGTERM."""
+    import signal
+
+    from hciupgrade.sim.harness import PASSWORD_ENV, SimHarness
+
+    try:
+        chosen = load_scenario(scenario) if scenario else builtin_scenario()
+    except ScenarioError as e:
+        err.print(f"[red]{e}[/]")
+        raise typer.Exit(2) from None
+    password = os.environ.get(PASSWORD_ENV)
+    if not password:
+        err.print(f"[red]{PASSWORD_ENV} is not set[/]: export a password for the simulated nodes first, e.g. "
+                  f"export {PASSWORD_ENV}=$(openssl rand -base64 18)")
+        raise typer.Exit(2)
+    harness = SimHarness(chosen, password=password)
+    if events:
+        events.write_text("")
+        sink = open(events, "a")
+        harness.sim.on_event(lambda e: (sink.write(json.dumps(e) + "\n"), sink.flush()))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with harness:
+        harness.inventory().write(inventory_out)
+        err.print(f"Simulated cluster {chosen.cluster.name} serving {len(harness.endpoints)} nodes on 127.0.0.1 "
+                  f"(x{chosen.time_factor:g}); inventory: {inventory_out}")
+        try:
+            while not stop.wait(0.2):
+                pass
+        except KeyboardInterrupt:
+            pass
+
+
+def _load_options(path: Path | None) -> Any:
+    import yaml
+    from pydantic import ValidationError
+
+    from hciupgrade.models import RunOptions, format_validation
+
+    if path is None:
+        return RunOptions()
+    try:
+        return RunOptions.model_validate(yaml.safe_load(path.read_text()) or {})
+    except FileNotFoundError:
+        raise InputProblem(f"{path}: no such options file") from None
+    except ValidationError as e:
+        raise InputProblem(format_validation(str(path), e)) from None
+
+
+class InputProblem(Exception):
+    pass
+
+
+@app.command()
+def upgrade(
+    inventory: Annotated[Path, typer.Option(help="inventory file (YAML)")],
+    cluster: Annotated[Optional[str], typer.Option(help="the cluster to upgrade (optional with one cluster)")] = None,
+    options: Annotated[Optional[Path], typer.Option(help="run options (YAML), with CAU's names")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print preflight, scan and plan; change nothing")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="print the outcome as JSON")] = False,
+) -> None:
+    """Upgrade one cluster of an inventory, node by node. Exit 0 when it ends upgraded, 1 when not, 2 for bad
+    input. Run it again after a crash: it picks up where the cluster is."""
+    from hciupgrade.models import InputError, load_inventory
+
+    try:
+        inv = load_inventory(inventory)
+        target = inv.cluster(cluster)
+        run_options = _load_options(options)
+        target.credential.resolve(secret_block=lambda name: "")  # fail early on a missing environment variable
+    except (InputError, InputProblem) as e:
+        err.print(f"[red]{e}[/]")
+        raise typer.Exit(2) from None
+    except Exception as e:  # noqa: BLE001 - a credential problem is bad input too
+        err.print(f"[red]{e}[/]")
+        raise typer.Exit(2) from None
+    console = err if json_out else Console()
+    if dry_run:
+        outcome = _dry_run(target, run_options, console)
+        if json_out:
+            print(json.dumps(outcome, indent=2))
+        raise typer.Exit(0 if outcome["succeeded"] else 1)
+    from flows.rolling_upgrade import rolling_upgrade
+    from hciupgrade.records import records_dir
+
+    run_id = new_run_id()
+    record = records_dir() / f"{run_id}.jsonl"
+    view = LiveView(record, console) if not json_out else None
+    thread = view.start() if view else None
+    state = rolling_upgrade(inventory=str(inventory), cluster=target.name, options=run_options, run_id=run_id,
+                            return_state=True)
+    if view and thread:
+        view.stop(thread)
+    outcome = _outcome(record)
+    if json_out:
+        print(json.dumps(outcome, indent=2))
+    elif record.exists():
+        console.print(summary_table(record, run_id))
+        if outcome and outcome.get("error"):
+            console.print(f"[red]Stopped:[/] {outcome['error']}")
+    raise typer.Exit(0 if outcome and outcome["succeeded"] and state.is_completed() else 1)
+
+
+def _outcome(record: Path) -> dict | None:
+    if not record.exists():
+        return None
+    return next((e["outcome"] for e in reversed([json.loads(x) for x in record.read_text().splitlines()])
+                 if e.get("phase") == "run" and "outcome" in e), None)
+
+
+def _dry_run(target: Any, options: Any, console: Console) -> dict:
+    """Preflight, scan and plan without Prefect and without changing anything."""
+    from hciupgrade.clock import ClusterClock
+    from hciupgrade.cluster import ClusterClient
+    from hciupgrade.engine import RollingUpgrade
+    from hciupgrade.records import RunRecorder
+    from hciupgrade.steps import Steps
+
+    client = ClusterClient(target, target.credential.resolve())
+    recorder = RunRecorder(new_run_id(), target.name, time_factor=target.time_factor)
+    try:
+        engine = RollingUpgrade(client, options, recorder, Steps(client, options, ClusterClock(target.time_factor)))
+        outcome, pre = engine.run(dry_run=True)
+    finally:
+        client.close()
+    findings = Table(title=f"Preflight of {target.name}", box=box.SIMPLE_HEAD)
+    for column in ("check", "result", "detail"):
+        findings.add_column(column)
+    for f in pre.findings:
+        colour = {"ok": "green", "BLOCKS": "red", "warning": "yellow"}[f.level]
+        findings.add_row(f.check, f"[{colour}]{f.level}[/]", f.detail)
+    scan = Table(title="Scan: what each node would get", box=box.SIMPLE_HEAD)
+    for column in ("node", "build now", "offered by the media", "note"):
+        scan.add_column(column)
+    for row in pre.scan:
+        scan.add_row(row.node, row.current or "", row.offered or "", row.error or "")
+    plan = Table(title="Plan (in this order; gates before each drain: other nodes Up, no storage job, "
+                       "every virtual disk Healthy, pool Healthy)", box=box.SIMPLE_HEAD)
+    for column in ("#", "node", "action", "detail", "steps"):
+        plan.add_column(column)
+    for i, p in enumerate(pre.plan, 1):
+        plan.add_row(str(i), p.node, p.action, p.detail, " > ".join(p.steps))
+    for table in (findings, scan, plan):
+        console.print(table)
+    console.print("Dry run: nothing was changed." + (f" [red]Blocked:[/] {outcome.error}" if outcome.error else ""))
+    return {**outcome.model_dump(mode="json"), "dry_run": True,
+            "findings": [f.__dict__ for f in pre.findings], "scan": [r.__dict__ for r in pre.scan],
+            "plan": [{"node": p.node, "action": p.action, "detail": p.detail, "steps": list(p.steps)}
+                     for p in pre.plan]}
+
+
+@app.command()
+def status(cluster: Annotated[str, typer.Argument(help="the cluster's name")]) -> None:
+    """The latest run on a cluster, like Get-CauRun: state, run id, start, current node, each node's latest step."""
+    from hciupgrade.reports import all_events, run_status
+
+    events = all_events()
+    current = run_status(events, cluster) if not events.empty else None
+    if current is None:
+        Console().print(f"RunNotInProgress: no run of hci-upgrade on {cluster} is recorded")
+        return
+    console = Console()
+    console.print(f"[bold]{current.state}[/]  run {current.run_id}  started {current.started:%Y-%m-%d %H:%M:%S} UTC"
+                  + (f"  result {current.result}" if current.result else "")
+                  + (f"  current node {current.current_node}" if current.current_node else ""))
+    table = Table(box=box.SIMPLE_HEAD)
+    for column in ("node", "step", "status", "at (UTC)"):
+        table.add_column(column)
+    for _, row in current.nodes.iterrows():
+        table.add_row(row["node"], row["phase"], row["status"], f"{row['at']:%H:%M:%S}")
+    console.print(table)
+
+
+@app.command()
+def report(run: Annotated[Optional[str], typer.Argument(help="run id (default: the latest run)")] = None) -> None:
+    """A run's report, like Get-CauReport: per node the result, retries, error and time in each phase."""
+    from hciupgrade.reports import all_events, latest_run, run_report
+
+    events = all_events()
+    run_id = run or (latest_run(events) if not events.empty else None)
+    if run_id is None or events.empty or run_id not in set(events["run_id"]):
+        err.print(f"[red]no run {run_id or ''} in the records[/]")
+        raise typer.Exit(2)
+    df = run_report(events, run_id)
+    table = Table(title=f"Run {run_id} (phases in cluster minutes)", box=box.SIMPLE_HEAD)
+    for column in df.columns:
+        table.add_column(str(column))
+    for _, row in df.iterrows():
+        table.add_row(*["" if v is None or v != v else (f"{v:.1f}" if isinstance(v, float) else str(v))
+                        for v in row.tolist()])
+    Console().print(table)
 
 
 def main() -> None:  # pragma: no cover

@@ -1,41 +1,63 @@
-"""The per-cluster lock: a Prefect global concurrency limit with one slot (across processes and machines that
-share a Prefect server), taken strictly so a missing limit is an error and never a silent no-lock, plus a host
-lock (flock) so runs on one machine exclude each other even in embedded mode, where each process has its own
-temporary server."""
+"""The per-cluster lock: a Prefect global concurrency limit with one slot, taken strictly so a missing limit is
+an error and never a silent no-lock, inside a host lock (flock) so runs on one machine exclude each other in
+every mode.
+
+Embedded mode (no PREFECT_API_URL): every process starts its own temporary server on the same SQLite database,
+and leases live in that server's memory (PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE defaults to memory). A holder
+killed with SIGKILL therefore leaves `active_slots` at 1 with no lease left to expire: the slot would never come
+back. Holding the host lock proves no live process on this machine holds the cluster, and in embedded mode no
+other machine can, so a slot still counted then is stale and is reclaimed.
+
+Server mode: the slot of a killed holder comes back when its lease expires, lease_seconds after its last renewal
+plus up to 15 s for the server's repossessor loop.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from prefect import get_client
 from prefect.concurrency.sync import concurrency
+from prefect.settings import get_current_settings
 
 from hciupgrade.hostlock import host_lock
+
+log = logging.getLogger(__name__)
 
 
 def limit_name(cluster: str) -> str:
     return f"hci-upgrade-cluster-{cluster.lower()}"
 
 
-def ensure_limit(cluster: str) -> str:
-    """Create the cluster's one-slot limit if it does not exist (never touch one that does)."""
-    name = limit_name(cluster)
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+def embedded() -> bool:
+    return get_current_settings().api.url is None
+
+
+def ensure_limit(cluster: str, *, reclaim_stale: bool) -> str:
+    """Create the cluster's one-slot limit if it does not exist; with `reclaim_stale`, zero a leaked slot."""
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
     from prefect.exceptions import ObjectNotFound
 
+    name = limit_name(cluster)
     with get_client(sync_client=True) as client:
         try:
-            client.read_global_concurrency_limit_by_name(name)
+            limit = client.read_global_concurrency_limit_by_name(name)
         except ObjectNotFound:
             client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1, active=True))
+            return name
+        if reclaim_stale and limit.active_slots:
+            log.warning("reclaiming %s slot(s) of %s left by a run that died on this machine", limit.active_slots,
+                        name)
+            client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(active_slots=0))
     return name
 
 
 @contextmanager
 def cluster_lock(cluster: str, *, lease_seconds: float, timeout_seconds: float = 6 * 3600) -> Iterator[None]:
     with host_lock(cluster, timeout=timeout_seconds):
-        name = ensure_limit(cluster)
+        name = ensure_limit(cluster, reclaim_stale=embedded())
         with concurrency(name, occupy=1, strict=True, lease_duration=lease_seconds,
                          timeout_seconds=timeout_seconds, raise_on_lease_renewal_failure=False):
             yield

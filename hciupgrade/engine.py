@@ -18,6 +18,7 @@ A node adopted from a crashed run continues from where its live state says it is
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -141,7 +142,8 @@ class RollingUpgrade:
         info = self.client.node_info(node)
         on_target = build is not None and self.options.build_reached(build)
         if node not in self.owned:
-            return () if on_target and info.state == NodeState.Up else FULL
+            # on target and Up here means a retry after the resync wait failed: wait for the storage again
+            return ("wait-storage",) if on_target and info.state == NodeState.Up else FULL
         if on_target or info.state in (NodeState.Down, NodeState.Joining):
             return AFTER_REBOOT
         return ("gate-adopted", "drain", "install", "reboot", *AFTER_REBOOT)
@@ -149,7 +151,7 @@ class RollingUpgrade:
     # --- the run ----------------------------------------------------------------------------------------------
     def run(self, *, dry_run: bool = False) -> tuple[RunOutcome, Preflight]:
         started = time.monotonic()
-        self.recorder.emit(None, "run", "running", dry_run=dry_run,
+        self.recorder.emit(None, "run", "running", dry_run=dry_run, pid=os.getpid(),
                            options=self.options.model_dump(mode="json", by_alias=True))
         outcomes: dict[str, NodeOutcome] = {}
         failure: str | None = None
@@ -173,7 +175,7 @@ class RollingUpgrade:
                     raise StopRun("PartiallyFailed: " + "; ".join(o.error or o.node for o in failed))
         except StopRun as stop:
             failure = str(stop)
-        except RemoteError as e:
+        except (StepFailed, RemoteError) as e:
             failure = str(e)
         outcome = RunOutcome(run_id=self.recorder.run_id, cluster=self.client.name, succeeded=failure is None,
                              nodes=list(outcomes.values()), error=failure)
@@ -205,6 +207,10 @@ class RollingUpgrade:
                     raise StopRun(f"MaxFailedNodesExceeded: {len(failed)} node(s) failed ({', '.join(failed)}), "
                                   f"{allowed} allowed; last: {outcome.error}")
             self.progress((index + 1) / len(plan))
+        # the run ends with healthy storage, also when every node was done already (a rerun after a crash
+        # during the last resync)
+        with self.recorder.phase(None, "settle"):
+            self.steps.wait_storage("cluster", settled=True)
 
     def _node(self, node: str, outcome: NodeOutcome) -> None:
         try:

@@ -96,9 +96,9 @@ def check(client: ClusterClient, options: RunOptions, owned: set[str]) -> Prefli
     add(Finding("storage healthy", not busy, "pool and every virtual disk Healthy" if not busy else "; ".join(busy),
                 blocking=bool(busy) and not (ours_away or repairing)))
     witness = client.quorum_witness()
-    up = sum(1 for n in pre.nodes if n.state == NodeState.Up)
+    voting = sum(1 for n in pre.nodes if n.state in (NodeState.Up, NodeState.Paused))  # a paused node votes
     votes = len(pre.nodes) + (1 if witness else 0)
-    remaining = up - 1 + (1 if witness else 0)
+    remaining = voting - 1 + (1 if witness else 0)
     add(Finding("quorum with one node away", remaining > votes / 2,
                 f"{remaining} of {votes} votes remain while a node is away (witness: {witness or 'none'})"))
     pre.scan = scan(client, options, pre.reachable)

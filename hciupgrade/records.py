@@ -66,7 +66,7 @@ class RunRecorder:
         return event
 
     @contextmanager
-    def phase(self, node: str, phase: str, **attrs: Any) -> Iterator[dict[str, Any]]:
+    def phase(self, node: str | None, phase: str, **attrs: Any) -> Iterator[dict[str, Any]]:
         """Record a phase: 'running' when it starts, 'succeeded' or 'failed' (with the error) when it ends."""
         start = now_iso()
         self.emit(node, phase, "running", start=start, **attrs)

@@ -454,8 +454,9 @@ class SimCluster:
         fault = self.scenario.faults_for(node.name, FaultKind.repair_stalls)
         if dirty > 0:
             share = dirty // len(self.disks)
-            for disk in self.disks.values():
-                job = StorageJob(name="Repair", disk=disk.name, bytes_total=max(share, 1), started=self.now(),
+            for disk in self.disks.values():  # no more to resync than the volume holds
+                job = StorageJob(name="Repair", disk=disk.name, bytes_total=max(min(share, disk.size), 1),
+                                 started=self.now(),
                                  stall_at=fault.at_percent / 100 if fault else None)
                 self.jobs.append(job)
                 self._log("storage_job", node.name, disk=disk.name, status="Running", bytes_total=job.bytes_total)

@@ -1,0 +1,83 @@
+"""Status and reports from the run records, like Get-CauRun and Get-CauReport: what runs now, and how each node
+fared in a run."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import pandas as pd
+
+from hciupgrade.records import PHASES, load_events, phase_durations
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    run_id: str
+    cluster: str
+    started: pd.Timestamp
+    state: str  # RunInProgress, RunNotInProgress (finished), RunStopped (the process died without finishing)
+    result: str | None
+    current_node: str | None
+    nodes: pd.DataFrame  # node, phase, status, at
+
+
+def _alive(pid: object) -> bool:
+    """Whether the run's process still lives on this machine (a zombie does not count)."""
+    try:
+        with open(f"/proc/{int(pid)}/stat") as fh:  # type: ignore[arg-type]
+            return fh.read().split(") ", 1)[1][0] not in "ZX"
+    except (OSError, TypeError, ValueError, IndexError):
+        try:
+            os.kill(int(pid), 0)  # type: ignore[arg-type]
+            return True
+        except (OSError, TypeError, ValueError):
+            return False
+
+
+def latest_run(events: pd.DataFrame, cluster: str | None = None) -> str | None:
+    runs = events[events["phase"] == "run"]
+    if cluster is not None:
+        runs = runs[runs["cluster"].str.lower() == cluster.lower()]
+    return None if runs.empty else str(runs.sort_values("start")["run_id"].iloc[-1])
+
+
+def run_status(events: pd.DataFrame, cluster: str) -> RunStatus | None:
+    run_id = latest_run(events, cluster)
+    if run_id is None:
+        return None
+    run = events[events["run_id"] == run_id].sort_values("start", kind="stable")
+    header = run[run["phase"] == "run"]
+    final = header[header["status"] != "running"]
+    if not final.empty:
+        state, result = "RunNotInProgress", str(final["status"].iloc[-1])
+    else:
+        pid = header["pid"].iloc[0] if "pid" in header else None
+        state, result = ("RunInProgress" if _alive(pid) else "RunStopped"), None
+    steps = run[run["node"].notna() & (run["phase"] != "ownership")]
+    latest = steps.groupby("node").tail(1)
+    nodes = pd.DataFrame({"node": latest["node"], "phase": latest["phase"], "status": latest["status"],
+                          "at": latest["end"].fillna(latest["start"])}).reset_index(drop=True)
+    running = latest[latest["status"] == "running"]
+    current = None if running.empty or state != "RunInProgress" else str(running["node"].iloc[-1])
+    return RunStatus(run_id, str(header["cluster"].iloc[0]), header["start"].iloc[0], state, result, current, nodes)
+
+
+def run_report(events: pd.DataFrame, run_id: str) -> pd.DataFrame:
+    """Per node: result, attempts, retries, error, and minutes of cluster time in each phase."""
+    run = events[events["run_id"] == run_id]
+    outcome_rows = run[(run["phase"] == "node") & (run["status"] != "running")].groupby("node").tail(1)
+    report = pd.DataFrame({"node": outcome_rows["node"],
+                           "result": outcome_rows.get("result"),
+                           "attempts": outcome_rows.get("attempts"),
+                           "error": outcome_rows.get("error")}).set_index("node")
+    report["retries"] = (report["attempts"].fillna(1).astype(int) - 1).clip(lower=0)
+    durations = phase_durations(run)
+    if not durations.empty:
+        minutes = durations.pivot_table(index="node", columns="phase", values="cluster_s", aggfunc="sum") / 60
+        report = report.join(minutes.reindex(columns=[p for p in PHASES if p in minutes.columns]), how="left")
+    return report.reset_index()
+
+
+def all_events() -> pd.DataFrame:
+    return load_events()

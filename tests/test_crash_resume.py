@@ -1,0 +1,101 @@
+"""Kill the orchestrator with SIGKILL at several points, run the same command again, and the upgrade completes:
+nodes already upgraded are skipped, the node left paused is adopted, nothing is drained twice, and the cluster
+lock is free again at once on this machine. The simulated cluster runs in its own process, as a real one does."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hciupgrade.sim.audit import check_invariants
+from hciupgrade.sim.harness import PASSWORD_ENV, SIM_USER
+from hciupgrade.sim.scenario import make_scenario, parse_scenario
+
+CLI = [sys.executable, "-c", "from flows.cli import app; app()"]
+
+
+@pytest.fixture(scope="module")
+def prefect_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("prefect-home")  # shared by the runs, so the database migrates once
+
+
+def slow_drain_scenario():
+    data = make_scenario(nodes=3, time_factor=1000).model_dump()
+    data["durations"] = {"live_migration_gb_per_s": 0.1, "install_minutes": 30, "reboot_minutes": 10}
+    return parse_scenario(data)
+
+
+def read_events(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def wait_for_event(path: Path, match: dict, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and any(all(e.get(k) == v for k, v in match.items()) for e in read_events(path)):
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"no event {match} within {timeout} s")
+
+
+@pytest.mark.parametrize("kill_at", [
+    {"kind": "drain", "node": "node2", "status": "InProgress"},
+    {"kind": "install", "node": "node2", "status": "Running"},
+    {"kind": "restart", "node": "node2"},
+    {"kind": "storage_job", "node": "node2", "status": "Running"},
+], ids=["mid-drain", "mid-install", "during-reboot", "during-repair-wait"])
+def test_a_killed_run_is_completed_by_the_next_one(tmp_path, prefect_home, kill_at):
+    scenario_file, inventory, events, options = (tmp_path / n for n in ("s.yaml", "inv.yaml", "ev.jsonl", "o.yaml"))
+    scenario = slow_drain_scenario()
+    scenario_file.write_text(yaml.safe_dump(scenario.model_dump(mode="json")))
+    options.write_text(yaml.safe_dump({"NodeOrder": ["node1", "node2", "node3"], "poll_seconds": 5,
+                                       "retry_delay_seconds": 0.1}))
+    env = {**os.environ, PASSWORD_ENV: "sim-secret-for-tests", "PREFECT_HOME": str(prefect_home),
+           "HCI_UPGRADE_HOME": str(tmp_path / "home")}
+    env.pop("PREFECT_API_URL", None)
+    serve = subprocess.Popen([*CLI, "sim", "serve", "--scenario", str(scenario_file), "--inventory-out",
+                              str(inventory), "--events", str(events)], env=env, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while not inventory.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        upgrade = [*CLI, "upgrade", "--inventory", str(inventory), "--options", str(options), "--json"]
+        first = subprocess.Popen(upgrade, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        wait_for_event(events, kill_at)
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        second = subprocess.run(upgrade, env=env, capture_output=True, text=True, timeout=300)
+        assert second.returncode == 0, second.stderr[-3000:]
+        outcome = json.loads(second.stdout)
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        serve.wait(timeout=10)
+    log = read_events(events)
+    assert outcome["succeeded"]
+    results = {n["node"]: n["result"] for n in outcome["nodes"]}
+    # node2 is finished by the second run, or found finished (killed after its resume) and skipped
+    assert results["node1"] == "skipped" and results["node3"] == "upgraded"
+    assert results["node2"] == ("skipped" if kill_at["kind"] == "storage_job" else "upgraded")
+    settle = [e for e in log if e["kind"] == "storage_job" and e["status"] == "Completed"]
+    assert settle and all(d["health"] == "Healthy" for d in _final_disks(log).values())
+    assert {e["node"] for e in log if e["kind"] == "build"} == {"node1", "node2", "node3"}
+    drains = [e["node"] for e in log if e["kind"] == "suspend"]
+    assert sorted(drains) == ["node1", "node2", "node3"], f"drained twice: {drains}"
+    assert sum(1 for e in log if e["kind"] == "restart" and e["node"] == "node2") == 1
+    assert check_invariants(log, scenario, outcome, SIM_USER) == []
+
+
+def _final_disks(log: list[dict]) -> dict[str, dict]:
+    disks: dict[str, dict] = {}
+    for e in log:
+        if e["kind"] == "disk_health":
+            disks[e["disk"]] = e
+    return disks
