@@ -207,6 +207,9 @@ class ClusterClient:
     def start_feature_update(self, node: str) -> None:
         self.session(node).run(Cmdlet("Start-ScheduledTask", {"TaskName": FEATURE_UPDATE_TASK}))
 
+    def stop_feature_update(self, node: str) -> None:
+        self.session(node).run(Cmdlet("Stop-ScheduledTask", {"TaskName": FEATURE_UPDATE_TASK}))
+
     def feature_update_status(self, node: str) -> tuple[ScheduledTaskState, int]:
         """The task's state and setup's exit code (LastTaskResult; 0x41301 while it runs)."""
         session = self.session(node)

@@ -177,12 +177,18 @@ class RollingUpgrade:
             failure = str(stop)
         except (StepFailed, RemoteError) as e:
             failure = str(e)
+        except BaseException as e:  # cancelled (SIGTERM from Prefect's runner, the UI, Ctrl-C): record, re-raise
+            self._finish(outcomes, f"cancelled ({type(e).__name__})", dry_run)
+            raise
+        return self._finish(outcomes, failure, dry_run), pre
+
+    def _finish(self, outcomes: dict[str, NodeOutcome], failure: str | None, dry_run: bool) -> RunOutcome:
         outcome = RunOutcome(run_id=self.recorder.run_id, cluster=self.client.name, succeeded=failure is None,
                              nodes=list(outcomes.values()), error=failure)
         self.recorder.emit(None, "run", "succeeded" if outcome.succeeded else "failed", error=failure,
                            dry_run=dry_run, paused_by_this_run=sorted(self.owned),
                            outcome=outcome.model_dump(mode="json"))
-        return outcome, pre
+        return outcome
 
     def _upgrade(self, plan: list[PlannedNode], outcomes: dict[str, NodeOutcome], started: float) -> None:
         allowed = self.options.failed_nodes_allowed(len(plan))
@@ -241,7 +247,15 @@ class RollingUpgrade:
                 self.recorder.emit(node, "node", "succeeded", result="upgraded", attempts=attempt,
                                    build_before=outcome.build_before, build_after=outcome.build_after)
                 return
-            except (StepFailed, RemoteError) as e:
+            except BaseException as e:
+                if not isinstance(e, StepFailed | RemoteError):  # cancelled: bring the node back, then stop
+                    back = self.recover(node)
+                    outcome.result, outcome.left_paused = "failed", not back
+                    outcome.error = f"{node}: the run was cancelled here" + (
+                        "; the node was brought back" if back else f"; {node} is left paused or down")
+                    self.recorder.emit(node, "node", "failed", result="failed", error=outcome.error,
+                                       left_paused=not back)
+                    raise
                 back = self.recover(node)
                 outcome.error = str(e) if str(e).startswith(node) else f"{node}: {e}"
                 if not back:
@@ -263,6 +277,7 @@ class RollingUpgrade:
         try:
             if self.client.node_info(node).state == NodeState.Paused and self.client.reachable(node):
                 with self.recorder.phase(node, "recover"):
+                    self.steps.abort_install(node)  # setup's down-level phase changes nothing until a restart
                     self.steps.resume(node)
                 self.owned.discard(node)
                 self.recorder.emit(node, "ownership", "released", reason="recovered after a failure")

@@ -172,6 +172,13 @@ class Steps:
     def resume(self, node: str) -> NodeInfo:
         return self.client.resume(node, self.options.failback)
 
+    def abort_install(self, node: str) -> None:
+        """Stop a setup that is still in its down-level phase, before the node is brought back."""
+        if self.client.feature_update_task_exists(node):
+            state, _ = self.client.feature_update_status(node)
+            if state == ScheduledTaskState.Running:
+                self.client.stop_feature_update(node)
+
     def gate_adopted(self, node: str) -> None:
         """For a node a dead run left out of service: every other node must be Up before this one continues."""
         others = [n for n in self.client.nodes(exclude=node) if n.name.lower() != node.lower()

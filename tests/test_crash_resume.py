@@ -62,13 +62,13 @@ def test_a_killed_run_is_completed_by_the_next_one(tmp_path, prefect_home, kill_
            "HCI_UPGRADE_HOME": str(tmp_path / "home")}
     env.pop("PREFECT_API_URL", None)
     serve = subprocess.Popen([*CLI, "sim", "serve", "--scenario", str(scenario_file), "--inventory-out",
-                              str(inventory), "--events", str(events)], env=env, stderr=subprocess.PIPE)
+                              str(inventory), "--events", str(events)], env=env, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30
         while not inventory.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
         upgrade = [*CLI, "upgrade", "--inventory", str(inventory), "--options", str(options), "--json"]
-        first = subprocess.Popen(upgrade, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        first = subprocess.Popen(upgrade, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for_event(events, kill_at)
         first.send_signal(signal.SIGKILL)
         first.wait()
@@ -99,3 +99,41 @@ def _final_disks(log: list[dict]) -> dict[str, dict]:
         if e["kind"] == "disk_health":
             disks[e["disk"]] = e
     return disks
+
+
+def test_a_cancelled_run_brings_the_current_node_back(tmp_path, prefect_home):
+    """Prefect cancels a flow run by sending SIGTERM to its process (the UI's Cancel, the API, a worker)."""
+    scenario_file, inventory, events, options = (tmp_path / n for n in ("s.yaml", "inv.yaml", "ev.jsonl", "o.yaml"))
+    scenario = slow_drain_scenario()
+    scenario_file.write_text(yaml.safe_dump(scenario.model_dump(mode="json")))
+    options.write_text(yaml.safe_dump({"NodeOrder": ["node1", "node2", "node3"], "poll_seconds": 5}))
+    env = {**os.environ, PASSWORD_ENV: "sim-secret-for-tests", "PREFECT_HOME": str(prefect_home),
+           "HCI_UPGRADE_HOME": str(tmp_path / "home")}
+    env.pop("PREFECT_API_URL", None)
+    serve = subprocess.Popen([*CLI, "sim", "serve", "--scenario", str(scenario_file), "--inventory-out",
+                              str(inventory), "--events", str(events)], env=env, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not inventory.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with open(tmp_path / "stderr.txt", "w") as stderr:
+            run = subprocess.Popen([*CLI, "upgrade", "--inventory", str(inventory), "--options", str(options),
+                                    "--json"], env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+        wait_for_event(events, {"kind": "install", "node": "node1", "status": "Running"})
+        run.send_signal(signal.SIGTERM)
+        run.wait(timeout=120)
+        time.sleep(0.5)
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        serve.wait(timeout=10)
+    assert run.returncode != 0
+    log = read_events(events)
+    assert any(e["kind"] == "install" and e["status"] == "Stopped" and e["node"] == "node1" for e in log)
+    assert any(e["kind"] == "resume" and e["node"] == "node1" for e in log)
+    assert not any(e["kind"] == "restart" for e in log)
+    states = {}
+    for e in log:
+        if e["kind"] == "node_state":
+            states[e["node"]] = e["new"]
+    assert set(states.values()) == {"Up"}
+    assert check_invariants(log, scenario, {"succeeded": False, "error": "cancelled", "nodes": []}, SIM_USER) == []

@@ -42,6 +42,7 @@ ERROR_CLUSTER_NODE_DRAIN_IN_PROGRESS = 5962
 ERROR_CLUSTER_SPACE_DEGRADED = 5987
 SETUP_FAILED_ROLLED_BACK = 0xC1900101  # setup.exe: "the installation failed ... rolled back"
 SCHED_S_TASK_RUNNING = 0x41301
+SCHED_S_TASK_TERMINATED = 0x41306
 
 FEATURE_UPDATE_TASK = "HciUpgrade-FeatureUpdate"
 
@@ -413,14 +414,26 @@ class SimCluster:
         self._log("install", node.name, status="Running", by=by)
         fault = self.strikes(node.name, FaultKind.install_fails)
         minutes = self.d.install_minutes
+        run = task.last_run_time
         if fault:
             self._after(minutes * 60 * fault.at_percent / 100,
-                        lambda: self._install_ended(node, SETUP_FAILED_ROLLED_BACK), "install-fail")
+                        lambda: self._install_ended(node, SETUP_FAILED_ROLLED_BACK, run), "install-fail")
         else:
-            self._after(minutes * 60, lambda: self._install_ended(node, 0), "install-done")
+            self._after(minutes * 60, lambda: self._install_ended(node, 0, run), "install-done")
 
-    def _install_ended(self, node: Node, code: int) -> None:
+    def stop_feature_update(self, name: str, *, by: str) -> None:
+        """Stop-ScheduledTask: setup is killed in its down-level phase; nothing is staged."""
+        node = self.node(name)
+        if node.task is not None and node.task.state == ScheduledTaskState.Running:
+            node.task.state = ScheduledTaskState.Ready
+            node.task.last_result = SCHED_S_TASK_TERMINATED
+            node.task.last_run_time = None
+            self._log("install", node.name, status="Stopped", by=by)
+
+    def _install_ended(self, node: Node, code: int, run: float | None) -> None:
         assert node.task is not None
+        if node.task.last_run_time != run or node.task.state != ScheduledTaskState.Running:
+            return  # this run was stopped
         node.task.state = ScheduledTaskState.Ready
         node.task.last_result = code
         ok = code in self.knobs.setup_success_codes

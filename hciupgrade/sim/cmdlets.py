@@ -455,6 +455,13 @@ def start_scheduled_task(inv: Invocation) -> list[Out]:
     return []
 
 
+@cmdlet("Stop-ScheduledTask", "TaskName TaskPath", positional=("TaskName",))
+def stop_scheduled_task(inv: Invocation) -> list[Out]:
+    _only_our_task(inv)
+    inv.sim.stop_feature_update(inv.node, by=inv.caller)
+    return []
+
+
 @cmdlet("Get-ScheduledTaskInfo", "TaskName TaskPath", positional=("TaskName",))
 def get_scheduled_task_info(inv: Invocation) -> list[Out]:
     _only_our_task(inv)
