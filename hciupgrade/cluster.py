@@ -90,11 +90,14 @@ def _operational(value: Any) -> tuple[str, ...]:
 class ClusterClient:
     """One cluster's nodes, reached through one NodeSession each."""
 
-    def __init__(self, inventory: ClusterInventory, password: SecretStr) -> None:
+    def __init__(self, inventory: ClusterInventory, password: SecretStr,
+                 sessions: dict[str, Any] | None = None) -> None:
+        """`sessions` replaces the pypsrp sessions (the simulator's in-process ones, for property tests)."""
         self.name = inventory.name
         self.inventory = inventory
-        self.sessions = {n.name: NodeSession(n, inventory.transport, inventory.credential.username, password)
-                         for n in inventory.nodes}
+        self.sessions = sessions or {
+            n.name: NodeSession(n, inventory.transport, inventory.credential.username, password)
+            for n in inventory.nodes}
 
     def close(self) -> None:
         for session in self.sessions.values():

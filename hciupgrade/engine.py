@@ -167,7 +167,8 @@ class RollingUpgrade:
             self.recorder.emit(None, "plan", "succeeded", order=[p.node for p in pre.plan],
                                actions={p.node: p.action for p in pre.plan})
             if pre.blocked:
-                raise StopRun("preflight: " + "; ".join(pre.blocking_reasons()))
+                left = f" ({', '.join(sorted(self.owned))} left paused or down by an earlier run)" if self.owned else ""
+                raise StopRun("preflight: " + "; ".join(pre.blocking_reasons()) + left)
             if not dry_run:
                 self._upgrade(pre.plan, outcomes, started)
                 failed = [o for o in outcomes.values() if o.result == "failed"]

@@ -1,0 +1,60 @@
+"""An in-process session to the simulated cluster, for tests that run the engine many times (the property test).
+
+It has NodeSession's interface and keeps the wire's shapes: every object is serialised by psrpcore and read back
+by pypsrp's deserialiser, exactly as over the fake endpoint; only HTTP and WS-Management are skipped. Flow tests
+and the demo use the real client over the fake endpoint instead.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from typing import Any
+
+from psrpcore.types import serialize
+from pypsrp.serializer import Serializer
+
+from hciupgrade.remote import CmdletFailed, ErrorInfo, NodeUnreachable, Result
+from hciupgrade.remote.calls import SWITCH, Call, Cmdlet, PackagedScript, Pipeline
+from hciupgrade.remote.session import to_plain
+from hciupgrade.sim import cmdlets
+from hciupgrade.sim.cluster import SimCluster
+from hciupgrade.sim.pstypes import to_ps
+
+
+def _info(error: cmdlets.ErrorOut, terminating: bool) -> ErrorInfo:
+    return ErrorInfo(error.message, error.fq_error_id, None, error.target, error.exception_type, error.hresult,
+                     terminating)
+
+
+class InProcessSession:
+    def __init__(self, sim: SimCluster, node: str, caller: str) -> None:
+        self.sim, self.node, self.caller = sim, node, caller
+        self.call_seconds: list[float] = []
+        self._serializer = Serializer()
+
+    def reset(self) -> None:
+        pass
+
+    close = reset
+
+    def _wire(self, value: Any) -> Any:
+        xml = ET.tostring(serialize(to_ps(value), None), encoding="unicode")
+        return to_plain(self._serializer.deserialize(xml))
+
+    def run(self, call: Call, *, timeout: float | None = None) -> Result:
+        with self.sim.lock:
+            self.sim.advance()
+            if not self.sim.reachable(self.node):
+                raise NodeUnreachable(self.node, "ConnectionError: connection failed")
+        commands = call.commands if isinstance(call, Pipeline) else (call,)
+        raw = [[(k, None if v is SWITCH else (list(v) if isinstance(v, tuple) else v))
+                for k, v in c.parameters.items()] for c in commands]
+        try:
+            if isinstance(commands[0], PackagedScript):
+                outputs, errors = cmdlets.invoke_script(self.sim, self.node, self.caller, commands[0].text, raw[0])
+            else:
+                outputs, errors = cmdlets.invoke(self.sim, self.node, self.caller,
+                                                 [(c.name, r) for c, r in zip(commands, raw) if isinstance(c, Cmdlet)])
+        except cmdlets.Terminating as t:
+            raise CmdletFailed(self.node, str(call), [_info(t.error, True)]) from None
+        return Result([self._wire(o) for o in outputs], [_info(e, False) for e in errors])
