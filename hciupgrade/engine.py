@@ -89,7 +89,8 @@ class RollingUpgrade:
     # --- before anything changes ----------------------------------------------------------------------------
     def reconcile(self) -> None:
         """Adopt the nodes a run of ours paused and did not release; release those that are Up again."""
-        for node, run_id in owned_nodes(self.client.name, exclude_run=self.recorder.run_id).items():
+        # a retried flow run keeps its run id: its earlier attempt's ownership counts too
+        for node, run_id in owned_nodes(self.client.name).items():
             if node not in self.client.sessions:
                 continue
             try:
