@@ -32,7 +32,7 @@ err = Console(stderr=True)
 
 @app.callback()
 def _commands() -> None:
-    """Commands: demo, upgrade, status, report, sim serve."""
+    """Commands: demo, upgrade, status, report, readiness, sim serve."""
 
 
 class LiveView:
@@ -363,6 +363,100 @@ def report(run: Annotated[Optional[str], typer.Argument(help="run id (default: t
         table.add_row(*["" if v is None or v != v else (f"{v:.1f}" if isinstance(v, float) else str(v))
                         for v in row.tolist()])
     Console().print(table)
+
+
+@app.command("readiness")
+def readiness_cmd(
+    results: Annotated[Optional[list[Path]], typer.Option("--results", help="saved checker results (JSON); "
+                                                                          "repeat for several files")] = None,
+    inventory: Annotated[Optional[Path], typer.Option(help="run the checker on the inventory's clusters")] = None,
+    cluster: Annotated[Optional[list[str]], typer.Option(help="only these clusters of the inventory")] = None,
+    install_module: Annotated[bool, typer.Option(help="install AzStackHci.EnvironmentChecker where missing")] = False,
+    remediate: Annotated[Optional[list[str]], typer.Option(help="allow a remediation step: features, bitlocker, "
+                                                                "registry, network-atc (repeatable)")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="write readiness.csv and readiness.parquet here")] = None,
+) -> None:
+    """Readiness for the solution upgrade: 0 when nothing blocks, 1 when a Critical check fails, 2 when the input
+    cannot be read. With --results, each file counts as one cluster named after the file."""
+    from hciupgrade.readiness.remediation import STEPS, guidance
+    from hciupgrade.readiness.results import read_file
+    from hciupgrade.readiness.summary import FrameBuilder, cluster_table, decide, failures, nodes_by_check
+
+    if bool(results) == bool(inventory):
+        err.print("[red]give --results FILE... or --inventory FILE[/]")
+        raise typer.Exit(2)
+    bad = [s for s in remediate or [] if s not in STEPS]
+    if bad:
+        err.print(f"[red]--remediate: {bad[0]!r} is not a step; allowed: {', '.join(STEPS)}[/]")
+        raise typer.Exit(2)
+    problems: list[str] = []
+    notes: dict[str, dict[str, str]] = {}
+    if results:
+        builder = FrameBuilder()
+        for path in results:
+            rows, file_problems = read_file(path)
+            builder.extend(rows, path.stem)
+            problems += [str(p) for p in file_problems]
+        df = builder.frame()
+    else:
+        from flows.readiness import readiness
+        from hciupgrade.models import InputError, load_inventory
+
+        try:
+            load_inventory(inventory)
+        except InputError as e:
+            err.print(f"[red]{e}[/]")
+            raise typer.Exit(2) from None
+        outcome = readiness(inventory=str(inventory), clusters=cluster, install_module=install_module,
+                            remediate_steps=remediate, out_dir=str(out) if out else None)
+        builder = FrameBuilder()
+        for row in outcome["records"]:
+            builder.add(row, row.pop("cluster"))
+        df = builder.frame()
+        problems += outcome["problems"]
+        notes = outcome["notes"]
+        for step in outcome["remediated"]:
+            Console().print(f"remediated {step['node']}: {step['step']}: {step['detail']}")
+    console = Console()
+    for problem in problems:
+        err.print(f"[yellow]not understood:[/] {problem}")
+    if df.empty:
+        err.print("[red]no result record could be read[/]")
+        raise typer.Exit(2)
+    if out and results:
+        out.mkdir(parents=True, exist_ok=True)
+        df.to_csv(out / "readiness.csv", index=False)
+        df.to_parquet(out / "readiness.parquet", index=False)
+    decision = decide(df)
+    summary = Table(title="Readiness per cluster", box=box.SIMPLE_HEAD)
+    for column in ("cluster", "ready", "blocking checks", "advised checks", "checks"):
+        summary.add_column(column)
+    for name, row in decision.iterrows():
+        summary.add_row(str(name), "[green]yes[/]" if row.ready else "[red]no[/]", str(row.blocking_checks),
+                        str(row.advised_checks), str(row.checks))
+    console.print(summary)
+    if len(decision) == 1:
+        grid = nodes_by_check(df, str(decision.index[0]))
+        table = Table(title="Checks by node", box=box.SIMPLE_HEAD)
+        table.add_column("check")
+        for column in grid.columns:
+            table.add_column(str(column))
+        for check, row in grid.iterrows():
+            table.add_row(str(check), *[{"SUCCESS": "[green]ok[/]", "": ""}.get(v, f"[red]{v}[/]")
+                                        for v in row.tolist()])
+        console.print(table)
+    else:
+        console.print(cluster_table(df))
+    for _, row in failures(df).iterrows():
+        _, text = guidance(str(row["name"]))
+        colour = {"CRITICAL": "red", "WARNING": "yellow"}.get(str(row["severity"]), "white")
+        console.print(f"[{colour}]{row['severity']}[/] {row['cluster']} {row['node']}: {row['title']}: "
+                      f"{row['detail'] or row['remediation']}\n    fix: {text}")
+        pool = notes.get(str(row["cluster"]), {}).get("pool")
+        if pool and "Storage" in str(row["name"]):
+            console.print(f"    {pool}")
+    code = 0 if decision["ready"].all() else 1
+    raise typer.Exit(2 if problems else code)
 
 
 def main() -> None:  # pragma: no cover

@@ -147,6 +147,24 @@ class CauRunState(enum.IntEnum):
     RunFailed = 2
 
 
+class ReadinessStatus(enum.IntEnum):
+    """EnvironmentReadinessTestResult.Status. SUCCESS=0 and FAILURE=1 are seen; WARNING/ERROR [UNVERIFIED]."""
+
+    SUCCESS = 0
+    FAILURE = 1
+    WARNING = 2
+    ERROR = 3
+
+
+class ReadinessSeverity(enum.IntEnum):
+    """EnvironmentReadinessTestResult.Severity (ResultSeverity)."""
+
+    INFORMATIONAL = 0
+    WARNING = 1
+    CRITICAL = 2
+    HIDDEN = 3
+
+
 # The .NET type name each enum has on the wire (FailoverClusters types; CIM enums are projected by the
 # Storage and ScheduledTasks modules' type data).
 TYPE_NAMES: dict[type[enum.IntEnum], str] = {
@@ -162,6 +180,8 @@ TYPE_NAMES: dict[type[enum.IntEnum], str] = {
     ProvisioningType: "Microsoft.PowerShell.Cmdletization.GeneratedTypes.VirtualDisk.ProvisioningType",
     ScheduledTaskState: "Microsoft.PowerShell.Cmdletization.GeneratedTypes.ScheduledTask.StateEnum",
     CauRunState: "Microsoft.ClusterAwareUpdating.RunState",
+    ReadinessStatus: "Microsoft.EnvironmentReadiness.Client.Models.TestStatus",
+    ReadinessSeverity: "Microsoft.EnvironmentReadiness.Client.Models.ResultSeverity",
 }
 
 

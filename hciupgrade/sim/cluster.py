@@ -30,7 +30,7 @@ from hciupgrade.psenums import (
     ScheduledTaskState,
 )
 from hciupgrade.sim.clock import ScaledClock
-from hciupgrade.sim.scenario import FaultKind, Scenario
+from hciupgrade.sim.scenario import FaultKind, NodeReadiness, Scenario
 
 GB = 1024**3
 MB = 1024**2
@@ -179,6 +179,9 @@ class SimCluster:
         self.jobs: list[StorageJob] = []
         self._job_ids = itertools.count(1)
         self._strikes: dict[tuple[str, FaultKind], int] = {}
+        self.checker_installed: set[str] = set()
+        self.readiness = {name: scenario.readiness.nodes[name].model_copy(deep=True)
+                          if name in scenario.readiness.nodes else NodeReadiness() for name in self.nodes}
         self._refresh_storage_health()
 
     # --- time -----------------------------------------------------------------------------------------------

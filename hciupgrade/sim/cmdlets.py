@@ -394,6 +394,14 @@ CURRENT_VERSION_KEY = r"HKLM:\SOFTWARE\Microsoft\Windows NT\CurrentVersion"
 @cmdlet("Get-ItemProperty", "Path Name LiteralPath", positional=("Path", "Name"))
 def get_item_property(inv: Invocation) -> list[Out]:
     path = str(inv.params.get("Path") or inv.params.get("LiteralPath") or "")
+    if any(path.rstrip("\\").lower() == key.lower() for key in REGISTRY_KEYS):
+        values = {k: v for k, v in _readiness(inv).registry.items() if k in REGISTRY_KEYS[_key(path)]}
+        wanted = inv.params.get("Name")
+        if wanted is not None and str(wanted) not in values:
+            raise Terminating(ErrorOut(f"Property {wanted} does not exist at path {path}.",
+                                       "System.Management.Automation.PSArgumentException,"
+                                       "Microsoft.PowerShell.Commands.GetItemPropertyCommand", "InvalidArgument"))
+        return [Out(["System.Management.Automation.PSCustomObject", "System.Object"], {}, extended=values)]
     if path.rstrip("\\").lower() != CURRENT_VERSION_KEY.lower():
         raise Terminating(ErrorOut(f"Cannot find path '{path}' because it does not exist.",
                                    "PathNotFound,Microsoft.PowerShell.Commands.GetItemPropertyCommand",
@@ -560,3 +568,165 @@ def get_windows_image(inv: Invocation) -> list[Out]:
                  "ImageName": "Azure Stack HCI", "Version": build, "EditionId": "ServerAzureStackHCICor",
                  "InstallationType": "Server Core", "Languages": ["en-US (Default)"], "Architecture": 9},
                 to_string="")]
+
+
+
+# --- the environment checker and what remediates its findings ---------------------------------------------------
+RESULT_TYPE = "Microsoft.EnvironmentReadiness.Client.Models.EnvironmentReadinessTestResult"
+CHECKER_MODULE = "AzStackHci.EnvironmentChecker"
+
+
+def _readiness(inv: Invocation):
+    return inv.sim.readiness[inv.node]
+
+
+@cmdlet("Invoke-AzStackHciUpgradeValidation", "PsSession PassThru OutputPath Include Exclude")
+def invoke_upgrade_validation(inv: Invocation) -> list[Out]:
+    from hciupgrade.sim.readiness import validation
+
+    if not inv.sim.scenario.readiness.module_installed and inv.node not in inv.sim.checker_installed:
+        raise Terminating(ErrorOut(
+            "The term 'Invoke-AzStackHciUpgradeValidation' is not recognized as the name of a cmdlet, function, "
+            "script file, or operable program.", "CommandNotFoundException", "ObjectNotFound",
+            target="Invoke-AzStackHciUpgradeValidation",
+            exception_type="System.Management.Automation.CommandNotFoundException"))
+    if "PassThru" not in inv.params:
+        return []  # without -PassThru the module writes its report files and a console summary only
+    return [Out([RESULT_TYPE, "System.Object"], rec, to_string=RESULT_TYPE) for rec in validation(inv.sim, inv.node)]
+
+
+@cmdlet("Get-Module", "Name ListAvailable All", positional=("Name",))
+def get_module(inv: Invocation) -> list[Out]:
+    installed = inv.sim.scenario.readiness.module_installed or inv.node in inv.sim.checker_installed
+    if str(inv.params.get("Name", "")).lower() != CHECKER_MODULE.lower() or not installed:
+        return []
+    return [Out(["System.Management.Automation.PSModuleInfo", "System.Object"],
+                {"Name": CHECKER_MODULE, "Version": "10.2509.0.2010", "ModuleType": "Script"},
+                to_string=CHECKER_MODULE)]
+
+
+@cmdlet("Install-Module", "Name AllowClobber Force Scope Repository RequiredVersion", positional=("Name",))
+def install_module(inv: Invocation) -> list[Out]:
+    if str(inv.params.get("Name", "")).lower() != CHECKER_MODULE.lower():
+        raise Terminating(ErrorOut(f"No match was found for the specified search criteria and module name "
+                                   f"'{inv.params.get('Name')}'.", "NoMatchFoundForCriteria,Install-Module",
+                                   "ObjectNotFound"))
+    inv.sim.checker_installed.add(inv.node)
+    inv.sim._log("module_installed", inv.node, module=CHECKER_MODULE, by=inv.caller)
+    return []
+
+
+def _feature_result(names: list[str], restart: bool) -> Out:
+    return Out(["Microsoft.Windows.ServerManager.Commands.FeatureOperationResult", "System.Object"],
+               {"Success": True, "RestartNeeded": "Yes" if restart else "No",
+                "FeatureResult": names, "ExitCode": "SuccessRestartRequired" if restart else "Success"},
+               to_string="")
+
+
+@cmdlet("Install-WindowsFeature", "Name IncludeAllSubFeature IncludeManagementTools Restart", positional=("Name",))
+def install_windows_feature(inv: Invocation) -> list[Out]:
+    state = _readiness(inv)
+    names = names_param(inv) or []
+    added = [n for n in names if n in state.missing_features]
+    state.missing_features[:] = [f for f in state.missing_features if f not in names]
+    if added:
+        inv.sim._log("features_installed", inv.node, features=added, by=inv.caller)
+    return [_feature_result(added, restart=any(n != "NetworkATC" for n in added))]
+
+
+@cmdlet("Suspend-BitLocker", "MountPoint RebootCount", positional=("MountPoint",))
+def suspend_bitlocker(inv: Invocation) -> list[Out]:
+    state = _readiness(inv)
+    if state.bitlocker_protection == "On":
+        state.bitlocker_protection = "Off"
+        inv.sim._log("bitlocker", inv.node, status="Suspended", reboot_count=inv.params.get("RebootCount", 1),
+                     by=inv.caller)
+    return [_bitlocker_volume(inv, state.bitlocker_protection)]
+
+
+@cmdlet("Resume-BitLocker", "MountPoint", positional=("MountPoint",))
+def resume_bitlocker(inv: Invocation) -> list[Out]:
+    state = _readiness(inv)
+    if state.bitlocker_protection == "Off":
+        state.bitlocker_protection = "On"
+        inv.sim._log("bitlocker", inv.node, status="Resumed", by=inv.caller)
+    return [_bitlocker_volume(inv, state.bitlocker_protection)]
+
+
+@cmdlet("Get-BitLockerVolume", "MountPoint", positional=("MountPoint",))
+def get_bitlocker_volume(inv: Invocation) -> list[Out]:
+    state = _readiness(inv)
+    return [] if state.bitlocker_protection == "None" else [_bitlocker_volume(inv, state.bitlocker_protection)]
+
+
+def _bitlocker_volume(inv: Invocation, protection: str) -> Out:
+    return Out(["Microsoft.BitLocker.Structures.BitLockerVolume", "System.Object"],
+               {"ComputerName": inv.node, "MountPoint": "C:", "VolumeType": "OperatingSystem",
+                "VolumeStatus": "FullyEncrypted", "ProtectionStatus": protection if protection != "None" else "Off",
+                "EncryptionMethod": "XtsAes128", "LockStatus": "Unlocked", "EncryptionPercentage": 100,
+                "KeyProtector": ["Tpm", "RecoveryPassword"]}, to_string="C:")
+
+
+REGISTRY_KEYS = {r"HKLM:\SYSTEM\CurrentControlSet\Control\FileSystem": {"RefsEnableMetadataValidation"},
+                 r"HKLM:\SYSTEM\CurrentControlSet\Services\Vid\Parameters": {"SkipSmallLocalAllocations"}}
+
+
+def _key(path: str) -> str:
+    for key in REGISTRY_KEYS:
+        if key.lower() == path.rstrip("\\").lower():
+            return key
+    raise Terminating(ErrorOut(f"Cannot find path '{path}' because it does not exist.",
+                               "PathNotFound,Microsoft.PowerShell.Commands.SetItemPropertyCommand", "ObjectNotFound",
+                               target=path, exception_type="System.Management.Automation.ItemNotFoundException"))
+
+
+@cmdlet("Set-ItemProperty", "Path Name Value Type Force", positional=("Path", "Name", "Value"))
+def set_item_property(inv: Invocation) -> list[Out]:
+    key = _key(str(inv.params.get("Path", "")))
+    if key.endswith("Parameters") and not _readiness(inv).registry.get("__vid_key"):
+        _key("missing")  # the Vid\Parameters key does not exist until New-Item creates it
+    name = str(inv.params.get("Name"))
+    _readiness(inv).registry[name] = int(inv.params.get("Value", 0))
+    inv.sim._log("registry", inv.node, path=key, name=name, value=int(inv.params.get("Value", 0)), by=inv.caller)
+    return []
+
+
+@cmdlet("New-Item", "Path ItemType Force Name", positional=("Path",))
+def new_item(inv: Invocation) -> list[Out]:
+    key = _key(str(inv.params.get("Path", "")))
+    state = _readiness(inv)
+    if state.registry.get("__vid_key"):
+        inv.errors.append(ErrorOut(f"A key at this path already exists.",
+                                   "System.IO.IOException,Microsoft.PowerShell.Commands.NewItemCommand",
+                                   "ResourceExists", target=key, exception_type="System.IO.IOException"))
+        return []
+    state.registry["__vid_key"] = 1
+    inv.sim._log("registry", inv.node, path=key, created=True, by=inv.caller)
+    return [Out(["Microsoft.Win32.RegistryKey", "System.Object"], {"Name": key}, to_string=key)]
+
+
+@cmdlet("Test-Path", "Path LiteralPath", positional=("Path",))
+def test_path(inv: Invocation) -> list[Out]:
+    path = str(inv.params.get("Path") or inv.params.get("LiteralPath") or "")
+    if path.lower().endswith("vid\\parameters"):
+        return [bool(_readiness(inv).registry.get("__vid_key"))]  # type: ignore[list-item]
+    return [True]  # type: ignore[list-item]
+
+
+@cmdlet("Start-Service", "Name PassThru", positional=("Name",))
+def start_service(inv: Invocation) -> list[Out]:
+    state = _readiness(inv)
+    if str(inv.params.get("Name")) == "NetworkATC":
+        if "NetworkATC" in state.missing_features:
+            raise Terminating(ErrorOut("Cannot find any service with service name 'NetworkATC'.",
+                                       "NoServiceFoundForGivenName,Microsoft.PowerShell.Commands.StartServiceCommand",
+                                       "ObjectNotFound", target="NetworkATC"))
+        if state.network_atc_service != "Running":
+            state.network_atc_service = "Running"
+            inv.sim._log("service", inv.node, name="NetworkATC", status="Running", by=inv.caller)
+    return []
+
+
+@cmdlet("Set-Service", "Name StartupType", positional=("Name",))
+def set_service(inv: Invocation) -> list[Out]:
+    return []

@@ -58,3 +58,18 @@ class InProcessSession:
         except cmdlets.Terminating as t:
             raise CmdletFailed(self.node, str(call), [_info(t.error, True)]) from None
         return Result([self._wire(o) for o in outputs], [_info(e, False) for e in errors])
+
+
+def client_for(sim: SimCluster, caller: str = "hciadmin") -> Any:
+    """A ClusterClient whose sessions are in-process ones to `sim`."""
+    from pydantic import SecretStr
+
+    from hciupgrade.cluster import ClusterClient
+    from hciupgrade.models import ClusterInventory, CredentialRef, NodeEndpoint, Transport
+
+    inventory = ClusterInventory(
+        name=sim.name, nodes=[NodeEndpoint(name=x, address="127.0.0.1", port=5985) for x in sim.nodes],
+        transport=Transport(scheme="http", auth="basic"), time_factor=sim.clock.time_factor,
+        credential=CredentialRef(username=caller, password_env="UNUSED"))
+    return ClusterClient(inventory, SecretStr("unused"),
+                         sessions={x: InProcessSession(sim, x, caller) for x in sim.nodes})

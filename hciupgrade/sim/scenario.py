@@ -96,6 +96,47 @@ class Knobs(Strict):
     witness: Literal["Cloud Witness", "File Share Witness", "none"] = "Cloud Witness"
 
 
+REQUIRED_FEATURES = ("Failover-Clustering", "FS-VSS-Agent", "FS-Resource-Manager", "GPMC", "NetworkATC",
+                     "NetworkController", "RSAT-AD-Powershell", "RSAT-Hyper-V-Tools", "Data-Center-Bridging",
+                     "NetworkVirtualization", "RSAT-AD-AdminCenter")
+
+
+class NodeReadiness(BaseModel):
+    """What the environment checker finds on one node (reference/domain.md §2.2); the defaults pass. Not frozen:
+    the simulator keeps a copy per node that remediation changes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lcu_ubr: int | None = Field(None, description="the 23H2 LCU's UBR; default: the node's build (2503 ISO: 1486, "
+                                                  "which the current module's minimum 1904 fails)")
+    missing_features: list[str] = Field(default_factory=list)
+    network_atc_service: Literal["Running", "Stopped", "Missing"] = "Running"
+    tpm_ready: bool = True
+    bitlocker_protection: Literal["On", "Off", "None"] = "Off"
+    wdac_enforced: bool = False
+    arc_cloud: str | None = "AzureCloud"
+    akshci_state: str = "NotInstalled"
+    moc_state: str = "NotInstalled"
+    moc_services: list[str] = Field(default_factory=list)
+    language: str = "en-US"
+    lcm_version: str | None = "10.2408.0.537"
+    free_memory_gb: float = 96
+    orchestrator_service: bool = False
+    registry: dict[str, int] = Field(default_factory=dict, description="values set under the 1.1 keys")
+
+
+class ClusterReadiness(Strict):
+    module: Literal["aggregated", "per-node"] = "aggregated"
+    module_installed: bool = True
+    registered: bool = True
+    sites: int = Field(1, ge=1)
+    cluster_ip_v6: bool = False
+    intents: list[Literal["management", "compute", "storage"]] = ["management", "compute", "storage"]
+    intent_status: Literal["Success", "Failed", "Validating"] = "Success"
+    infrastructure_volume: bool = False
+    nodes: dict[str, NodeReadiness] = Field(default_factory=dict)
+
+
 class ClusterSpec(Strict):
     name: str = "hci-demo"
     nodes: list[NodeSpec] = Field(min_length=2, max_length=16)
@@ -137,6 +178,7 @@ class Scenario(Strict):
     time_factor: float = Field(1000, gt=0, le=100_000, description="cluster seconds per wall second")
     knobs: Knobs = Knobs()
     faults: list[Fault] = Field(default_factory=list)
+    readiness: ClusterReadiness = ClusterReadiness()
 
     @model_validator(mode="after")
     def _fault_refs(self) -> Scenario:
@@ -146,6 +188,9 @@ class Scenario(Strict):
                 raise ValueError(f"faults[{i}].node: {fault.node!r} is not a node of the cluster ({', '.join(sorted(names))})")
             if fault.vm and fault.vm not in {vm.name for vm in self.cluster.vms if vm.owner == fault.node}:
                 raise ValueError(f"faults[{i}].vm: {fault.vm!r} is not a VM owned by {fault.node}")
+        for node in self.readiness.nodes:
+            if node not in names:
+                raise ValueError(f"readiness.nodes.{node}: not a node of the cluster ({', '.join(sorted(names))})")
         return self
 
     def faults_for(self, node: str, kind: FaultKind) -> Fault | None:

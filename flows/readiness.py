@@ -1,0 +1,84 @@
+"""Readiness for the solution upgrade as a Prefect flow: the environment checker on every node of each cluster,
+a pandas summary, optional remediation, and table and markdown artifacts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from flows.rolling_upgrade import load_secret
+from hciupgrade.cluster import ClusterClient
+from hciupgrade.models import load_inventory
+from hciupgrade.readiness.collect import run_checker
+from hciupgrade.readiness.remediation import guidance, pool_space, remediate
+from hciupgrade.readiness.summary import FrameBuilder, decide, failures
+
+
+@task(name="environment-checker", task_run_name="checker-{cluster}", cache_policy=NO_CACHE, retries=1)
+def check_cluster(inventory: str, cluster: str, install_module: bool, steps: list[str]) -> dict:
+    target = load_inventory(inventory).cluster(cluster)
+    client = ClusterClient(target, target.credential.resolve(secret_block=load_secret))
+    try:
+        rows, problems = run_checker(client, install_module=install_module)
+        done = []
+        if steps:
+            failed = [r for r in rows if r["status"] != "SUCCESS"]
+            done = [r.__dict__ for r in remediate(client, failed, set(steps))]
+            if done:
+                rows, problems = run_checker(client, install_module=install_module)
+        notes = {}
+        if any(r["name"].endswith("Storage_Pool") or r["name"].endswith("_Storage") for r in rows
+               if r["status"] != "SUCCESS"):
+            notes["pool"] = pool_space(client)
+        return {"rows": rows, "problems": [str(p) for p in problems], "remediated": done, "notes": notes}
+    finally:
+        client.close()
+
+
+def markdown_report(df: pd.DataFrame, notes: dict[str, dict[str, str]]) -> str:
+    decision = decide(df)
+    lines = ["# Solution-upgrade readiness", "", "| cluster | ready | blocking | advised |", "|---|---|---|---|"]
+    lines += [f"| {c} | {'yes' if r.ready else '**no**'} | {r.blocking_checks} | {r.advised_checks} |"
+              for c, r in decision.iterrows()]
+    fails = failures(df)
+    if not fails.empty:
+        lines += ["", "## What to fix", ""]
+        for (cluster, severity, title, name), group in fails.groupby(["cluster", "severity", "title", "name"],
+                                                                     observed=True, sort=False):
+            _, text = guidance(str(name))
+            nodes = ", ".join(sorted(set(group["node"].astype(str))))
+            lines.append(f"- **{cluster}**, {severity}: {title} on {nodes}. {text}")
+            pool = notes.get(str(cluster), {}).get("pool")
+            if pool and "Storage" in str(name):
+                lines.append(f"  - {pool}")
+    return "\n".join(lines)
+
+
+@flow(name="readiness", flow_run_name="readiness-{clusters}")
+def readiness(inventory: str, clusters: list[str] | None = None, install_module: bool = False,
+              remediate_steps: list[str] | None = None, out_dir: str | None = None) -> dict:
+    inv = load_inventory(inventory)
+    names = clusters or [c.name for c in inv.clusters]
+    builder, problems, remediated, notes = FrameBuilder(), [], [], {}
+    for name in names:
+        result = check_cluster(inventory, name, install_module, remediate_steps or [])
+        builder.extend(result["rows"], name)
+        problems += result["problems"]
+        remediated += result["remediated"]
+        notes[name] = result["notes"]
+    df = builder.frame()
+    if out_dir:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        df.to_csv(Path(out_dir) / "readiness.csv", index=False)
+        df.to_parquet(Path(out_dir) / "readiness.parquet", index=False)
+    if not df.empty:
+        table = decide(df).reset_index()
+        create_table_artifact(table.astype(str).to_dict(orient="records"), key="readiness-clusters",
+                              description="Solution-upgrade readiness per cluster")
+        create_markdown_artifact(markdown_report(df, notes), key="readiness-remediation")
+    return {"records": df.to_dict(orient="records"), "problems": problems, "remediated": remediated,
+            "notes": notes}

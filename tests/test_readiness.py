@@ -1,0 +1,164 @@
+"""Readiness: every shape of real checker records is read (or reported with its source), the real decision rule
+decides, the simulated checker fails exactly what the cluster's state says, and remediation fixes what can be
+fixed remotely, idempotently."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hciupgrade.readiness.collect import run_checker
+from hciupgrade.readiness.remediation import pool_space, remediate, set_registry
+from hciupgrade.readiness.results import read_file
+from hciupgrade.readiness.summary import FrameBuilder, decide, exit_code, failures, fleet, nodes_by_check
+from hciupgrade.sim.cluster import SimCluster
+from hciupgrade.sim.inprocess import client_for
+from hciupgrade.sim.scenario import make_scenario, parse_scenario
+
+DATA = Path(__file__).parent / "data"
+
+
+def frame(rows, cluster="c1"):
+    builder = FrameBuilder()
+    builder.extend(rows, cluster)
+    return builder.frame()
+
+
+def test_string_enums_raw_line_breaks_and_date_ms():
+    rows, problems = read_file(DATA / "a1_string_enums.json")
+    assert problems == []
+    (row,) = rows
+    assert (row["status"], row["severity"]) == ("FAILURE", "CRITICAL")
+    assert row["timestamp"].isoformat() == "2025-05-12T20:03:22.442000+00:00"
+    assert "Passed: Storage adapter [ storage1 ]" in row["detail"]
+
+
+def test_a_record_inside_an_ece_exception_with_numeric_enums():
+    rows, problems = read_file(DATA / "a3_ece_exception.txt")
+    assert problems == [] and rows[0]["name"] == "AzStackHci_MOCStack_Network_Port"
+    assert (rows[0]["status"], rows[0]["severity"], rows[0]["node"]) == ("FAILURE", "CRITICAL", "AZLNODE01")
+
+
+def test_per_node_and_aggregated_records_and_a_broken_one_reported_with_its_source():
+    rows, problems = read_file(DATA / "mixed_per_node_and_aggregated.json")
+    assert [r["name"] for r in rows] == ["AzStackHci_Upgrade_ClusterNodeUp", "AzStackHci_Upgrade_BitlockerSuspension",
+                                         "AzStackHci_Upgrade_TPMHealth", "AzStackHci_Upgrade_AlreadyDeployedEnvironment"]
+    assert rows[0]["timestamp"].year == 2026 and rows[1]["aggregated"] and not rows[0]["aggregated"]
+    assert rows[2]["severity"] == "WARNING" and rows[3]["severity"] == "INFORMATIONAL"
+    (problem,) = problems
+    assert "record 4 (AzStackHci_Upgrade_Broken)" in str(problem) and "'MAYBE'" in str(problem)
+    assert "mixed_per_node_and_aggregated.json" in problem.source
+
+
+def test_a_file_that_is_not_json_is_a_problem_not_a_silence(tmp_path):
+    path = tmp_path / "x.json"
+    path.write_text("<html>not json</html>")
+    rows, problems = read_file(path)
+    assert rows == [] and "not JSON" in problems[0].reason
+
+
+def test_the_decision_rule_critical_blocks_warning_advises_informational_never():
+    rows, _ = read_file(DATA / "mixed_per_node_and_aggregated.json")
+    df = frame(rows)
+    decision = decide(df).loc["c1"]
+    assert not decision.ready and decision.blocking_checks == 2 and decision.advised_checks == 1
+    only_soft = frame([r for r in rows if r["severity"] != "CRITICAL"])
+    assert decide(only_soft).loc["c1"].ready and exit_code(only_soft) == 0 and exit_code(df) == 1
+
+
+def readiness_scenario(**readiness):
+    data = make_scenario(nodes=3, time_factor=1000, build="10.0.25398.1913", functional_level=12,
+                         pool_version=29).model_dump()
+    data["readiness"] = readiness
+    return parse_scenario(data)
+
+
+def test_a_ready_cluster_passes_every_check():
+    client = client_for(SimCluster(readiness_scenario()))
+    rows, problems = run_checker(client)
+    assert problems == [] and rows
+    assert [r for r in rows if r["status"] != "SUCCESS"] == []
+
+
+@pytest.mark.parametrize("module", ["aggregated", "per-node"])
+def test_the_simulated_checker_fails_what_the_state_says(module):
+    scenario = readiness_scenario(module=module, infrastructure_volume=True, nodes={
+        "node1": {"bitlocker_protection": "On", "language": "de-DE"},
+        "node2": {"missing_features": ["NetworkATC", "GPMC"], "tpm_ready": False}})
+    rows, problems = run_checker(client_for(SimCluster(scenario)))
+    assert problems == []
+    df = frame(rows)
+    failed = failures(df)
+    names = set(failed["name"])
+    bitlocker = "AzStackHci_Upgrade_BitlockerSuspension"
+    assert bitlocker in names
+    storage = "AzStackHci_Upgrade_Test_Storage_Volume" if module == "per-node" else "AzStackHci_Upgrade_Storage"
+    assert {storage, "AzStackHci_Upgrade_Language"} <= names
+    assert all(failed["aggregated"] if module == "aggregated" else True) if "aggregated" in failed else True
+    assert failed.loc[failed["name"] == bitlocker, "node"].tolist() == ["node1"]
+    tpm = failed[failed["name"].str.contains("Tpm|TPM")]
+    assert set(tpm["severity"]) == {"WARNING"} and set(tpm["node"]) == {"node2"}
+    assert not decide(df).loc["c1"].ready
+    grid = nodes_by_check(df, "c1")
+    assert set(grid.columns) >= {"node1", "node2", "node3"}
+
+
+def test_remediation_fixes_what_it_can_and_is_idempotent():
+    scenario = readiness_scenario(nodes={"node1": {"bitlocker_protection": "On"},
+                                         "node2": {"missing_features": ["NetworkATC", "GPMC"]}})
+    sim = SimCluster(scenario)
+    client = client_for(sim)
+    rows, _ = run_checker(client)
+    failed = [r for r in rows if r["status"] != "SUCCESS"]
+    done = remediate(client, failed, {"features", "bitlocker", "network-atc", "registry"})
+    assert {(d.node, d.step) for d in done if d.changed} >= {("node1", "bitlocker"), ("node2", "features"),
+                                                              ("node2", "network-atc")}
+    rows, _ = run_checker(client)
+    assert [r["name"] for r in rows if r["status"] != "SUCCESS"] == []
+    again = remediate(client, [], {"bitlocker", "registry"})
+    assert not any(d.changed for d in again if d.step == "bitlocker")
+    assert sum(1 for e in sim.events if e["kind"] == "bitlocker") == 1
+
+
+def test_the_registry_step_keeps_existing_keys():
+    sim = SimCluster(readiness_scenario())
+    client = client_for(sim)
+    set_registry(client, "node1")
+    set_registry(client, "node1")  # the key exists now: Test-Path keeps New-Item from running again
+    created = [e for e in sim.events if e["kind"] == "registry" and e.get("created")]
+    assert len(created) == 1
+
+
+def test_pool_space_guidance_gives_the_numbers():
+    text = pool_space(client_for(SimCluster(readiness_scenario())))
+    assert "GB raw free" in text and "768 GB needed" in text
+
+
+def test_the_fleet_view_ranks_checks_by_clusters_blocked():
+    rows, _ = read_file(DATA / "mixed_per_node_and_aggregated.json")
+    builder = FrameBuilder()
+    builder.extend(rows, "a")
+    builder.extend(rows[:1], "b")
+    clusters, blocking = fleet(builder.frame())
+    assert blocking.iloc[0]["name"] == "AzStackHci_Upgrade_ClusterNodeUp" and blocking.iloc[0]["clusters_blocked"] == 2
+
+
+CLI = [sys.executable, "-c", "from flows.cli import app; app()"]
+
+
+def test_the_cli_exit_codes_and_files(tmp_path):
+    env = {**os.environ, "HCI_UPGRADE_HOME": str(tmp_path)}
+    blocked = subprocess.run([*CLI, "readiness", "--results", str(DATA / "a1_string_enums.json"), "--out",
+                              str(tmp_path / "out")], capture_output=True, text=True, env=env)
+    assert blocked.returncode == 1 and "CRITICAL" in blocked.stdout
+    assert (tmp_path / "out" / "readiness.csv").exists() and (tmp_path / "out" / "readiness.parquet").exists()
+    unreadable = subprocess.run([*CLI, "readiness", "--results", str(tmp_path / "missing.json")],
+                                capture_output=True, text=True, env=env)
+    assert unreadable.returncode == 2 and "missing.json" in unreadable.stderr
+    ok = tmp_path / "ok.json"
+    ok.write_text('{"Name": "AzStackHci_Upgrade_X", "Status": 0, "Severity": 2, "Timestamp": "2026-01-01T00:00:00Z"}')
+    assert subprocess.run([*CLI, "readiness", "--results", str(ok)], capture_output=True, env=env).returncode == 0
