@@ -10,7 +10,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -46,18 +49,15 @@ def wait_for_event(path: Path, match: dict, timeout: float = 120) -> None:
     raise AssertionError(f"no event {match} within {timeout} s")
 
 
-@pytest.mark.parametrize("kill_at", [
-    {"kind": "drain", "node": "node2", "status": "InProgress"},
-    {"kind": "install", "node": "node2", "status": "Running"},
-    {"kind": "restart", "node": "node2"},
-    {"kind": "storage_job", "node": "node2", "status": "Running"},
-], ids=["mid-drain", "mid-install", "during-reboot", "during-repair-wait"])
-def test_a_killed_run_is_completed_by_the_next_one(tmp_path, prefect_home, kill_at):
-    scenario_file, inventory, events, options = (tmp_path / n for n in ("s.yaml", "inv.yaml", "ev.jsonl", "o.yaml"))
+@contextmanager
+def served_cluster(tmp_path: Path, prefect_home: Path, options: dict) -> Iterator[tuple[list[str], dict, Path, Any]]:
+    """A simulated cluster in its own process; yields the upgrade command, its environment, the event log and
+    the scenario."""
+    scenario_file, inventory, events, options_file = (tmp_path / n for n in ("s.yaml", "inv.yaml", "ev.jsonl",
+                                                                              "o.yaml"))
     scenario = slow_drain_scenario()
     scenario_file.write_text(yaml.safe_dump(scenario.model_dump(mode="json")))
-    options.write_text(yaml.safe_dump({"NodeOrder": ["node1", "node2", "node3"], "poll_seconds": 5,
-                                       "retry_delay_seconds": 0.1}))
+    options_file.write_text(yaml.safe_dump(options))
     env = {**os.environ, PASSWORD_ENV: "sim-secret-for-tests", "PREFECT_HOME": str(prefect_home),
            "HCI_UPGRADE_HOME": str(tmp_path / "home")}
     env.pop("PREFECT_API_URL", None)
@@ -67,17 +67,32 @@ def test_a_killed_run_is_completed_by_the_next_one(tmp_path, prefect_home, kill_
         deadline = time.monotonic() + 30
         while not inventory.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
-        upgrade = [*CLI, "upgrade", "--inventory", str(inventory), "--options", str(options), "--json"]
-        first = subprocess.Popen(upgrade, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        yield ([*CLI, "upgrade", "--inventory", str(inventory), "--options", str(options_file), "--json"], env,
+               events, scenario)
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        serve.wait(timeout=10)
+
+
+@pytest.mark.parametrize("kill_at", [
+    {"kind": "drain", "node": "node2", "status": "InProgress"},
+    {"kind": "install", "node": "node2", "status": "Running"},
+    {"kind": "restart", "node": "node2"},
+    {"kind": "storage_job", "node": "node2", "status": "Running"},
+], ids=["mid-drain", "mid-install", "during-reboot", "during-repair-wait"])
+def test_a_killed_run_is_completed_by_the_next_one(tmp_path, prefect_home, kill_at):
+    options = {"NodeOrder": ["node1", "node2", "node3"], "poll_seconds": 5, "retry_delay_seconds": 0.1}
+    with served_cluster(tmp_path, prefect_home, options) as (upgrade, env, events, scenario):
+        # its own process group: the kill takes the orchestrator with its embedded Prefect server, as a crash of
+        # the machine or container would, and leaves no orphan behind
+        first = subprocess.Popen(upgrade, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                 start_new_session=True)
         wait_for_event(events, kill_at)
-        first.send_signal(signal.SIGKILL)
+        os.killpg(first.pid, signal.SIGKILL)
         first.wait()
         second = subprocess.run(upgrade, env=env, capture_output=True, text=True, timeout=300)
         assert second.returncode == 0, second.stderr[-3000:]
         outcome = json.loads(second.stdout)
-    finally:
-        serve.send_signal(signal.SIGTERM)
-        serve.wait(timeout=10)
     log = read_events(events)
     assert outcome["succeeded"]
     results = {n["node"]: n["result"] for n in outcome["nodes"]}
@@ -103,29 +118,18 @@ def _final_disks(log: list[dict]) -> dict[str, dict]:
 
 def test_a_cancelled_run_brings_the_current_node_back(tmp_path, prefect_home):
     """Prefect cancels a flow run by sending SIGTERM to its process (the UI's Cancel, the API, a worker)."""
-    scenario_file, inventory, events, options = (tmp_path / n for n in ("s.yaml", "inv.yaml", "ev.jsonl", "o.yaml"))
-    scenario = slow_drain_scenario()
-    scenario_file.write_text(yaml.safe_dump(scenario.model_dump(mode="json")))
-    options.write_text(yaml.safe_dump({"NodeOrder": ["node1", "node2", "node3"], "poll_seconds": 5}))
-    env = {**os.environ, PASSWORD_ENV: "sim-secret-for-tests", "PREFECT_HOME": str(prefect_home),
-           "HCI_UPGRADE_HOME": str(tmp_path / "home")}
-    env.pop("PREFECT_API_URL", None)
-    serve = subprocess.Popen([*CLI, "sim", "serve", "--scenario", str(scenario_file), "--inventory-out",
-                              str(inventory), "--events", str(events)], env=env, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        while not inventory.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        with open(tmp_path / "stderr.txt", "w") as stderr:
-            run = subprocess.Popen([*CLI, "upgrade", "--inventory", str(inventory), "--options", str(options),
-                                    "--json"], env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+    options = {"NodeOrder": ["node1", "node2", "node3"], "poll_seconds": 5}
+    with served_cluster(tmp_path, prefect_home, options) as (upgrade, env, events, scenario):
+        run = subprocess.Popen(upgrade, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
         wait_for_event(events, {"kind": "install", "node": "node1", "status": "Running"})
         run.send_signal(signal.SIGTERM)
         run.wait(timeout=120)
+        try:  # Prefect's embedded server outlives a cancelled process: do not leave it behind
+            os.killpg(run.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         time.sleep(0.5)
-    finally:
-        serve.send_signal(signal.SIGTERM)
-        serve.wait(timeout=10)
     assert run.returncode != 0
     log = read_events(events)
     assert any(e["kind"] == "install" and e["status"] == "Stopped" and e["node"] == "node1" for e in log)
