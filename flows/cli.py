@@ -356,13 +356,19 @@ def report(run: Annotated[Optional[str], typer.Argument(help="run id (default: t
         err.print(f"[red]no run {run_id or ''} in the records[/]")
         raise typer.Exit(2)
     df = run_report(events, run_id)
-    table = Table(title=f"Run {run_id} (phases in cluster minutes)", box=box.SIMPLE_HEAD)
+    errors = df.pop("error")
+    df["attempts"] = df["attempts"].fillna(0).astype(int)
+    table = Table(title=f"Run {run_id}: per node, minutes of cluster time in each phase", box=box.SIMPLE_HEAD)
     for column in df.columns:
-        table.add_column(str(column))
+        table.add_column(str(column), justify="left" if column in ("node", "result") else "right")
     for _, row in df.iterrows():
-        table.add_row(*["" if v is None or v != v else (f"{v:.1f}" if isinstance(v, float) else str(v))
+        table.add_row(*["" if v is None or v != v else (f"{v:.0f}" if isinstance(v, float) else str(v))
                         for v in row.tolist()])
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    for node, error in zip(df["node"], errors):
+        if isinstance(error, str) and error:
+            console.print(f"[red]{node}[/]: {error}")
 
 
 @app.command("readiness")

@@ -67,10 +67,13 @@ def run_upgrade(prefect_server, tmp_path: Path):
             os.environ.update(harness.environment())
             state = rolling_upgrade(inventory=str(inventory), options=opts, run_id=run_id, return_state=True)
             events = harness.events()
+            password = harness.password
         record = records_dir() / f"{run_id}.jsonl"
         final = [json.loads(line) for line in record.read_text().splitlines()]
         outcome = next(e["outcome"] for e in reversed(final) if e["phase"] == "run" and "outcome" in e)
         result = UpgradeRun(outcome, events, scenario, state, record)
+        # invariant 6: the credential reaches neither the record nor the outcome nor the flow run's error
+        assert password not in record.read_text() and password not in str(state.message)
         if check:
             assert check_invariants(events, scenario, outcome, SIM_USER) == []
         return result

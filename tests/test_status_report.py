@@ -1,0 +1,42 @@
+"""`hci-upgrade status` and `report` read the run records, like Get-CauRun and Get-CauReport."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from flows.cli import app
+from hciupgrade.models import RunOptions
+from hciupgrade.sim.cluster import SimCluster
+from hciupgrade.sim.scenario import make_scenario
+from tests.test_properties import engine_for
+
+
+def test_status_and_report_of_a_finished_and_a_stopped_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("HCI_UPGRADE_HOME", str(tmp_path))
+    monkeypatch.setenv("COLUMNS", "200")
+    scenario = make_scenario(nodes=3, time_factor=20000, faults=[{"node": "node2", "kind": "install_fails", "times": 1}])
+    options = RunOptions(poll_seconds=30, target_build=scenario.cluster.target_build,
+                         node_order=["node1", "node2", "node3"])
+    outcome, _ = engine_for(SimCluster(scenario), options, None).run()
+    runner = CliRunner()
+    status = runner.invoke(app, ["status", "hci-demo"], terminal_width=200)
+    assert status.exit_code == 0
+    assert "RunNotInProgress" in status.output and outcome.run_id in status.output
+    report = runner.invoke(app, ["report"], terminal_width=200)
+    assert report.exit_code == 0
+    lines = {line.split()[0]: line for line in report.output.splitlines() if line.strip().startswith("node")}
+    assert lines["node2"].split()[1:4] == ["upgraded", "2", "1"]  # two attempts, one retry
+    # a run whose process died: its record has no end, and its process is gone
+    record = tmp_path / "records" / "20260101T000000-dead00.jsonl"
+    record.write_text(json.dumps({"run_id": "20260101T000000-dead00", "cluster": "hci-demo", "node": None,
+                                  "phase": "run", "status": "running", "start": "2030-01-01T00:00:00+00:00",
+                                  "end": None, "error": None, "time_factor": 1, "pid": 999999}) + "\n" +
+                      json.dumps({"run_id": "20260101T000000-dead00", "cluster": "hci-demo", "node": "node1",
+                                  "phase": "drain", "status": "running", "start": "2030-01-01T00:00:01+00:00",
+                                  "end": None, "error": None, "time_factor": 1}) + "\n")
+    stopped = runner.invoke(app, ["status", "hci-demo"], terminal_width=200)
+    assert "RunStopped" in stopped.output and "drain" in stopped.output
+    missing = runner.invoke(app, ["report", "no-such-run"])
+    assert missing.exit_code == 2
