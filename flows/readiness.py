@@ -10,16 +10,17 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.rolling_upgrade import load_secret
+from flows.rolling_upgrade import load_secret, prefect_engine, run_engine
 from hciupgrade.cluster import ClusterClient
-from hciupgrade.models import load_inventory
+from hciupgrade.models import RunOptions, load_inventory
 from hciupgrade.readiness.collect import run_checker
 from hciupgrade.readiness.remediation import guidance, pool_space, remediate
 from hciupgrade.readiness.summary import FrameBuilder, decide, failures
 
 
 @task(name="environment-checker", task_run_name="checker-{cluster}", cache_policy=NO_CACHE, retries=1)
-def check_cluster(inventory: str, cluster: str, install_module: bool, steps: list[str]) -> dict:
+def check_cluster(inventory: str, cluster: str, install_module: bool, steps: list[str],
+                  options: dict | None = None) -> dict:
     target = load_inventory(inventory).cluster(cluster)
     client = ClusterClient(target, target.credential.resolve(secret_block=load_secret))
     try:
@@ -27,7 +28,14 @@ def check_cluster(inventory: str, cluster: str, install_module: bool, steps: lis
         done = []
         if steps:
             failed = [r for r in rows if r["status"] != "SUCCESS"]
-            done = [r.__dict__ for r in remediate(client, failed, set(steps))]
+            results = remediate(client, failed, set(steps))
+            done = [r.__dict__ for r in results]
+            restart = sorted({r.node for r in results if r.restart})
+            if restart:  # one node at a time, through the rolling engine: drain, restart, resume, resync
+                engine, restart_client = prefect_engine(target, RunOptions(restart_only=restart, **(options or {})))
+                outcome = run_engine(engine, restart_client)
+                done.append({"node": ", ".join(restart), "step": "rolling-restart", "changed": True,
+                             "detail": "restarted" if outcome.succeeded else f"FAILED: {outcome.error}"})
             if done:
                 rows, problems = run_checker(client, install_module=install_module)
         notes = {}
@@ -60,12 +68,13 @@ def markdown_report(df: pd.DataFrame, notes: dict[str, dict[str, str]]) -> str:
 
 @flow(name="readiness", flow_run_name="readiness-{clusters}")
 def readiness(inventory: str, clusters: list[str] | None = None, install_module: bool = False,
-              remediate_steps: list[str] | None = None, out_dir: str | None = None) -> dict:
+              remediate_steps: list[str] | None = None, out_dir: str | None = None,
+              restart_options: dict | None = None) -> dict:
     inv = load_inventory(inventory)
     names = clusters or [c.name for c in inv.clusters]
     builder, problems, remediated, notes = FrameBuilder(), [], [], {}
     for name in names:
-        result = check_cluster(inventory, name, install_module, remediate_steps or [])
+        result = check_cluster(inventory, name, install_module, remediate_steps or [], restart_options)
         builder.extend(result["rows"], name)
         problems += result["problems"]
         remediated += result["remediated"]

@@ -18,7 +18,7 @@ from flows.locking import cluster_lock
 from hciupgrade.clock import ClusterClock
 from hciupgrade.cluster import ClusterClient
 from hciupgrade.engine import RollingUpgrade
-from hciupgrade.models import RunOptions, RunOutcome, load_inventory
+from hciupgrade.models import ClusterInventory, RunOptions, RunOutcome, load_inventory
 from hciupgrade.records import RunRecorder, load_events, new_run_id, node_summary
 from hciupgrade.steps import Steps
 from tasks.node_steps import RUNS, node_step
@@ -34,12 +34,10 @@ def load_secret(name: str) -> str:
     return str(Secret.load(name).get())
 
 
-@flow(name="rolling-upgrade", flow_run_name="upgrade-{cluster}", log_prints=True)
-def rolling_upgrade(inventory: str, cluster: str | None = None, options: RunOptions | None = None,
-                    run_id: str | None = None, dry_run: bool = False) -> dict:
-    options = options or RunOptions()
-    log = get_run_logger()
-    target = load_inventory(inventory).cluster(cluster)
+def prefect_engine(target: ClusterInventory, options: RunOptions, run_id: str | None = None,
+                   ) -> tuple[RollingUpgrade, ClusterClient]:
+    """The engine with its Prefect parts: each step a task run with retries, the cluster lock, a progress
+    artifact. The caller runs it inside a flow and closes the client."""
     client = ClusterClient(target, target.credential.resolve(secret_block=load_secret))
     recorder = RunRecorder(run_id or new_run_id(), target.name, time_factor=target.time_factor)
     step = node_step.with_options(retries=options.task_retries, retry_delay_seconds=options.retry_delay_seconds)
@@ -51,15 +49,28 @@ def rolling_upgrade(inventory: str, cluster: str | None = None, options: RunOpti
         run_step=lambda name, node: step(recorder.run_id, name, node),
         progress=lambda fraction: update_progress_artifact(progress, 100.0 * fraction),
     )
-    RUNS[recorder.run_id] = engine
+    return engine, client
+
+
+def run_engine(engine: RollingUpgrade, client: ClusterClient, *, dry_run: bool = False) -> RunOutcome:
+    RUNS[engine.recorder.run_id] = engine
     try:
         outcome, _ = engine.run(dry_run=dry_run)
     finally:
-        RUNS.pop(recorder.run_id, None)
+        RUNS.pop(engine.recorder.run_id, None)
         client.close()
-    publish(recorder, outcome)
+    publish(engine.recorder, outcome)
+    return outcome
+
+
+@flow(name="rolling-upgrade", flow_run_name="upgrade-{cluster}", log_prints=True)
+def rolling_upgrade(inventory: str, cluster: str | None = None, options: RunOptions | None = None,
+                    run_id: str | None = None, dry_run: bool = False) -> dict:
+    options = options or RunOptions()
+    target = load_inventory(inventory).cluster(cluster)
+    outcome = run_engine(*prefect_engine(target, options, run_id), dry_run=dry_run)
     if not outcome.succeeded:
-        log.error("Upgrade of %s failed: %s", target.name, outcome.error)
+        get_run_logger().error("Upgrade of %s failed: %s", target.name, outcome.error)
         raise UpgradeFailed(outcome.error)
     return outcome.model_dump(mode="json")
 

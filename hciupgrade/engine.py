@@ -36,6 +36,7 @@ from hciupgrade.steps import Steps, StepFailed
 FULL = ("gate", "pre-script", "drain", "install", "reboot", "wait-back", "wait-repair", "resume", "post-script",
         "wait-storage")
 AFTER_REBOOT = ("wait-back", "wait-repair", "resume", "post-script", "wait-storage")
+RESTART = ("gate", "drain", "reboot", *AFTER_REBOOT)
 
 
 def perform(steps: Steps, recorder: RunRecorder, step: str, node: str, owned: set[str]) -> Any:
@@ -118,9 +119,13 @@ class RollingUpgrade:
         states = {n.name: n for n in pre.nodes}
         builds = {row.node: row.current for row in pre.scan}
         planned = []
+        restart = {n.lower() for n in self.options.restart_only or []}
         for node in order:
             build, info = builds.get(node), states.get(node)
-            if build and self.options.build_reached(build) and node not in self.owned:
+            if self.options.restart_only is not None and node not in self.owned:
+                planned.append(PlannedNode(node, "restart", "rolling restart", RESTART) if node.lower() in restart
+                               else PlannedNode(node, "skip", "not asked to restart"))
+            elif build and self.options.build_reached(build) and node not in self.owned:
                 planned.append(PlannedNode(node, "skip", f"already on {build}"))
             elif node in self.owned:
                 planned.append(PlannedNode(node, "adopt", f"left {info.state.name if info else 'unknown'} by an "
@@ -142,6 +147,11 @@ class RollingUpgrade:
         build = self.client.os_build(node) if self.client.reachable(node) else None
         info = self.client.node_info(node)
         on_target = build is not None and self.options.build_reached(build)
+        if self.options.restart_only is not None:
+            if node not in self.owned:
+                return RESTART
+            return AFTER_REBOOT if info.state in (NodeState.Down, NodeState.Joining) else (
+                "gate-adopted", "drain", "reboot", *AFTER_REBOOT)
         if node not in self.owned:
             # on target and Up here means a retry after the resync wait failed: wait for the storage again
             return ("wait-storage",) if on_target and info.state == NodeState.Up else FULL
@@ -230,7 +240,10 @@ class RollingUpgrade:
                 outcome.result, outcome.error = "failed", f"{node}: not reachable before its upgrade: {e}"
                 self.recorder.emit(node, "node", "failed", result="failed", error=outcome.error)
                 return
-        if outcome.build_before and self.options.build_reached(outcome.build_before) and node not in self.owned:
+        restart = self.options.restart_only
+        wanted = restart is None or node.lower() in {n.lower() for n in restart}
+        if (restart is None and outcome.build_before and self.options.build_reached(outcome.build_before)
+                or not wanted) and node not in self.owned:
             if self.client.node_info(node).state == NodeState.Up:
                 outcome.result, outcome.build_after = "skipped", outcome.build_before
                 self.recorder.emit(node, "node", "skipped", result="skipped", build_before=outcome.build_before,
@@ -245,8 +258,8 @@ class RollingUpgrade:
                         if self._wanted(step):
                             self.step(step, node)
                 outcome.build_after = self.client.os_build(node)
-                outcome.result, outcome.error = "upgraded", None
-                self.recorder.emit(node, "node", "succeeded", result="upgraded", attempts=attempt,
+                outcome.result, outcome.error = "upgraded" if restart is None else "restarted", None
+                self.recorder.emit(node, "node", "succeeded", result=outcome.result, attempts=attempt,
                                    build_before=outcome.build_before, build_after=outcome.build_after)
                 return
             except BaseException as e:

@@ -200,6 +200,9 @@ class RunOptions(Strict):
     stop_after: timedelta | None = Field(None, alias="StopAfter",
                                          description="start no node after this much time (cluster time)")
     warn_after: timedelta | None = Field(None, alias="WarnAfter")
+    restart_only: list[str] | None = Field(
+        None, description="a rolling restart of these nodes (drain, restart, resume, resync; no install): for "
+                          "remediation that needs a restart")
     poll_seconds: float = Field(15, gt=0, description="cluster seconds between polls of a long operation")
     task_retries: int = Field(3, ge=0, le=10, description="retries of a step on a transient remoting failure")
     retry_delay_seconds: float = Field(10, ge=0, description="wall seconds between those retries")
@@ -227,7 +230,7 @@ class NodeOutcome(Strict):
     node: str
     build_before: str | None = None
     build_after: str | None = None
-    result: Literal["upgraded", "skipped", "failed", "not-started"] = "not-started"
+    result: Literal["upgraded", "restarted", "skipped", "failed", "not-started"] = "not-started"
     attempts: int = 0
     error: str | None = None
     left_paused: bool = False

@@ -162,3 +162,69 @@ def test_the_cli_exit_codes_and_files(tmp_path):
     ok = tmp_path / "ok.json"
     ok.write_text('{"Name": "AzStackHci_Upgrade_X", "Status": 0, "Severity": 2, "Timestamp": "2026-01-01T00:00:00Z"}')
     assert subprocess.run([*CLI, "readiness", "--results", str(ok)], capture_output=True, env=env).returncode == 0
+
+
+def test_features_that_need_a_restart_are_completed_by_a_rolling_restart(tmp_path, monkeypatch):
+    from hciupgrade.models import RunOptions
+    from hciupgrade.sim.audit import check_invariants
+    from hciupgrade.sim.harness import SIM_USER
+    from tests.test_properties import engine_for
+
+    monkeypatch.setenv("HCI_UPGRADE_HOME", str(tmp_path))
+    data = readiness_scenario(nodes={"node2": {"missing_features": ["FS-VSS-Agent"]}}).model_dump()
+    data["time_factor"] = 20000
+    scenario = parse_scenario(data)
+    sim = SimCluster(scenario)
+    client = client_for(sim)
+    rows, _ = run_checker(client)
+    (step,) = [s for s in remediate(client, [r for r in rows if r["status"] != "SUCCESS"], {"features"})]
+    assert step.restart and step.node == "node2"
+    rows, _ = run_checker(client)
+    assert any(r["status"] != "SUCCESS" for r in rows)  # InstallPending until the node restarts
+    options = RunOptions(restart_only=["node2"], poll_seconds=30)
+    outcome, _ = engine_for(sim, options, None).run()
+    assert outcome.succeeded
+    assert [n.result for n in outcome.nodes if n.node == "node2"] == ["restarted"]
+    assert [e["node"] for e in sim.events if e["kind"] == "restart"] == ["node2"]
+    rows, _ = run_checker(client)
+    assert [r["name"] for r in rows if r["status"] != "SUCCESS"] == []
+    assert check_invariants(sim.events, scenario, outcome.model_dump(mode="json"), SIM_USER) == []
+
+
+def test_readiness_on_a_served_cluster_installs_the_module_remediates_and_ends_ready(tmp_path):
+    import json
+    import signal
+    import time
+
+    import yaml
+
+    from hciupgrade.sim.harness import PASSWORD_ENV
+
+    data = readiness_scenario(module_installed=False, nodes={
+        "node1": {"bitlocker_protection": "On"}, "node3": {"missing_features": ["FS-VSS-Agent"]}}).model_dump()
+    scenario_file, inventory, events = tmp_path / "s.yaml", tmp_path / "inv.yaml", tmp_path / "ev.jsonl"
+    scenario_file.write_text(yaml.safe_dump(parse_scenario(data).model_dump(mode="json")))
+    env = {**os.environ, PASSWORD_ENV: "sim-secret-for-tests", "HCI_UPGRADE_HOME": str(tmp_path / "home"),
+           "PREFECT_HOME": str(tmp_path / "prefect"), "COLUMNS": "200"}
+    env.pop("PREFECT_API_URL", None)
+    serve = subprocess.Popen([*CLI, "sim", "serve", "--scenario", str(scenario_file), "--inventory-out",
+                              str(inventory), "--events", str(events)], env=env, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not inventory.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        blocked = subprocess.run([*CLI, "readiness", "--inventory", str(inventory)], capture_output=True,
+                                 text=True, env=env, timeout=300)
+        fixed = subprocess.run([*CLI, "readiness", "--inventory", str(inventory), "--install-module",
+                                "--remediate", "features", "--remediate", "bitlocker", "--out", str(tmp_path / "o")],
+                               capture_output=True, text=True, env=env, timeout=300)
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        serve.wait(timeout=10)
+    assert blocked.returncode == 2 and "AzStackHci.EnvironmentChecker is not installed" in blocked.stderr
+    assert fixed.returncode == 0, fixed.stdout[-2000:] + fixed.stderr[-2000:]
+    log = [json.loads(line) for line in events.read_text().splitlines()]
+    assert {e["node"] for e in log if e["kind"] == "module_installed"} == {"node1", "node2", "node3"}
+    assert [e["node"] for e in log if e["kind"] == "restart"] == ["node3"]  # one node, by the rolling engine
+    assert any(e["kind"] == "bitlocker" and e["status"] == "Suspended" for e in log)
+    assert (tmp_path / "o" / "readiness.parquet").exists()

@@ -6,7 +6,7 @@ from typing import Any
 
 from hciupgrade.cluster import ClusterClient
 from hciupgrade.readiness.results import Problem, normalise
-from hciupgrade.remote import SWITCH, Cmdlet, RemoteError
+from hciupgrade.remote import SWITCH, Cmdlet, NodeUnreachable, RemoteError
 
 MODULE = "AzStackHci.EnvironmentChecker"
 
@@ -20,7 +20,11 @@ def run_checker(client: ClusterClient, *, install_module: bool = False) -> tuple
     for node, session in client.sessions.items():
         source = f"{client.name}/{node}"
         try:
-            if not session.run(Cmdlet("Get-Module", {"Name": MODULE, "ListAvailable": SWITCH})).objects:
+            try:
+                present = session.run(Cmdlet("Get-Module", {"Name": MODULE, "ListAvailable": SWITCH})).objects
+            except NodeUnreachable:  # e.g. the shell died in a restart since the last call: reconnect once
+                present = session.run(Cmdlet("Get-Module", {"Name": MODULE, "ListAvailable": SWITCH})).objects
+            if not present:
                 if not install_module:
                     problems.append(Problem(source, f"module {MODULE} is not installed; allow its installation "
                                                     "(--install-module) or install it by hand"))

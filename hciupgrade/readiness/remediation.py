@@ -86,6 +86,7 @@ class StepResult:
     step: str
     changed: bool
     detail: str
+    restart: bool = False  # the change takes effect after a restart (the rolling engine does it)
 
 
 def suspend_bitlocker(client: ClusterClient, node: str) -> StepResult:
@@ -110,7 +111,7 @@ def install_features(client: ClusterClient, node: str, features: list[str]) -> S
         "Name": features, "IncludeAllSubFeature": SWITCH, "IncludeManagementTools": SWITCH})).objects
     restart = bool(objects) and objects[0].get("RestartNeeded") == "Yes"
     return StepResult(node, "features", True, f"installed {', '.join(features)}"
-                      + ("; a restart is needed: run the rolling engine, one node at a time" if restart else ""))
+                      + ("; a restart completes it" if restart else ""), restart=restart)
 
 
 def set_registry(client: ClusterClient, node: str) -> StepResult:

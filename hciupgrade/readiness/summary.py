@@ -70,7 +70,8 @@ def nodes_by_check(df: pd.DataFrame, cluster: str) -> pd.DataFrame:
     one = df[df["cluster"] == cluster]
     rank = one["status"].cat.codes  # SUCCESS < FAILURE < WARNING < ERROR: any non-success is worse than success
     worst = one.assign(rank=rank).sort_values("rank").groupby(["title", "node"], observed=True)["status"].last()
-    return worst.unstack("node").astype(str).replace("nan", "")
+    grid = worst.astype(str).unstack("node")
+    return grid.fillna("")
 
 
 def failures(df: pd.DataFrame) -> pd.DataFrame:

@@ -385,6 +385,12 @@ class SimCluster:
         if node.staged_build:
             old, node.build, node.staged_build = node.build, node.staged_build, None
             self._log("build", node.name, old=old, new=node.build)
+        readiness = self.readiness[node.name]
+        if readiness.pending_features:  # InstallPending features complete at boot
+            done = set(readiness.pending_features)
+            readiness.missing_features[:] = [f for f in readiness.missing_features if f not in done]
+            readiness.pending_features.clear()
+            self._log("features_installed", node.name, features=sorted(done), at="boot")
         self._move(node, "boot", "system")
         self._after(self.d.join_seconds, lambda: self._joined(node), "joined")
 

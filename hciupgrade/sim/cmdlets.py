@@ -616,6 +616,9 @@ def install_module(inv: Invocation) -> list[Out]:
     return []
 
 
+NO_RESTART_FEATURES = {"NetworkATC", "GPMC", "RSAT-AD-Powershell", "RSAT-AD-AdminCenter", "RSAT-Hyper-V-Tools"}
+
+
 def _feature_result(names: list[str], restart: bool) -> Out:
     return Out(["Microsoft.Windows.ServerManager.Commands.FeatureOperationResult", "System.Object"],
                {"Success": True, "RestartNeeded": "Yes" if restart else "No",
@@ -627,11 +630,14 @@ def _feature_result(names: list[str], restart: bool) -> Out:
 def install_windows_feature(inv: Invocation) -> list[Out]:
     state = _readiness(inv)
     names = names_param(inv) or []
-    added = [n for n in names if n in state.missing_features]
-    state.missing_features[:] = [f for f in state.missing_features if f not in names]
+    added = [n for n in names if n in state.missing_features and n not in state.pending_features]
+    now = [n for n in added if n in NO_RESTART_FEATURES]
+    state.missing_features[:] = [f for f in state.missing_features if f not in now]
+    state.pending_features += [n for n in added if n not in now]  # InstallPending until the next restart
     if added:
-        inv.sim._log("features_installed", inv.node, features=added, by=inv.caller)
-    return [_feature_result(added, restart=any(n != "NetworkATC" for n in added))]
+        inv.sim._log("features_installed", inv.node, features=now, pending=[n for n in added if n not in now],
+                     by=inv.caller)
+    return [_feature_result(added, restart=bool(state.pending_features))]
 
 
 @cmdlet("Suspend-BitLocker", "MountPoint RebootCount", positional=("MountPoint",))

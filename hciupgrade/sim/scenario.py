@@ -110,6 +110,7 @@ class NodeReadiness(BaseModel):
     lcu_ubr: int | None = Field(None, description="the 23H2 LCU's UBR; default: the node's build (2503 ISO: 1486, "
                                                   "which the current module's minimum 1904 fails)")
     missing_features: list[str] = Field(default_factory=list)
+    pending_features: list[str] = Field(default_factory=list, description="installed, waiting for a restart")
     network_atc_service: Literal["Running", "Stopped", "Missing"] = "Running"
     tpm_ready: bool = True
     bitlocker_protection: Literal["On", "Off", "None"] = "Off"
