@@ -7,7 +7,6 @@ import os
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -19,10 +18,10 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 import typer
 from rich import box
 from rich.console import Console
-from rich.live import Live
 from rich.table import Table
 
-from hciupgrade.records import PHASES, load_events, new_run_id, node_summary
+from flows.views import LiveView, summary_table
+from hciupgrade.records import new_run_id
 from hciupgrade.sim.scenario import ScenarioError, builtin_scenario, load_scenario
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -33,82 +32,6 @@ err = Console(stderr=True)
 @app.callback()
 def _commands() -> None:
     """Commands: demo, upgrade, status, report, readiness, sim serve."""
-
-
-class LiveView:
-    """Follows a run's record file and draws one row per node: its current phase and how long it took."""
-
-    def __init__(self, record: Path, console: Console) -> None:
-        self.record = record
-        self.console = console
-        self.nodes: dict[str, dict[str, Any]] = {}
-        self._stop = threading.Event()
-        self._offset = 0
-
-    def _read(self) -> None:
-        if not self.record.exists():
-            return
-        with open(self.record) as fh:
-            fh.seek(self._offset)
-            for line in fh:
-                if not line.endswith("\n"):
-                    break
-                self._offset += len(line.encode())
-                event = json.loads(line)
-                if event.get("phase") == "plan":
-                    for n in event.get("order", []):
-                        self.nodes.setdefault(n, {"phase": "waiting", "status": "", "done": 0})
-                elif event.get("node"):
-                    row = self.nodes.setdefault(event["node"], {"phase": "", "status": "", "done": 0})
-                    if event["phase"] == "node":
-                        row["result"] = event["status"]
-                    else:
-                        row["phase"], row["status"] = event["phase"], event["status"]
-                        if event["status"] == "succeeded" and event["phase"] in PHASES:
-                            row["done"] += 1
-
-    def render(self) -> Table:
-        table = Table(title="Rolling upgrade", expand=False)
-        for column in ("node", "phase", "progress", "result"):
-            table.add_column(column)
-        for name, row in self.nodes.items():
-            bar = "█" * row["done"] + "·" * (len(PHASES) - row["done"])
-            style = {"failed": "red", "running": "yellow"}.get(row.get("status", ""), "")
-            table.add_row(name, f"[{style}]{row['phase']} {row['status']}[/]" if style else row["phase"], bar,
-                          row.get("result", ""))
-        return table
-
-    def run(self) -> None:
-        with Live(self.render(), console=self.console, refresh_per_second=8, transient=False) as live:
-            while not self._stop.wait(0.1):
-                self._read()
-                live.update(self.render())
-            self._read()
-            live.update(self.render())
-
-    def start(self) -> threading.Thread:
-        thread = threading.Thread(target=self.run, daemon=True)
-        thread.start()
-        return thread
-
-    def stop(self, thread: threading.Thread) -> None:
-        self._stop.set()
-        thread.join(timeout=2)
-
-
-def summary_table(record: Path, run_id: str) -> Table:
-    df = node_summary(load_events([record]), run_id).drop(columns=["error"])
-    for column in ("build_before", "build_after"):
-        df[column] = df[column].map(lambda b: b.removeprefix("10.0.") if isinstance(b, str) else b)
-    df = df.rename(columns={"build_before": "before", "build_after": "after", "wait-back": "back",
-                            "wait-repair": "repair?", "wait-storage": "resync"})
-    table = Table(title="Per node: builds, result, minutes of cluster time per phase", box=box.SIMPLE_HEAD)
-    for column in df.columns:
-        table.add_column(str(column), justify="left" if column in ("node", "before", "after", "result") else "right")
-    for _, row in df.iterrows():
-        table.add_row(*["" if (v is None or v != v) else (f"{v:.1f}" if isinstance(v, float) else str(v))
-                        for v in row.tolist()])
-    return table
 
 
 @app.command()
@@ -366,7 +289,7 @@ def report(run: Annotated[Optional[str], typer.Argument(help="run id (default: t
                         for v in row.tolist()])
     console = Console()
     console.print(table)
-    for node, error in zip(df["node"], errors):
+    for node, error in zip(df["node"], errors, strict=False):
         if isinstance(error, str) and error:
             console.print(f"[red]{node}[/]: {error}")
 

@@ -13,8 +13,8 @@ from hciupgrade.models import ClusterInventory
 from hciupgrade.psenums import DrainStatus, HealthStatus, JobState, NodeState, ScheduledTaskState, parse
 from hciupgrade.remote import (
     SWITCH,
-    CmdletFailed,
     Cmdlet,
+    CmdletFailed,
     NodeSession,
     NodeUnreachable,
     PackagedScript,

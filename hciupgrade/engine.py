@@ -31,7 +31,7 @@ from hciupgrade.preflight import PlannedNode, Preflight, check
 from hciupgrade.psenums import NodeState
 from hciupgrade.records import RunRecorder, owned_nodes
 from hciupgrade.remote import NodeUnreachable, RemoteError
-from hciupgrade.steps import Steps, StepFailed
+from hciupgrade.steps import StepFailed, Steps
 
 FULL = ("gate", "pre-script", "drain", "install", "reboot", "wait-back", "wait-repair", "resume", "post-script",
         "wait-storage")
@@ -131,7 +131,8 @@ class RollingUpgrade:
                 planned.append(PlannedNode(node, "adopt", f"left {info.state.name if info else 'unknown'} by an "
                                                           "earlier run of ours: continue from its live state"))
             else:
-                planned.append(PlannedNode(node, "upgrade", f"{build or 'unknown build'} -> {self.options.target_build}",
+                detail = f"{build or 'unknown build'} -> {self.options.target_build}"
+                planned.append(PlannedNode(node, "upgrade", detail,
                                            tuple(s for s in FULL if self._wanted(s))))
         return planned
 

@@ -5,13 +5,21 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from pathlib import Path
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 class Strict(BaseModel):

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from hciupgrade.models import ClusterInventory, CredentialRef, InputError, RunOptions, Transport, load_inventory
+from hciupgrade.models import (
+    ClusterInventory,
+    CredentialRef,
+    InputError,
+    RunOptions,
+    Transport,
+    load_inventory,
+)
 from hciupgrade.sim.scenario import ScenarioError, parse_scenario
 
 

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
 
-from tests.test_properties import engine_for
 from hciupgrade.sim.cluster import SimCluster
 from hciupgrade.sim.scenario import make_scenario
+from tests.test_properties import engine_for
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "run_analysis.ipynb"
 

@@ -45,8 +45,9 @@ def test_a_record_inside_an_ece_exception_with_numeric_enums():
 
 def test_per_node_and_aggregated_records_and_a_broken_one_reported_with_its_source():
     rows, problems = read_file(DATA / "mixed_per_node_and_aggregated.json")
-    assert [r["name"] for r in rows] == ["AzStackHci_Upgrade_ClusterNodeUp", "AzStackHci_Upgrade_BitlockerSuspension",
-                                         "AzStackHci_Upgrade_TPMHealth", "AzStackHci_Upgrade_AlreadyDeployedEnvironment"]
+    assert [r["name"] for r in rows] == [
+        "AzStackHci_Upgrade_ClusterNodeUp", "AzStackHci_Upgrade_BitlockerSuspension", "AzStackHci_Upgrade_TPMHealth",
+        "AzStackHci_Upgrade_AlreadyDeployedEnvironment"]
     assert rows[0]["timestamp"].year == 2026 and rows[1]["aggregated"] and not rows[0]["aggregated"]
     assert rows[2]["severity"] == "WARNING" and rows[3]["severity"] == "INFORMATIONAL"
     (problem,) = problems

@@ -16,7 +16,8 @@ from tests.test_properties import engine_for
 def test_status_and_report_of_a_finished_and_a_stopped_run(tmp_path, monkeypatch):
     monkeypatch.setenv("HCI_UPGRADE_HOME", str(tmp_path))
     monkeypatch.setenv("COLUMNS", "200")
-    scenario = make_scenario(nodes=3, time_factor=20000, faults=[{"node": "node2", "kind": "install_fails", "times": 1}])
+    scenario = make_scenario(nodes=3, time_factor=20000,
+                             faults=[{"node": "node2", "kind": "install_fails", "times": 1}])
     options = RunOptions(poll_seconds=30, target_build=scenario.cluster.target_build,
                          node_order=["node1", "node2", "node3"])
     outcome, _ = engine_for(SimCluster(scenario), options, None).run()

@@ -37,7 +37,8 @@ GUIDANCE: dict[str, tuple[str | None, str]] = {
     "AzStackHci_Upgrade_AzureSupportedCloudType": (None, "Connect the Arc agent to AzureCloud or AzureUSGovernment."),
     "AzStackHci_Upgrade_ClusterRegistrationState": (None, "Register the cluster (Register-AzStackHCI; "
         "-RepairRegistration when the identity or the Cloud Management group is missing)."),
-    "AzStackHci_Upgrade_AksHci": (None, "Remove AKS on HCI: Uninstall-AksHci, then Uninstall-Module AksHci -Force (R11)."),
+    "AzStackHci_Upgrade_AksHci": (None, "Remove AKS on HCI: Uninstall-AksHci, then Uninstall-Module AksHci -Force "
+        "(R11)."),
     "AzStackHci_Upgrade_Moc": (None, "Remove MOC: Uninstall-Moc (R10)."),
     "AzStackHci_Upgrade_MocServices": (None, "Remove the MOC services wssdcloudagent, wssdagent, MocHostAgent (R10)."),
     "AzStackHci_Upgrade_Language": (None, "Only English-installed systems are eligible. For the LCM upgrade user on "

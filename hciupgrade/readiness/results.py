@@ -22,7 +22,6 @@ from typing import Any
 
 from hciupgrade.psenums import ReadinessSeverity, ReadinessStatus
 
-
 Status = ReadinessStatus
 Severity = ReadinessSeverity
 

@@ -702,7 +702,7 @@ def new_item(inv: Invocation) -> list[Out]:
     key = _key(str(inv.params.get("Path", "")))
     state = _readiness(inv)
     if state.registry.get("__vid_key"):
-        inv.errors.append(ErrorOut(f"A key at this path already exists.",
+        inv.errors.append(ErrorOut("A key at this path already exists.",
                                    "System.IO.IOException,Microsoft.PowerShell.Commands.NewItemCommand",
                                    "ResourceExists", target=key, exception_type="System.IO.IOException"))
         return []

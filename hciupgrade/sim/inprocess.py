@@ -54,7 +54,8 @@ class InProcessSession:
                 outputs, errors = cmdlets.invoke_script(self.sim, self.node, self.caller, commands[0].text, raw[0])
             else:
                 outputs, errors = cmdlets.invoke(self.sim, self.node, self.caller,
-                                                 [(c.name, r) for c, r in zip(commands, raw) if isinstance(c, Cmdlet)])
+                                                 [(c.name, r) for c, r in zip(commands, raw, strict=True)
+                                                  if isinstance(c, Cmdlet)])
         except cmdlets.Terminating as t:
             raise CmdletFailed(self.node, str(call), [_info(t.error, True)]) from None
         return Result([self._wire(o) for o in outputs], [_info(e, False) for e in errors])

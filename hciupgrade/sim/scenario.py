@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -169,7 +169,8 @@ class ClusterSpec(Strict):
             raise ValueError("node names must be unique")
         for vm in self.vms:
             if vm.owner not in names:
-                raise ValueError(f"vm {vm.name!r}: owner {vm.owner!r} is not a node of the cluster ({', '.join(names)})")
+                raise ValueError(f"vm {vm.name!r}: owner {vm.owner!r} is not a node of the cluster "
+                                 f"({', '.join(names)})")
         return self
 
 
@@ -186,7 +187,8 @@ class Scenario(Strict):
         names = {n.name for n in self.cluster.nodes}
         for i, fault in enumerate(self.faults):
             if fault.node not in names:
-                raise ValueError(f"faults[{i}].node: {fault.node!r} is not a node of the cluster ({', '.join(sorted(names))})")
+                raise ValueError(f"faults[{i}].node: {fault.node!r} is not a node of the cluster "
+                                 f"({', '.join(sorted(names))})")
             if fault.vm and fault.vm not in {vm.name for vm in self.cluster.vms if vm.owner == fault.node}:
                 raise ValueError(f"faults[{i}].vm: {fault.vm!r} is not a VM owned by {fault.node}")
         for node in self.readiness.nodes:

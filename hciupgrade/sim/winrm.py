@@ -287,7 +287,8 @@ class FakeWinRM:
                                                             statement[0].command_text, params[0])
                 else:
                     outputs, errors = cmdlets.invoke(
-                        self.sim, self.node, caller, [(c.command_text, p) for c, p in zip(statement, params)])
+                        self.sim, self.node, caller,
+                        [(c.command_text, p) for c, p in zip(statement, params, strict=True)])
                 for output in outputs:
                     pipe.write_output(to_ps(output))
                 for error in errors:
