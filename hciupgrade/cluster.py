@@ -213,6 +213,11 @@ class ClusterClient:
     def stop_feature_update(self, node: str) -> None:
         self.session(node).run(Cmdlet("Stop-ScheduledTask", {"TaskName": FEATURE_UPDATE_TASK}))
 
+    def feature_update_result(self, node: str) -> int:
+        """Setup's exit code so far: LastTaskResult (0x41301 while the task runs)."""
+        info = self.session(node).run(Cmdlet("Get-ScheduledTaskInfo", {"TaskName": FEATURE_UPDATE_TASK})).objects[0]
+        return int(info["LastTaskResult"]) & 0xFFFFFFFF
+
     def feature_update_status(self, node: str) -> tuple[ScheduledTaskState, int]:
         """The task's state and setup's exit code (LastTaskResult; 0x41301 while it runs)."""
         session = self.session(node)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from hciupgrade.clock import ClusterClock
 from hciupgrade.cluster import SCHED_S_TASK_RUNNING, ClusterClient, ClusterSnapshot, NodeInfo
-from hciupgrade.gates import may_drain, repair_running, storage_settled
+from hciupgrade.gates import may_drain, repair_running, storage_busy, storage_settled
 from hciupgrade.models import RunOptions
 from hciupgrade.psenums import DrainStatus, NodeState, ScheduledTaskState
 from hciupgrade.remote import CmdletFailed, NodeUnreachable
@@ -106,8 +106,8 @@ class Steps:
             self.client.start_feature_update(node)
 
         def finished() -> tuple[ScheduledTaskState, int] | None:
-            state, code = self.client.feature_update_status(node)
-            return (state, code) if state != ScheduledTaskState.Running and code != SCHED_S_TASK_RUNNING else None
+            code = self.client.feature_update_result(node)  # one call a poll: 0x41301 while setup runs
+            return (ScheduledTaskState.Ready, code) if code != SCHED_S_TASK_RUNNING else None
 
         status = self.clock.wait_for(finished, timeout=self.options.install_timeout_minutes * 60, poll=self.poll)
         if status is None:
@@ -153,10 +153,12 @@ class Steps:
         last: list[str] = []
 
         def probe() -> ClusterSnapshot | None:
-            if not settled:  # only the jobs matter here: one call
-                jobs = self.client.storage_jobs()
-                return None if repair_running(ClusterSnapshot((), (), tuple(jobs), None)) else ClusterSnapshot(
-                    (), (), tuple(jobs), None)
+            jobs = ClusterSnapshot((), (), tuple(self.client.storage_jobs()), None)
+            if repair_running(jobs):  # one call a poll while a repair runs
+                last[:] = storage_busy(jobs)
+                return None
+            if not settled:
+                return jobs
             snapshot = self.client.snapshot()
             verdict = storage_settled(snapshot)
             last[:] = list(verdict.reasons)
