@@ -302,7 +302,8 @@ def readiness_cmd(
     cluster: Annotated[Optional[list[str]], typer.Option(help="only these clusters of the inventory")] = None,
     install_module: Annotated[bool, typer.Option(help="install AzStackHci.EnvironmentChecker where missing")] = False,
     remediate: Annotated[Optional[list[str]], typer.Option(help="allow a remediation step: features, bitlocker, "
-                                                                "registry, network-atc (repeatable)")] = None,
+                                                                "registry, network-atc; after the upgrade "
+                                                                "bitlocker-resume (repeatable)")] = None,
     out: Annotated[Optional[Path], typer.Option(help="write readiness.csv and readiness.parquet here")] = None,
 ) -> None:
     """Readiness for the solution upgrade: 0 when nothing blocks, 1 when a Critical check fails, 2 when the input

@@ -229,3 +229,14 @@ def test_readiness_on_a_served_cluster_installs_the_module_remediates_and_ends_r
     assert [e["node"] for e in log if e["kind"] == "restart"] == ["node3"]  # one node, by the rolling engine
     assert any(e["kind"] == "bitlocker" and e["status"] == "Suspended" for e in log)
     assert (tmp_path / "o" / "readiness.parquet").exists()
+
+
+def test_bitlocker_is_resumed_after_the_upgrade_only_where_it_was_suspended():
+    from hciupgrade.readiness.remediation import resume_bitlocker, suspend_bitlocker
+
+    sim = SimCluster(readiness_scenario(nodes={"node1": {"bitlocker_protection": "On"},
+                                               "node2": {"bitlocker_protection": "None"}}))
+    client = client_for(sim)
+    assert suspend_bitlocker(client, "node1").changed
+    assert resume_bitlocker(client, "node1").changed and not resume_bitlocker(client, "node2").changed
+    assert [e["status"] for e in sim.events if e["kind"] == "bitlocker"] == ["Suspended", "Resumed"]

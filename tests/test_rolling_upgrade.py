@@ -162,3 +162,23 @@ def test_a_cau_run_in_progress_blocks_before_anything_changes(run_upgrade):
     run = run_upgrade(parse_scenario(data))
     assert "Get-CauRun: RunInProgress" in run.outcome["error"]
     assert not run.touched("node1") and not run.touched("node2")
+
+
+def test_the_scan_warns_when_nodes_are_offered_different_feature_updates(tmp_path, monkeypatch):
+    from hciupgrade.models import RunOptions
+    from hciupgrade.sim.cluster import SimCluster
+    from hciupgrade.sim.scenario import parse_scenario
+    from tests.test_properties import engine_for
+
+    monkeypatch.setenv("HCI_UPGRADE_HOME", str(tmp_path))
+    data = make_scenario(nodes=3, time_factor=FAST).model_dump()
+    data["cluster"]["nodes"][1]["media_build"] = "10.0.25398.1369"
+    sim = SimCluster(parse_scenario(data))
+    outcome, pre = engine_for(sim, RunOptions(target_build="10.0.25398.1486"), None).run(dry_run=True)
+    offered = {row.node: row.offered for row in pre.scan}
+    assert offered == {"node1": "10.0.25398.1486", "node2": "10.0.25398.1369", "node3": "10.0.25398.1486"}
+    finding = next(f for f in pre.findings if f.check == "same feature update offered to every node")
+    assert not finding.ok and "10.0.25398.1369" in finding.detail
+    media = next(f for f in pre.findings if f.check == "media reaches the target build")
+    assert media.blocking and not outcome.succeeded
+    assert [p.action for p in pre.plan] == ["upgrade"] * 3 and not any(e["kind"] == "suspend" for e in sim.events)

@@ -101,7 +101,12 @@ def suspend_bitlocker(client: ClusterClient, node: str) -> StepResult:
 
 
 def resume_bitlocker(client: ClusterClient, node: str) -> StepResult:
-    client.session(node).run(Cmdlet("Resume-BitLocker", {"MountPoint": "C:"}))
+    """After the upgrade: resume the protection a suspension left off (a volume already protected is left alone)."""
+    session = client.session(node)
+    volumes = session.run(Cmdlet("Get-BitLockerVolume", {"MountPoint": "C:"})).objects
+    if not volumes or volumes[0].get("ProtectionStatus") != "Off":
+        return StepResult(node, "bitlocker-resume", False, "no suspended protection on C:")
+    session.run(Cmdlet("Resume-BitLocker", {"MountPoint": "C:"}))
     return StepResult(node, "bitlocker-resume", True, "protection resumed")
 
 
@@ -145,7 +150,7 @@ def enable_network_atc(client: ClusterClient, node: str) -> StepResult:
     return StepResult(node, "network-atc", True, "NetworkATC installed and running; add the intents (Add-NetIntent)")
 
 
-STEPS = ("features", "bitlocker", "registry", "network-atc")
+STEPS = ("features", "bitlocker", "registry", "network-atc", "bitlocker-resume")
 
 
 def remediate(client: ClusterClient, failed: list[dict], steps: set[str]) -> list[StepResult]:
@@ -162,9 +167,10 @@ def remediate(client: ClusterClient, failed: list[dict], steps: set[str]) -> lis
                 wanted[target].add(step)
             if step == "features" and "Missing features: " in row.get("detail", ""):
                 missing[target] += [f.strip() for f in row["detail"].split("Missing features: ")[1].split(",")]
-    if "registry" in steps:
-        for n in nodes:
-            wanted[n].add("registry")
+    for always in ("registry", "bitlocker-resume"):  # not tied to a failed check
+        if always in steps:
+            for n in nodes:
+                wanted[n].add(always)
     for node in nodes:
         if "features" in wanted[node]:
             results.append(install_features(client, node, sorted(set(missing[node]))))
@@ -174,4 +180,6 @@ def remediate(client: ClusterClient, failed: list[dict], steps: set[str]) -> lis
             results.append(suspend_bitlocker(client, node))
         if "registry" in wanted[node]:
             results.append(set_registry(client, node))
+        if "bitlocker-resume" in wanted[node]:
+            results.append(resume_bitlocker(client, node))
     return results
