@@ -83,6 +83,7 @@ def main() -> int:
     inventory_data, password = parent.recv()
     from prefect import flow
 
+    from flows.locking import embedded_settings
     from flows.rolling_upgrade import rolling_upgrade
     from hciupgrade.models import Inventory, RunOptions
     from hciupgrade.remote.session import CALL_SECONDS
@@ -100,8 +101,9 @@ def main() -> int:
         inventory.write(path)
         os.environ[PASSWORD_ENV] = password
         t1 = time.perf_counter()
-        state = rolling_upgrade(inventory=str(path), options=RunOptions(poll_seconds=5, retry_delay_seconds=0.2),
-                                return_state=True)
+        with embedded_settings():  # as `hci-upgrade demo` runs it
+            state = rolling_upgrade(inventory=str(path),
+                                    options=RunOptions(poll_seconds=5, retry_delay_seconds=0.2), return_state=True)
         run_wall = time.perf_counter() - t1
     wall = time.perf_counter() - t0  # the simulated cluster's teardown below is not the orchestrator's time
     parent.send("done")

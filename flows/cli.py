@@ -46,6 +46,7 @@ def demo(
     except ScenarioError as e:
         err.print(f"[red]{e}[/]")
         raise typer.Exit(2) from None
+    from flows.locking import embedded_settings
     from flows.rolling_upgrade import rolling_upgrade
     from hciupgrade.models import RunOptions
     from hciupgrade.sim.harness import SimHarness
@@ -64,7 +65,8 @@ def demo(
         view = LiveView(record, console)
         thread = view.start()
         options = RunOptions(poll_seconds=5, retry_delay_seconds=0.2, target_build=chosen.cluster.target_build)
-        state = rolling_upgrade(inventory=str(inventory), options=options, run_id=run_id, return_state=True)
+        with embedded_settings():
+            state = rolling_upgrade(inventory=str(inventory), options=options, run_id=run_id, return_state=True)
         view.stop(thread)
         if events:
             harness.write_events(events)
@@ -177,6 +179,7 @@ def upgrade(
         if json_out:
             print(json.dumps(outcome, indent=2))
         raise typer.Exit(0 if outcome["succeeded"] else 1)
+    from flows.locking import embedded_settings
     from flows.rolling_upgrade import rolling_upgrade
     from hciupgrade.records import records_dir
 
@@ -184,8 +187,9 @@ def upgrade(
     record = records_dir() / f"{run_id}.jsonl"
     view = LiveView(record, console) if not json_out else None
     thread = view.start() if view else None
-    state = rolling_upgrade(inventory=str(inventory), cluster=target.name, options=run_options, run_id=run_id,
-                            return_state=True)
+    with embedded_settings():
+        state = rolling_upgrade(inventory=str(inventory), cluster=target.name, options=run_options, run_id=run_id,
+                                return_state=True)
     if view and thread:
         view.stop(thread)
     outcome = _outcome(record)
@@ -329,6 +333,7 @@ def readiness_cmd(
             problems += [str(p) for p in file_problems]
         df = builder.frame()
     else:
+        from flows.locking import embedded_settings
         from flows.readiness import readiness
         from hciupgrade.models import InputError, load_inventory
 
@@ -337,8 +342,9 @@ def readiness_cmd(
         except InputError as e:
             err.print(f"[red]{e}[/]")
             raise typer.Exit(2) from None
-        outcome = readiness(inventory=str(inventory), clusters=cluster, install_module=install_module,
-                            remediate_steps=remediate, out_dir=str(out) if out else None)
+        with embedded_settings():
+            outcome = readiness(inventory=str(inventory), clusters=cluster, install_module=install_module,
+                                remediate_steps=remediate, out_dir=str(out) if out else None)
         builder = FrameBuilder()
         for row in outcome["records"]:
             builder.add(row, row.pop("cluster"))

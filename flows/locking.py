@@ -27,6 +27,20 @@ from hciupgrade.hostlock import host_lock
 log = logging.getLogger(__name__)
 
 
+@contextmanager
+def embedded_settings() -> Iterator[None]:
+    """In embedded mode, run flows without heartbeats: they feed zombie detection on a server, and the temporary
+    server dies with the process, so nothing could act on them; they cost about 1 s at the end of every flow run
+    (the heartbeat thread is joined). On a Prefect server they stay on."""
+    if not embedded():
+        yield
+        return
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield
+
+
 def limit_name(cluster: str) -> str:
     return f"hci-upgrade-cluster-{cluster.lower()}"
 

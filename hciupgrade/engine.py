@@ -145,7 +145,10 @@ class RollingUpgrade:
 
     def steps_for(self, node: str) -> tuple[str, ...]:
         """The steps still to run for a node, from its live state (a node adopted from a crashed run continues)."""
-        build = self.client.os_build(node) if self.client.reachable(node) else None
+        try:
+            build: str | None = self.client.os_build(node)
+        except NodeUnreachable:
+            build = None
         info = self.client.node_info(node)
         on_target = build is not None and self.options.build_reached(build)
         if self.options.restart_only is not None:
