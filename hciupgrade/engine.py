@@ -235,24 +235,9 @@ class RollingUpgrade:
             self.steps.wait_storage("cluster", settled=True)
 
     def _node(self, node: str, outcome: NodeOutcome) -> None:
-        try:
-            outcome.build_before = self.client.os_build(node)
-        except NodeUnreachable as e:
-            if node in self.owned:  # a node of ours that is down: wait for it like after a reboot
-                outcome.build_before = None
-            else:
-                outcome.result, outcome.error = "failed", f"{node}: not reachable before its upgrade: {e}"
-                self.recorder.emit(node, "node", "failed", result="failed", error=outcome.error)
-                return
-        restart = self.options.restart_only
-        wanted = restart is None or node.lower() in {n.lower() for n in restart}
-        if (restart is None and outcome.build_before and self.options.build_reached(outcome.build_before)
-                or not wanted) and node not in self.owned:
-            if self.client.node_info(node).state == NodeState.Up:
-                outcome.result, outcome.build_after = "skipped", outcome.build_before
-                self.recorder.emit(node, "node", "skipped", result="skipped", build_before=outcome.build_before,
-                                   build_after=outcome.build_before)
-                return
+        """One node: skip it, or up to MaxRetriesPerNode attempts of its steps under the cluster lock."""
+        if self._skip(node, outcome):
+            return
         self.recorder.emit(node, "node", "running", build_before=outcome.build_before)
         for attempt in range(1, self.options.max_retries_per_node + 1):
             outcome.attempts = attempt
@@ -261,30 +246,51 @@ class RollingUpgrade:
                     for step in self.steps_for(node):
                         if self._wanted(step):
                             self.step(step, node)
-                outcome.build_after = self.client.os_build(node)
-                outcome.result, outcome.error = "upgraded" if restart is None else "restarted", None
-                self.recorder.emit(node, "node", "succeeded", result=outcome.result, attempts=attempt,
-                                   build_before=outcome.build_before, build_after=outcome.build_after)
-                return
-            except BaseException as e:
-                if not isinstance(e, StepFailed | RemoteError):  # cancelled: bring the node back, then stop
-                    back = self.recover(node)
-                    outcome.result, outcome.left_paused = "failed", not back
-                    outcome.error = f"{node}: the run was cancelled here" + (
-                        "; the node was brought back" if back else f"; {node} is left paused or down")
-                    self.recorder.emit(node, "node", "failed", result="failed", error=outcome.error,
-                                       left_paused=not back)
-                    raise
-                back = self.recover(node)
+            except (StepFailed, RemoteError) as e:
                 outcome.error = str(e) if str(e).startswith(node) else f"{node}: {e}"
-                if not back:
-                    outcome.result, outcome.left_paused = "failed", True
+                if not self.recover(node):
+                    outcome.left_paused = True
                     outcome.error += f" ({node} is left paused or down: see to it by hand)"
                     break
                 if attempt < self.options.max_retries_per_node:
                     self.recorder.emit(node, "retry", "running", attempt=attempt + 1, error=outcome.error)
-                    continue
-                outcome.result = "failed"
+                continue
+            except BaseException:  # cancelled: bring the node back if it can be, record, stop
+                outcome.left_paused = not self.recover(node)
+                outcome.error = f"{node}: the run was cancelled here" + (
+                    f"; {node} is left paused or down" if outcome.left_paused else "; the node was brought back")
+                self._node_failed(node, outcome)
+                raise
+            outcome.build_after = self.client.os_build(node)
+            outcome.result, outcome.error = "upgraded" if self.options.restart_only is None else "restarted", None
+            self.recorder.emit(node, "node", "succeeded", result=outcome.result, attempts=attempt,
+                               build_before=outcome.build_before, build_after=outcome.build_after)
+            return
+        self._node_failed(node, outcome)
+
+    def _skip(self, node: str, outcome: NodeOutcome) -> bool:
+        """Read the node's build; skip a node that needs nothing (or fail one that does not answer)."""
+        try:
+            outcome.build_before = self.client.os_build(node)
+        except NodeUnreachable as e:
+            if node in self.owned:  # a node of ours that is down: its steps wait for it as after a reboot
+                return False
+            outcome.error = f"{node}: not reachable before its upgrade: {e}"
+            self._node_failed(node, outcome)
+            return True
+        restart = self.options.restart_only
+        if node in self.owned:
+            return False
+        needless = (restart is not None and node.lower() not in {n.lower() for n in restart}) or (
+            restart is None and self.options.build_reached(outcome.build_before))
+        if needless and self.client.node_info(node).state == NodeState.Up:
+            outcome.result, outcome.build_after = "skipped", outcome.build_before
+            self.recorder.emit(node, "node", "skipped", result="skipped", build_before=outcome.build_before,
+                               build_after=outcome.build_before)
+            return True
+        return False
+
+    def _node_failed(self, node: str, outcome: NodeOutcome) -> None:
         outcome.result = "failed"
         self.recorder.emit(node, "node", "failed", result="failed", error=outcome.error, attempts=outcome.attempts,
                            build_before=outcome.build_before, left_paused=outcome.left_paused)
