@@ -20,7 +20,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from flows.views import LiveView, summary_table
+from flows.views import LiveView, make_console, summary_table
 from hciupgrade.records import new_run_id
 from hciupgrade.sim.scenario import ScenarioError, builtin_scenario, load_scenario
 
@@ -51,7 +51,7 @@ def demo(
     from hciupgrade.models import RunOptions
     from hciupgrade.sim.harness import SimHarness
 
-    console = err if json_out else Console()
+    console = err if json_out else make_console()
     run_id = new_run_id()
     with SimHarness(chosen) as harness, tempfile.TemporaryDirectory() as tmp:
         inventory = Path(tmp) / "inventory.yaml"
@@ -173,7 +173,7 @@ def upgrade(
     except Exception as e:  # noqa: BLE001 - a credential problem is bad input too
         err.print(f"[red]{e}[/]")
         raise typer.Exit(2) from None
-    console = err if json_out else Console()
+    console = err if json_out else make_console()
     if dry_run:
         outcome = _dry_run(target, run_options, console)
         if json_out:
@@ -258,9 +258,9 @@ def status(cluster: Annotated[str, typer.Argument(help="the cluster's name")]) -
     events = all_events()
     current = run_status(events, cluster) if not events.empty else None
     if current is None:
-        Console().print(f"RunNotInProgress: no run of hci-upgrade on {cluster} is recorded")
+        make_console().print(f"RunNotInProgress: no run of hci-upgrade on {cluster} is recorded")
         return
-    console = Console()
+    console = make_console()
     console.print(f"[bold]{current.state}[/]  run {current.run_id}  started {current.started:%Y-%m-%d %H:%M:%S} UTC"
                   + (f"  result {current.result}" if current.result else "")
                   + (f"  current node {current.current_node}" if current.current_node else ""))
@@ -291,7 +291,7 @@ def report(run: Annotated[Optional[str], typer.Argument(help="run id (default: t
     for _, row in df.iterrows():
         table.add_row(*["" if v is None or v != v else (f"{v:.0f}" if isinstance(v, float) else str(v))
                         for v in row.tolist()])
-    console = Console()
+    console = make_console()
     console.print(table)
     for node, error in zip(df["node"], errors, strict=False):
         if isinstance(error, str) and error:
@@ -352,8 +352,8 @@ def readiness_cmd(
         problems += outcome["problems"]
         notes = outcome["notes"]
         for step in outcome["remediated"]:
-            Console().print(f"remediated {step['node']}: {step['step']}: {step['detail']}")
-    console = Console()
+            make_console().print(f"remediated {step['node']}: {step['step']}: {step['detail']}")
+    console = make_console()
     for problem in problems:
         err.print(f"[yellow]not understood:[/] {problem}")
     if df.empty:

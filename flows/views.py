@@ -52,7 +52,8 @@ class LiveView:
         for column in ("node", "phase", "progress", "result"):
             table.add_column(column)
         for name, row in self.nodes.items():
-            bar = "█" * row["done"] + "·" * (len(PHASES) - row["done"])
+            done = len(PHASES) if row.get("result") in ("succeeded", "skipped") else min(row["done"], len(PHASES))
+            bar = "█" * done + "·" * (len(PHASES) - done)
             style = {"failed": "red", "running": "yellow"}.get(row.get("status", ""), "")
             table.add_row(name, f"[{style}]{row['phase']} {row['status']}[/]" if style else row["phase"], bar,
                           row.get("result", ""))
@@ -65,6 +66,7 @@ class LiveView:
                 live.update(self.render())
             self._read()
             live.update(self.render())
+        self.console.print()
 
     def start(self) -> threading.Thread:
         thread = threading.Thread(target=self.run, daemon=True)
@@ -74,6 +76,12 @@ class LiveView:
     def stop(self, thread: threading.Thread) -> None:
         self._stop.set()
         thread.join(timeout=2)
+
+
+def make_console(stderr: bool = False) -> Console:
+    """A console; output that is not a terminal (a pipe, a file, CI) gets room for the wide tables."""
+    probe = Console(stderr=stderr)
+    return probe if probe.is_terminal else Console(stderr=stderr, width=140)
 
 
 def summary_table(record: Path, run_id: str) -> Table:
