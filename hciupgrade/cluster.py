@@ -109,7 +109,7 @@ class ClusterClient:
     def call_seconds(self) -> list[float]:
         return [s for session in self.sessions.values() for s in session.call_seconds]
 
-    def _on_cluster(self, call: Cmdlet, exclude: str | None = None) -> list[Any]:
+    def query(self, call: Cmdlet, exclude: str | None = None) -> list[Any]:
         """Run a cluster-wide query on the first reachable node, preferring nodes other than `exclude`."""
         names = [n for n in self.sessions if n != exclude] + ([exclude] if exclude in self.sessions else [])
         last: RemoteError | None = None
@@ -126,26 +126,26 @@ class ClusterClient:
 
     # --- reads ---------------------------------------------------------------------------------------------
     def nodes(self, exclude: str | None = None) -> list[NodeInfo]:
-        return [NodeInfo.parse(o) for o in self._on_cluster(Cmdlet("Get-ClusterNode"), exclude)]
+        return [NodeInfo.parse(o) for o in self.query(Cmdlet("Get-ClusterNode"), exclude)]
 
     def snapshot(self, exclude: str | None = None) -> ClusterSnapshot:
         nodes = self.nodes(exclude)
         disks = [DiskInfo(o["FriendlyName"], parse(HealthStatus, o["HealthStatus"]),
                           _operational(o["OperationalStatus"]))
-                 for o in self._on_cluster(Cmdlet("Get-VirtualDisk"), exclude)]
+                 for o in self.query(Cmdlet("Get-VirtualDisk"), exclude)]
         jobs = self.storage_jobs(exclude)
-        pools = self._on_cluster(Cmdlet("Get-StoragePool", {"IsPrimordial": False}), exclude)
+        pools = self.query(Cmdlet("Get-StoragePool", {"IsPrimordial": False}), exclude)
         pool = PoolInfo(pools[0]["FriendlyName"], parse(HealthStatus, pools[0]["HealthStatus"])) if pools else None
         return ClusterSnapshot(tuple(nodes), tuple(disks), tuple(jobs), pool)
 
     def storage_jobs(self, exclude: str | None = None) -> list[JobInfo]:
         return [JobInfo(o["Name"], parse(JobState, o["JobState"]), int(o.get("PercentComplete") or 0),
                         int(o.get("BytesProcessed") or 0), int(o.get("BytesTotal") or 0))
-                for o in self._on_cluster(Cmdlet("Get-StorageJob"), exclude)]
+                for o in self.query(Cmdlet("Get-StorageJob"), exclude)]
 
     def roles_per_node(self) -> dict[str, int]:
         counts = {name: 0 for name in self.sessions}
-        for group in self._on_cluster(Cmdlet("Get-ClusterGroup")):
+        for group in self.query(Cmdlet("Get-ClusterGroup")):
             if str(group.get("GroupType")) == "VirtualMachine" and group.get("OwnerNode") in counts:
                 counts[group["OwnerNode"]] += 1
         return counts
@@ -166,11 +166,11 @@ class ClusterClient:
     # --- changes ---------------------------------------------------------------------------------------------
     def cau_run_state(self) -> str:
         """Get-CauRun's RunState: RunNotInProgress, RunInProgress or RunFailed."""
-        objects = self._on_cluster(Cmdlet("Get-CauRun", {"ClusterName": self.name}))
+        objects = self.query(Cmdlet("Get-CauRun", {"ClusterName": self.name}))
         return str(objects[0]) if objects else "RunNotInProgress"
 
     def quorum_witness(self) -> str | None:
-        objects = self._on_cluster(Cmdlet("Get-ClusterQuorum"))
+        objects = self.query(Cmdlet("Get-ClusterQuorum"))
         return objects[0].get("QuorumResource") if objects else None
 
     def media_build(self, node: str, setup_path: str) -> str:
@@ -197,7 +197,7 @@ class ClusterClient:
 
     def node_info(self, node: str) -> NodeInfo:
         """The cluster's view of `node`, asked of another node first."""
-        return NodeInfo.parse(self._on_cluster(Cmdlet("Get-ClusterNode", {"Name": node}), exclude=node)[0])
+        return NodeInfo.parse(self.query(Cmdlet("Get-ClusterNode", {"Name": node}), exclude=node)[0])
 
     def resume(self, node: str, failback: str) -> NodeInfo:
         objects = self.session(node).run(Cmdlet("Resume-ClusterNode", {"Name": node, "Failback": failback})).objects

@@ -73,7 +73,7 @@ def guidance(name: str) -> tuple[str | None, str]:
 
 def pool_space(client: ClusterClient) -> str:
     """The numbers behind the pool-space check: free raw bytes against 512 GB (1-2 nodes) or 768 GB (3+)."""
-    pool = client._on_cluster(Cmdlet("Get-StoragePool", {"IsPrimordial": False}))[0]
+    pool = client.query(Cmdlet("Get-StoragePool", {"IsPrimordial": False}))[0]
     free = int(pool["Size"]) - int(pool["AllocatedSize"])
     need = (512 if len(client.sessions) <= 2 else 768) * GB
     verdict = "enough" if free >= need else f"short by {(need - free) / GB:.0f} GB"

@@ -689,7 +689,7 @@ def _key(path: str) -> str:
 @cmdlet("Set-ItemProperty", "Path Name Value Type Force", positional=("Path", "Name", "Value"))
 def set_item_property(inv: Invocation) -> list[Out]:
     key = _key(str(inv.params.get("Path", "")))
-    if key.endswith("Parameters") and not _readiness(inv).registry.get("__vid_key"):
+    if key.endswith("Parameters") and not _readiness(inv).vid_key:
         _key("missing")  # the Vid\Parameters key does not exist until New-Item creates it
     name = str(inv.params.get("Name"))
     _readiness(inv).registry[name] = int(inv.params.get("Value", 0))
@@ -701,12 +701,12 @@ def set_item_property(inv: Invocation) -> list[Out]:
 def new_item(inv: Invocation) -> list[Out]:
     key = _key(str(inv.params.get("Path", "")))
     state = _readiness(inv)
-    if state.registry.get("__vid_key"):
+    if state.vid_key:
         inv.errors.append(ErrorOut("A key at this path already exists.",
                                    "System.IO.IOException,Microsoft.PowerShell.Commands.NewItemCommand",
                                    "ResourceExists", target=key, exception_type="System.IO.IOException"))
         return []
-    state.registry["__vid_key"] = 1
+    state.vid_key = True
     inv.sim._log("registry", inv.node, path=key, created=True, by=inv.caller)
     return [Out(["Microsoft.Win32.RegistryKey", "System.Object"], {"Name": key}, to_string=key)]
 
@@ -715,7 +715,7 @@ def new_item(inv: Invocation) -> list[Out]:
 def test_path(inv: Invocation) -> list[Out]:
     path = str(inv.params.get("Path") or inv.params.get("LiteralPath") or "")
     if path.lower().endswith("vid\\parameters"):
-        return [bool(_readiness(inv).registry.get("__vid_key"))]  # type: ignore[list-item]
+        return [_readiness(inv).vid_key]  # type: ignore[list-item]
     return [True]  # type: ignore[list-item]
 
 

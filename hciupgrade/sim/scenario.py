@@ -124,6 +124,7 @@ class NodeReadiness(BaseModel):
     free_memory_gb: float = 96
     orchestrator_service: bool = False
     registry: dict[str, int] = Field(default_factory=dict, description="values set under the 1.1 keys")
+    vid_key: bool = Field(False, description=r"HKLM\SYSTEM\CurrentControlSet\Services\Vid\Parameters exists")
 
 
 class ClusterReadiness(Strict):
