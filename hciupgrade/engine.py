@@ -19,6 +19,7 @@ A node adopted from a crashed run continues from where its live state says it is
 from __future__ import annotations
 
 import os
+import socket
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -29,7 +30,7 @@ from hciupgrade.cluster import ClusterClient
 from hciupgrade.models import NodeOutcome, RunOptions, RunOutcome
 from hciupgrade.preflight import PlannedNode, Preflight, check
 from hciupgrade.psenums import NodeState
-from hciupgrade.records import RunRecorder, owned_nodes
+from hciupgrade.records import RunRecorder, owned_nodes, runs_in_progress
 from hciupgrade.remote import NodeUnreachable, RemoteError
 from hciupgrade.steps import StepFailed, Steps
 
@@ -89,7 +90,12 @@ class RollingUpgrade:
 
     # --- before anything changes ----------------------------------------------------------------------------
     def reconcile(self) -> None:
-        """Adopt the nodes a run of ours paused and did not release; release those that are Up again."""
+        """Adopt the nodes a run of ours paused and did not release; release those that are Up again. A run of
+        this cluster still alive on this machine blocks this one (CAU's "a run is already in progress")."""
+        alive = runs_in_progress(self.client.name, exclude_run=self.recorder.run_id)
+        if alive:
+            raise StopRun(f"RunInProgress: run {alive[0]} is upgrading {self.client.name} on this machine; wait for "
+                          "it to end (hci-upgrade status) or stop it")
         # a retried flow run keeps its run id: its earlier attempt's ownership counts too
         for node, run_id in owned_nodes(self.client.name).items():
             if node not in self.client.sessions:
@@ -166,7 +172,7 @@ class RollingUpgrade:
     # --- the run ----------------------------------------------------------------------------------------------
     def run(self, *, dry_run: bool = False) -> tuple[RunOutcome, Preflight]:
         started = time.monotonic()
-        self.recorder.emit(None, "run", "running", dry_run=dry_run, pid=os.getpid(),
+        self.recorder.emit(None, "run", "running", dry_run=dry_run, pid=os.getpid(), host=socket.gethostname(),
                            options=self.options.model_dump(mode="json", by_alias=True))
         outcomes: dict[str, NodeOutcome] = {}
         failure: str | None = None

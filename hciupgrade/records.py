@@ -137,3 +137,35 @@ def owned_nodes(cluster: str, *, exclude_run: str | None = None, directory: Path
         else:
             owned.pop(event["node"], None)
     return owned
+
+
+def process_alive(pid: object) -> bool:
+    """Whether a process of this machine still lives (a zombie does not count)."""
+    try:
+        with open(f"/proc/{int(pid)}/stat") as fh:  # type: ignore[arg-type]
+            return fh.read().split(") ", 1)[1][0] not in "ZX"
+    except (OSError, TypeError, ValueError, IndexError):
+        try:
+            os.kill(int(pid), 0)  # type: ignore[arg-type]
+            return True
+        except (OSError, TypeError, ValueError):
+            return False
+
+
+def runs_in_progress(cluster: str, *, exclude_run: str | None = None, directory: Path | None = None) -> list[str]:
+    """Runs of this cluster that have not ended and whose process still lives on this machine."""
+    import socket
+
+    alive = []
+    for path in (directory or records_dir()).glob("*.jsonl"):
+        if path.stem == exclude_run:
+            continue
+        with open(path) as fh:
+            events = [json.loads(line) for line in fh if '"phase": "run"' in line]
+        if not events or str(events[0].get("cluster", "")).lower() != cluster.lower():
+            continue
+        start, ended = events[0], any(e["status"] != "running" for e in events)
+        if not ended and start.get("host", socket.gethostname()) == socket.gethostname() \
+                and start.get("pid") != os.getpid() and process_alive(start.get("pid")):
+            alive.append(path.stem)
+    return sorted(alive)

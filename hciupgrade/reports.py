@@ -3,12 +3,11 @@ fared in a run."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import pandas as pd
 
-from hciupgrade.records import PHASES, load_events, phase_durations
+from hciupgrade.records import PHASES, load_events, phase_durations, process_alive
 
 
 @dataclass(frozen=True)
@@ -20,19 +19,6 @@ class RunStatus:
     result: str | None
     current_node: str | None
     nodes: pd.DataFrame  # node, phase, status, at
-
-
-def _alive(pid: object) -> bool:
-    """Whether the run's process still lives on this machine (a zombie does not count)."""
-    try:
-        with open(f"/proc/{int(pid)}/stat") as fh:  # type: ignore[arg-type]
-            return fh.read().split(") ", 1)[1][0] not in "ZX"
-    except (OSError, TypeError, ValueError, IndexError):
-        try:
-            os.kill(int(pid), 0)  # type: ignore[arg-type]
-            return True
-        except (OSError, TypeError, ValueError):
-            return False
 
 
 def latest_run(events: pd.DataFrame, cluster: str | None = None) -> str | None:
@@ -53,7 +39,7 @@ def run_status(events: pd.DataFrame, cluster: str) -> RunStatus | None:
         state, result = "RunNotInProgress", str(final["status"].iloc[-1])
     else:
         pid = header["pid"].iloc[0] if "pid" in header else None
-        state, result = ("RunInProgress" if _alive(pid) else "RunStopped"), None
+        state, result = ("RunInProgress" if process_alive(pid) else "RunStopped"), None
     steps = run[run["node"].notna() & (run["phase"] != "ownership")]
     latest = steps.groupby("node").tail(1)
     nodes = pd.DataFrame({"node": latest["node"], "phase": latest["phase"], "status": latest["status"],

@@ -141,3 +141,24 @@ def test_a_cancelled_run_brings_the_current_node_back(tmp_path, prefect_home):
             states[e["node"]] = e["new"]
     assert set(states.values()) == {"Up"}
     assert check_invariants(log, scenario, {"succeeded": False, "error": "cancelled", "nodes": []}, SIM_USER) == []
+
+
+def test_two_runs_against_one_cluster_never_overlap(tmp_path, prefect_home):
+    """Two `upgrade` processes started together on one machine (embedded mode: each has its own Prefect server):
+    the later one either finds the other in progress and refuses before touching anything (CAU's "a run is
+    already in progress"), or, started first, shares the cluster node by node under the lock. Either way one
+    node at a time leaves service, nothing is drained twice, and the cluster ends upgraded."""
+    options = {"NodeOrder": ["node1", "node2", "node3"], "poll_seconds": 5, "retry_delay_seconds": 0.1}
+    with served_cluster(tmp_path, prefect_home, options) as (upgrade, env, events, scenario):
+        runs = [subprocess.Popen(upgrade, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                 start_new_session=True) for _ in range(2)]
+        outputs = [run.communicate(timeout=300)[0] for run in runs]
+    outcomes = [json.loads(out) for out in outputs]
+    assert any(o["succeeded"] for o in outcomes), outputs
+    for run, outcome in zip(runs, outcomes, strict=True):
+        assert run.returncode == 0 or outcome["error"].startswith("RunInProgress"), outcome["error"]
+    log = read_events(events)
+    assert sorted(e["node"] for e in log if e["kind"] == "suspend") == ["node1", "node2", "node3"]
+    assert {e["node"] for e in log if e["kind"] == "build"} == {"node1", "node2", "node3"}
+    winner = next(o for o in outcomes if o["succeeded"])
+    assert check_invariants(log, scenario, winner, SIM_USER) == []

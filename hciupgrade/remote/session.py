@@ -36,6 +36,10 @@ from hciupgrade.remote.errors import (
 
 log = logging.getLogger(__name__)
 
+
+class ShellGone(NodeUnreachable):
+    """The node answered, but the runspace pool's shell no longer exists there (it restarted)."""
+
 SHELL_NOT_FOUND = 0x8033805B
 
 # Wall seconds of recent remote calls, every session of the process (benchmarks read it).
@@ -144,6 +148,14 @@ class NodeSession:
     def run(self, call: Call, *, timeout: float | None = None) -> Result:
         """Run one call; return its objects and non-terminating errors. Raises CmdletFailed on a terminating
         error, NodeUnreachable/CallTimedOut/AuthFailed/RemotingError on transport failures."""
+        try:
+            return self._run(call, timeout)
+        except ShellGone:
+            # the node restarted since this pool was opened: the command was never created, so it is safe to
+            # send it once more on a fresh connection
+            return self._run(call, timeout)
+
+    def _run(self, call: Call, timeout: float | None) -> Result:
         deadline = time.monotonic() + (timeout or self._transport.call_timeout)
         with self._lock:
             started = time.perf_counter()
@@ -157,8 +169,10 @@ class NodeSession:
                 raise AuthFailed(self.node, f"the node refused the credentials of {self._username}") from None
             except WSManFaultError as e:
                 self.reset()
-                if e.code in (SHELL_NOT_FOUND, 0x80338029):
-                    raise NodeUnreachable(self.node, f"remote shell gone (WSMan fault {e.code:#x})") from None
+                if e.code == SHELL_NOT_FOUND:
+                    raise ShellGone(self.node, f"remote shell gone (WSMan fault {e.code:#x})") from None
+                if e.code == 0x80338029:
+                    raise NodeUnreachable(self.node, f"operation timed out (WSMan fault {e.code:#x})") from None
                 raise RemotingError(self.node, f"WSMan fault {e.code}: {e.reason}") from None
             except requests.exceptions.RequestException as e:  # refused, reset, timed out, cut mid-answer
                 self.reset()
