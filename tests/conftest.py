@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,3 +82,35 @@ def run_upgrade(prefect_server, tmp_path: Path):
         return result
 
     return run
+
+
+CLI = [sys.executable, "-c", "from flows.cli import app; app()"]
+
+
+@contextmanager
+def serve_cluster(scenario: Any, tmp_path: Path, env_extra: dict[str, str]) -> Iterator[tuple[Path, dict, Path]]:
+    """`hci-upgrade sim serve` in its own process, as a real cluster outlives the orchestrator; yields the
+    inventory it wrote, the environment for the orchestrator's processes and its live event log."""
+    import signal
+    import subprocess
+    import time
+
+    import yaml
+
+    from hciupgrade.sim.harness import PASSWORD_ENV
+
+    scenario_file, inventory, events = tmp_path / "s.yaml", tmp_path / "inv.yaml", tmp_path / "ev.jsonl"
+    scenario_file.write_text(yaml.safe_dump(scenario.model_dump(mode="json")))
+    env = {**os.environ, PASSWORD_ENV: "sim-secret-for-tests", "HCI_UPGRADE_HOME": str(tmp_path / "home"),
+           **env_extra}
+    env.pop("PREFECT_API_URL", None)  # the orchestrator runs Prefect in embedded mode, as on a laptop
+    serve = subprocess.Popen([*CLI, "sim", "serve", "--scenario", str(scenario_file), "--inventory-out",
+                              str(inventory), "--events", str(events)], env=env, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not inventory.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        yield inventory, env, events
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        serve.wait(timeout=10)

@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,10 +18,9 @@ import pytest
 import yaml
 
 from hciupgrade.sim.audit import check_invariants
-from hciupgrade.sim.harness import PASSWORD_ENV, SIM_USER
+from hciupgrade.sim.harness import SIM_USER
 from hciupgrade.sim.scenario import make_scenario, parse_scenario
-
-CLI = [sys.executable, "-c", "from flows.cli import app; app()"]
+from tests.conftest import CLI, serve_cluster
 
 
 @pytest.fixture(scope="module")
@@ -51,27 +49,14 @@ def wait_for_event(path: Path, match: dict, timeout: float = 120) -> None:
 
 @contextmanager
 def served_cluster(tmp_path: Path, prefect_home: Path, options: dict) -> Iterator[tuple[list[str], dict, Path, Any]]:
-    """A simulated cluster in its own process; yields the upgrade command, its environment, the event log and
+    """The slow-drain cluster in its own process; yields the upgrade command, its environment, the event log and
     the scenario."""
-    scenario_file, inventory, events, options_file = (tmp_path / n for n in ("s.yaml", "inv.yaml", "ev.jsonl",
-                                                                              "o.yaml"))
     scenario = slow_drain_scenario()
-    scenario_file.write_text(yaml.safe_dump(scenario.model_dump(mode="json")))
+    options_file = tmp_path / "o.yaml"
     options_file.write_text(yaml.safe_dump(options))
-    env = {**os.environ, PASSWORD_ENV: "sim-secret-for-tests", "PREFECT_HOME": str(prefect_home),
-           "HCI_UPGRADE_HOME": str(tmp_path / "home")}
-    env.pop("PREFECT_API_URL", None)
-    serve = subprocess.Popen([*CLI, "sim", "serve", "--scenario", str(scenario_file), "--inventory-out",
-                              str(inventory), "--events", str(events)], env=env, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        while not inventory.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
+    with serve_cluster(scenario, tmp_path, {"PREFECT_HOME": str(prefect_home)}) as (inventory, env, events):
         yield ([*CLI, "upgrade", "--inventory", str(inventory), "--options", str(options_file), "--json"], env,
                events, scenario)
-    finally:
-        serve.send_signal(signal.SIGTERM)
-        serve.wait(timeout=10)
 
 
 @pytest.mark.parametrize("kill_at", [

@@ -194,34 +194,18 @@ def test_features_that_need_a_restart_are_completed_by_a_rolling_restart(tmp_pat
 
 def test_readiness_on_a_served_cluster_installs_the_module_remediates_and_ends_ready(tmp_path):
     import json
-    import signal
-    import time
 
-    import yaml
+    from tests.conftest import serve_cluster
 
-    from hciupgrade.sim.harness import PASSWORD_ENV
-
-    data = readiness_scenario(module_installed=False, nodes={
-        "node1": {"bitlocker_protection": "On"}, "node3": {"missing_features": ["FS-VSS-Agent"]}}).model_dump()
-    scenario_file, inventory, events = tmp_path / "s.yaml", tmp_path / "inv.yaml", tmp_path / "ev.jsonl"
-    scenario_file.write_text(yaml.safe_dump(parse_scenario(data).model_dump(mode="json")))
-    env = {**os.environ, PASSWORD_ENV: "sim-secret-for-tests", "HCI_UPGRADE_HOME": str(tmp_path / "home"),
-           "PREFECT_HOME": str(tmp_path / "prefect"), "COLUMNS": "200"}
-    env.pop("PREFECT_API_URL", None)
-    serve = subprocess.Popen([*CLI, "sim", "serve", "--scenario", str(scenario_file), "--inventory-out",
-                              str(inventory), "--events", str(events)], env=env, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        while not inventory.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
+    scenario = parse_scenario(readiness_scenario(module_installed=False, nodes={
+        "node1": {"bitlocker_protection": "On"}, "node3": {"missing_features": ["FS-VSS-Agent"]}}).model_dump())
+    extra = {"PREFECT_HOME": str(tmp_path / "prefect"), "COLUMNS": "200"}
+    with serve_cluster(scenario, tmp_path, extra) as (inventory, env, events):
         blocked = subprocess.run([*CLI, "readiness", "--inventory", str(inventory)], capture_output=True,
                                  text=True, env=env, timeout=300)
         fixed = subprocess.run([*CLI, "readiness", "--inventory", str(inventory), "--install-module",
                                 "--remediate", "features", "--remediate", "bitlocker", "--out", str(tmp_path / "o")],
                                capture_output=True, text=True, env=env, timeout=300)
-    finally:
-        serve.send_signal(signal.SIGTERM)
-        serve.wait(timeout=10)
     assert blocked.returncode == 2 and "AzStackHci.EnvironmentChecker is not installed" in blocked.stderr
     assert fixed.returncode == 0, fixed.stdout[-2000:] + fixed.stderr[-2000:]
     log = [json.loads(line) for line in events.read_text().splitlines()]
