@@ -150,7 +150,9 @@ class RollingUpgrade:
         return True
 
     def steps_for(self, node: str) -> tuple[str, ...]:
-        """The steps still to run for a node, from its live state (a node adopted from a crashed run continues)."""
+        """The steps still to run for a node, from its live state (a node adopted from a crashed run continues).
+        Read again inside the cluster lock, not reused from before it: another run may have upgraded the node
+        while this one waited for the lock."""
         try:
             build: str | None = self.client.os_build(node)
         except NodeUnreachable:
