@@ -63,8 +63,13 @@ def check(client: ClusterClient, options: RunOptions, owned: set[str]) -> Prefli
     """Every preflight check, the scan and the facts the plan needs. Reads only."""
     pre = Preflight()
     add = pre.findings.append
-    for name in client.sessions:
-        pre.reachable[name] = client.reachable(name)
+    builds: dict[str, str] = {}
+    for name in client.sessions:  # one registry read a node: it answers on WinRM, and its build for the scan
+        try:
+            builds[name] = client.os_build(name)
+        except NodeUnreachable:
+            pass
+        pre.reachable[name] = name in builds
     down = [n for n, ok in pre.reachable.items() if not ok]
     add(Finding("nodes reachable", not down,
                 "every node answers on WinRM" if not down else f"no answer from {', '.join(down)}",
@@ -102,7 +107,7 @@ def check(client: ClusterClient, options: RunOptions, owned: set[str]) -> Prefli
     remaining = voting - (1 if voting == len(pre.nodes) else 0) + (1 if witness else 0)
     add(Finding("quorum with one node away", remaining > votes / 2,
                 f"{remaining} of {votes} votes remain while a node is away (witness: {witness or 'none'})"))
-    pre.scan = scan(client, options, pre.reachable)
+    pre.scan = scan(client, options, builds)
     offered = {row.offered for row in pre.scan if row.offered}
     add(Finding("same feature update offered to every node", len(offered) <= 1,
                 f"offered: {', '.join(sorted(offered)) or 'nothing'}", blocking=False))
@@ -112,15 +117,15 @@ def check(client: ClusterClient, options: RunOptions, owned: set[str]) -> Prefli
     return pre
 
 
-def scan(client: ClusterClient, options: RunOptions, reachable: dict[str, bool]) -> list[ScanRow]:
-    """What each node would get: its build now and the build of the feature update on its media."""
+def scan(client: ClusterClient, options: RunOptions, builds: dict[str, str]) -> list[ScanRow]:
+    """What each node would get: its build now (read by the preflight) and the build on its media."""
     rows = []
     for name in client.sessions:
-        if not reachable.get(name):
+        if name not in builds:
             rows.append(ScanRow(name, None, None, "not reachable"))
             continue
         try:
-            rows.append(ScanRow(name, client.os_build(name), client.media_build(name, options.setup_path)))
+            rows.append(ScanRow(name, builds[name], client.media_build(name, options.setup_path)))
         except RemoteError as e:
             rows.append(ScanRow(name, None, None, str(e)))
     return rows

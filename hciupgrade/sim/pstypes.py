@@ -75,10 +75,8 @@ def to_psobject(out: Out) -> PSObject:
 
 
 def error_record(error: ErrorOut) -> ErrorRecord:
-    exception = NETException(Message=error.message, HResult=error.hresult)
-    exception.PSObject.type_names = [error.exception_type, "System.Exception", "System.Object"]
     return ErrorRecord(
-        Exception=exception,
+        Exception=exception_of(error),
         CategoryInfo=category_info(error),
         TargetObject=error.target,
         FullyQualifiedErrorId=error.fq_error_id,

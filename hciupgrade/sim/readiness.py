@@ -6,7 +6,6 @@ per-node records (older modules) or the aggregated "AllNodes" records of the cur
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -248,5 +247,3 @@ def validation(sim: SimCluster, node: str) -> list[dict[str, Any]]:
         return [record(c, node, when) for c in checks]
     return aggregate(checks, node, when)
 
-
-Runner = Callable[[SimCluster, str], list[dict[str, Any]]]

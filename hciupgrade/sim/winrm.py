@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import hmac
-import ipaddress
 import random
 import re
 import socket
@@ -36,6 +35,7 @@ from psrpcore import (
 )
 from psrpcore.types import PSInvocationState
 
+from hciupgrade.models import is_loopback
 from hciupgrade.sim import cmdlets
 from hciupgrade.sim.cluster import SimCluster
 from hciupgrade.sim.pstypes import category_info, error_record, exception_of, normalise_param, to_ps
@@ -88,13 +88,6 @@ class Shell:
         while (payload := self.pool.data_to_send()) is not None:
             self.out.setdefault(payload.pipeline_id, bytearray()).extend(payload.data)
         self.lock.notify_all()
-
-
-def is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
 
 
 class FakeWinRM:
