@@ -13,18 +13,27 @@ from hciupgrade.models import ClusterInventory
 from hciupgrade.psenums import DrainStatus, HealthStatus, JobState, NodeState, ScheduledTaskState, parse
 from hciupgrade.remote import (
     SWITCH,
+    Call,
     Cmdlet,
     CmdletFailed,
+    ErrorInfo,
     NodeSession,
     NodeUnreachable,
     PackagedScript,
     RemoteError,
+    Result,
 )
 
 FEATURE_UPDATE_TASK = "HciUpgrade-FeatureUpdate"
 CURRENT_VERSION_KEY = r"HKLM:\SOFTWARE\Microsoft\Windows NT\CurrentVersion"
+# Our mark on a node we paused (Suspend-NodeForUpgrade.ps1 writes it, Resume-NodeAfterUpgrade.ps1 removes it)
+MARKER_KEY = r"HKLM:\SOFTWARE\hci-upgrade"
 SCHED_S_TASK_RUNNING = 0x41301
-CLUSTER_SERVICE_DOWN = "ClusterServiceNotRunning"
+# What a failover-cluster cmdlet answers on a node whose cluster service is down or starting: ask another node
+CLUSTER_SERVICE_DOWN = ("ClusterEndpointNotRegistered", "ClusterRpcConnection")
+TASK_NOT_FOUND = "CmdletizationQuery_NotFound_TaskName"
+PATH_NOT_FOUND = "PathNotFound"
+STOP = {"ErrorAction": "Stop"}  # where the code relies on a failure being terminating
 
 
 @dataclass(frozen=True)
@@ -74,6 +83,25 @@ class ClusterSnapshot:
         return next(n for n in self.nodes if n.name.lower() == name.lower())
 
 
+def first(result: Result, node: str, call: Call) -> Any:
+    """The call's first object; a call that wrote none fails with the errors it wrote (never an IndexError)."""
+    if result.objects:
+        return result.objects[0]
+    errors = result.errors or [ErrorInfo("the call returned no object", "NoObjectReturned", terminating=True)]
+    raise CmdletFailed(node, str(call), errors)
+
+
+def only_not_found(result: Result, node: str, call: Call, error_id: str) -> bool:
+    """True when the call found nothing and said so with `error_id` (a non-terminating error); other errors
+    fail the call."""
+    if result.objects:
+        return False
+    others = [e for e in result.errors if e.error_id != error_id]
+    if others:
+        raise CmdletFailed(node, str(call), others)
+    return True
+
+
 def _operational(value: Any) -> tuple[str, ...]:
     values = value if isinstance(value, list) else [value]
     out = []
@@ -119,7 +147,7 @@ class ClusterClient:
             except NodeUnreachable as e:
                 last = e
             except CmdletFailed as e:  # a node still joining cannot answer for the cluster; ask the next one
-                if not any(err.fq_error_id.startswith(CLUSTER_SERVICE_DOWN) for err in e.errors):
+                if not e.has_error_id(*CLUSTER_SERVICE_DOWN):
                     raise
                 last = e
         raise NodeUnreachable(self.name, f"no node of the cluster answered ({last})")
@@ -152,7 +180,8 @@ class ClusterClient:
 
     def os_build(self, node: str) -> str:
         """10.0.<CurrentBuildNumber>.<UBR> from the node's registry (reference/domain.md §4.2)."""
-        obj = self.session(node).run(Cmdlet("Get-ItemProperty", {"Path": CURRENT_VERSION_KEY})).objects[0]
+        call = Cmdlet("Get-ItemProperty", {"Path": CURRENT_VERSION_KEY, **STOP})
+        obj = first(self.session(node).run(call), node, call)
         return f"10.0.{obj['CurrentBuildNumber']}.{obj['UBR']}"
 
     def reachable(self, node: str) -> bool:
@@ -162,6 +191,14 @@ class ClusterClient:
             return True
         except NodeUnreachable:
             return False
+
+    def pause_mark(self, node: str) -> dict[str, Any] | None:
+        """Our mark on the node (PausedByRun, PausedBy, PausedAt), or None: the evidence that a pause is ours."""
+        call = Cmdlet("Get-ItemProperty", {"Path": MARKER_KEY})
+        result = self.session(node).run(call)
+        if only_not_found(result, node, call, PATH_NOT_FOUND):
+            return None
+        return result.objects[0]
 
     # --- changes ---------------------------------------------------------------------------------------------
     def cau_run_state(self) -> str:
@@ -176,54 +213,54 @@ class ClusterClient:
     def media_build(self, node: str, setup_path: str) -> str:
         """The build the feature update on this node would install: the media's install.wim, image 1."""
         image = setup_path.rstrip("\\") + "\\sources\\install.wim"
-        obj = self.session(node).run(Cmdlet("Get-WindowsImage", {"ImagePath": image, "Index": 1})).objects[0]
-        return str(obj["Version"])
+        call = Cmdlet("Get-WindowsImage", {"ImagePath": image, "Index": 1, **STOP})
+        return str(first(self.session(node).run(call), node, call)["Version"])
 
     def run_node_script(self, node: str, path: str, phase: str) -> None:
         self.session(node).run(PackagedScript("Invoke-NodeScript.ps1", {"Path": path, "Phase": phase}))
 
-    def feature_update_task_exists(self, node: str) -> bool:
-        try:
-            self.session(node).run(Cmdlet("Get-ScheduledTask", {"TaskName": FEATURE_UPDATE_TASK}))
-            return True
-        except CmdletFailed:
-            return False
-
-    def suspend(self, node: str, *, force_drain: bool = False) -> NodeInfo:
-        params: dict[str, Any] = {"Name": node, "Drain": SWITCH}
+    def pause_for_upgrade(self, node: str, run_id: str, *, force_drain: bool = False) -> NodeInfo:
+        """Mark the node as ours, then Suspend-ClusterNode -Drain, in one packaged script that refuses a node that
+        is not Up (unless the mark is this run's): an operator's pause is never taken over."""
+        params: dict[str, Any] = {"Name": node, "RunId": run_id}
         if force_drain:
             params["ForceDrain"] = SWITCH
-        return NodeInfo.parse(self.session(node).run(Cmdlet("Suspend-ClusterNode", params)).objects[0])
+        call = PackagedScript("Suspend-NodeForUpgrade.ps1", params)
+        return NodeInfo.parse(first(self.session(node).run(call), node, call))
 
     def node_info(self, node: str) -> NodeInfo:
         """The cluster's view of `node`, asked of another node first."""
         return NodeInfo.parse(self.query(Cmdlet("Get-ClusterNode", {"Name": node}), exclude=node)[0])
 
-    def resume(self, node: str, failback: str) -> NodeInfo:
-        objects = self.session(node).run(Cmdlet("Resume-ClusterNode", {"Name": node, "Failback": failback})).objects
-        return NodeInfo.parse(objects[0])
+    def resume_after_upgrade(self, node: str, run_id: str, failback: str) -> NodeInfo:
+        """Resume-ClusterNode if the node carries this run's mark, then remove the mark; refused otherwise."""
+        call = PackagedScript("Resume-NodeAfterUpgrade.ps1", {"Name": node, "RunId": run_id, "Failback": failback})
+        return NodeInfo.parse(first(self.session(node).run(call), node, call))
 
     def register_feature_update(self, node: str, setup_path: str) -> None:
         self.session(node).run(PackagedScript("Register-FeatureUpdateTask.ps1",
                                               {"SetupPath": setup_path, "TaskName": FEATURE_UPDATE_TASK}))
 
     def start_feature_update(self, node: str) -> None:
-        self.session(node).run(Cmdlet("Start-ScheduledTask", {"TaskName": FEATURE_UPDATE_TASK}))
+        self.session(node).run(Cmdlet("Start-ScheduledTask", {"TaskName": FEATURE_UPDATE_TASK, **STOP}))
 
     def stop_feature_update(self, node: str) -> None:
-        self.session(node).run(Cmdlet("Stop-ScheduledTask", {"TaskName": FEATURE_UPDATE_TASK}))
+        self.session(node).run(Cmdlet("Stop-ScheduledTask", {"TaskName": FEATURE_UPDATE_TASK, **STOP}))
 
     def feature_update_result(self, node: str) -> int:
         """Setup's exit code so far: LastTaskResult (0x41301 while the task runs)."""
-        info = self.session(node).run(Cmdlet("Get-ScheduledTaskInfo", {"TaskName": FEATURE_UPDATE_TASK})).objects[0]
-        return int(info["LastTaskResult"]) & 0xFFFFFFFF
+        call = Cmdlet("Get-ScheduledTaskInfo", {"TaskName": FEATURE_UPDATE_TASK, **STOP})
+        return int(first(self.session(node).run(call), node, call)["LastTaskResult"]) & 0xFFFFFFFF
 
-    def feature_update_status(self, node: str) -> tuple[ScheduledTaskState, int]:
-        """The task's state and setup's exit code (LastTaskResult; 0x41301 while it runs)."""
+    def feature_update_status(self, node: str) -> tuple[ScheduledTaskState, int] | None:
+        """The task's state and setup's exit code (LastTaskResult; 0x41301 while it runs); None when the task
+        does not exist (Get-ScheduledTask writes a non-terminating ObjectNotFound and no object)."""
         session = self.session(node)
-        task = session.run(Cmdlet("Get-ScheduledTask", {"TaskName": FEATURE_UPDATE_TASK})).objects[0]
-        info = session.run(Cmdlet("Get-ScheduledTaskInfo", {"TaskName": FEATURE_UPDATE_TASK})).objects[0]
-        return parse(ScheduledTaskState, task["State"]), int(info["LastTaskResult"]) & 0xFFFFFFFF
+        call = Cmdlet("Get-ScheduledTask", {"TaskName": FEATURE_UPDATE_TASK})
+        result = session.run(call)
+        if only_not_found(result, node, call, TASK_NOT_FOUND):
+            return None
+        return parse(ScheduledTaskState, result.objects[0]["State"]), self.feature_update_result(node)
 
     def restart(self, node: str) -> None:
         """Restart-Computer -Force. The connection may drop before the answer: that is the restart working."""

@@ -2,16 +2,18 @@
 runner, the cluster lock, the progress sink), so a Prefect flow, a test or a benchmark drives the same loop:
 
     reconcile with the live cluster and the records: which nodes did a run of ours pause and not release?
-    preflight; plan
+        (ours only with both pieces of evidence: our record, and our mark on the node)
+    preflight; plan (each node's position and the steps it needs: hciupgrade/positions.py)
     for each node, fewest roles first:
         stop if StopAfter has passed; warn once after WarnAfter
-        skip it if it already runs the target build (and is back in service)
         up to MaxRetriesPerNode attempts, each under the cluster lock:
-            gate -> pre-script -> drain -> install -> reboot -> wait back -> wait for a running repair
-                 -> resume -> post-script -> wait for storage
+            read the node's position again; skip it, refuse it (paused by someone else, down), or run its steps:
+            gate -> pre-script -> drain (only an Up node nobody paused) -> install -> reboot -> wait back
+                 -> wait for a running repair -> resume (only under our mark) -> post-script -> wait for storage
             on a failure: bring back the node this run paused, if it answers; if it cannot be brought back,
             stop the run now (one node out of service is the most there may be)
-        stop when more nodes failed than MaxFailedNodes allows
+        a gate that never opens, or a repair that stalls, is the cluster's condition: the run stops
+        stop when more nodes failed (or were refused) than MaxFailedNodes allows
 
 A node adopted from a crashed run continues from where its live state says it is; nothing is drained twice.
 """
@@ -27,43 +29,48 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hciupgrade.cluster import ClusterClient
+from hciupgrade.gates import storage_busy
 from hciupgrade.models import NodeOutcome, RunOptions, RunOutcome
+from hciupgrade.positions import Mode, NodeFacts, Position, decide, held_by, position_of
 from hciupgrade.preflight import PlannedNode, Preflight, check
 from hciupgrade.psenums import NodeState
 from hciupgrade.records import RunRecorder, owned_nodes, runs_in_progress
 from hciupgrade.remote import NodeUnreachable, RemoteError
-from hciupgrade.steps import StepFailed, Steps
-
-FULL = ("gate", "pre-script", "drain", "install", "reboot", "wait-back", "wait-repair", "resume", "post-script",
-        "wait-storage")
-AFTER_REBOOT = ("wait-back", "wait-repair", "resume", "post-script", "wait-storage")
-RESTART = ("gate", "drain", "reboot", *AFTER_REBOOT)
+from hciupgrade.steps import GateRefused, PausedByOther, StepFailed, Steps, StorageNotHealthy
 
 
-def perform(steps: Steps, recorder: RunRecorder, step: str, node: str, owned: set[str]) -> Any:
+def perform(engine: RollingUpgrade, step: str, node: str) -> Any:
     """Run one step on one node and record it as a phase. The one place a step's name meets its code."""
+    steps, recorder, owned = engine.steps, engine.recorder, engine.owned
+    mark = owned.get(node, recorder.run_id)
     actions: dict[str, Callable[[], Any]] = {
         "gate": lambda: steps.gate(node) and None,
         "gate-adopted": lambda: steps.gate_adopted(node),
         "pre-script": lambda: steps.script(node, "Pre"),
-        "drain": lambda: steps.drain(node) and None,
+        "drain": lambda: steps.drain(node, mark) and None,
         "install": lambda: steps.install(node),
         "reboot": lambda: steps.reboot(node),
         "wait-back": lambda: steps.wait_back(node),
         "wait-repair": lambda: steps.wait_storage(node, settled=False) and None,
-        "resume": lambda: steps.resume(node) and None,
+        "resume": lambda: steps.resume(node, mark) and None,
         "post-script": lambda: steps.script(node, "Post"),
         "wait-storage": lambda: steps.wait_storage(node, settled=True) and None,
     }
     if step == "drain" and node not in owned:
-        owned.add(node)  # before the call: an answer lost on the way may hide a pause
-        recorder.emit(node, "ownership", "paused")
-    with recorder.phase(node, step) as extra:
-        result = actions[step]()
-        if result is not None:
-            extra["result"] = result
+        owned[node] = mark  # before the call: an answer lost on the way may hide a pause (the mark tells)
+        recorder.emit(node, "ownership", "paused", mark=mark)
+    try:
+        with recorder.phase(node, step) as extra:
+            result = actions[step]()
+            if result is not None:
+                extra["result"] = result
+    except PausedByOther as e:
+        if node in owned and step == "drain":  # our pause never happened: someone else's is there
+            owned.pop(node)
+            recorder.emit(node, "ownership", "released", reason=str(e))
+        raise
     if step == "resume":
-        owned.discard(node)
+        owned.pop(node, None)
         recorder.emit(node, "ownership", "released")
     return result
 
@@ -81,36 +88,78 @@ class RollingUpgrade:
     lock: Callable[[], AbstractContextManager[Any]] = nullcontext
     run_step: Callable[[str, str], Any] | None = None  # (step, node) -> result; default: perform directly
     progress: Callable[[float], None] = lambda fraction: None
-    owned: set[str] = field(default_factory=set)
+    owned: dict[str, str] = field(default_factory=dict)  # node -> the run whose mark it carries
+    swallowed: dict[str, str] = field(default_factory=dict)  # node -> why a best-effort recovery failed
+
+    @property
+    def mode(self) -> Mode:
+        return Mode.UPGRADE if self.options.restart_only is None else Mode.RESTART
 
     def step(self, name: str, node: str) -> Any:
         if self.run_step is not None:
             return self.run_step(name, node)
-        return perform(self.steps, self.recorder, name, node, self.owned)
+        return perform(self, name, node)
+
+    # --- what a node is and needs -------------------------------------------------------------------------
+    def facts(self, node: str) -> NodeFacts:
+        """The node's position facts, read live: its build, the cluster's view of it, our mark on it."""
+        try:
+            build: str | None = self.client.os_build(node)
+            reachable = True
+        except NodeUnreachable:
+            build, reachable = None, False
+        try:
+            state: NodeState | None = self.client.node_info(node).state
+        except RemoteError:
+            state = None
+        mark: dict[str, Any] | None = None
+        marked: bool | None = None
+        if reachable:
+            try:
+                mark = self.client.pause_mark(node)
+                marked = bool(mark) and str(mark.get("PausedByRun")) == self.owned.get(node)
+            except NodeUnreachable:
+                reachable = False
+        if self.mode == Mode.RESTART:
+            on_target = node.lower() not in {n.lower() for n in self.options.restart_only or []}
+        else:
+            on_target = build is not None and self.options.build_reached(build)
+        settled = True
+        if on_target and state == NodeState.Up and node not in self.owned:
+            settled = not storage_busy(self.client.snapshot())
+        return NodeFacts(node, state, reachable, on_target, node in self.owned, marked, settled, held_by(mark))
 
     # --- before anything changes ----------------------------------------------------------------------------
     def reconcile(self) -> None:
-        """Adopt the nodes a run of ours paused and did not release; release those that are Up again. A run of
-        this cluster still alive on this machine blocks this one (CAU's "a run is already in progress")."""
+        """Adopt the nodes a run of ours paused and did not release, when the node carries that run's mark (or
+        is away and cannot show it); release those that are Up again, or paused without our mark. A run of this
+        cluster still alive on this machine blocks this one (CAU's "a run is already in progress")."""
         alive = runs_in_progress(self.client.name, exclude_run=self.recorder.run_id)
         if alive:
             raise StopRun(f"RunInProgress: run {alive[0]} is upgrading {self.client.name} on this machine; wait for "
                           "it to end (hci-upgrade status) or stop it")
         # a retried flow run keeps its run id: its earlier attempt's ownership counts too
-        for node, run_id in owned_nodes(self.client.name).items():
+        for node, mark in owned_nodes(self.client.name).items():
             if node not in self.client.sessions:
                 continue
-            try:
-                state = self.client.node_info(node).state
-            except RemoteError:
-                state = NodeState.Unknown
-            if state == NodeState.Up:
-                self.recorder.emit(node, "ownership", "released", reason=f"found Up (paused by run {run_id})")
-            else:
-                self.owned.add(node)
-                self.recorder.emit(node, "ownership", "paused", adopted_from=run_id)
+            self.owned[node] = mark
+            facts = self.facts(node)
+            position = position_of(facts)
+            if position in (Position.OURS_PAUSED, Position.OURS_BACK, Position.OURS_AWAY):
+                self.recorder.emit(node, "ownership", "paused", adopted_from=mark, mark=mark,
+                                   position=position.value)
+                continue
+            del self.owned[node]
+            if facts.state == NodeState.Up and facts.marked_ours:
+                try:  # a mark left on a node that is Up again would make a later pause look like ours
+                    self.client.resume_after_upgrade(node, mark, self.options.failback)
+                except RemoteError as e:
+                    self.swallowed[node] = f"could not remove our stale mark: {e}"
+            reason = f"found Up (paused by run {mark})" if facts.state == NodeState.Up else \
+                f"found {facts.state.name if facts.state else 'unknown'} without our mark: paused by {facts.held_by}"
+            self.recorder.emit(node, "ownership", "released", reason=reason)
 
-    def plan(self, pre: Preflight) -> list[PlannedNode]:
+    def plan(self) -> list[PlannedNode]:
         names = list(self.client.sessions)
         if self.options.node_order:
             known = {n.lower(): n for n in names}
@@ -122,24 +171,16 @@ class RollingUpgrade:
         else:
             roles = self.client.roles_per_node()
             order = sorted(names, key=lambda n: (roles.get(n, 0), names.index(n)))
-        states = {n.name: n for n in pre.nodes}
-        builds = {row.node: row.current for row in pre.scan}
         planned = []
-        restart = {n.lower() for n in self.options.restart_only or []}
         for node in order:
-            build, info = builds.get(node), states.get(node)
-            if self.options.restart_only is not None and node not in self.owned:
-                planned.append(PlannedNode(node, "restart", "rolling restart", RESTART) if node.lower() in restart
-                               else PlannedNode(node, "skip", "not asked to restart"))
-            elif build and self.options.build_reached(build) and node not in self.owned:
-                planned.append(PlannedNode(node, "skip", f"already on {build}"))
-            elif node in self.owned:
-                planned.append(PlannedNode(node, "adopt", f"left {info.state.name if info else 'unknown'} by an "
-                                                          "earlier run of ours: continue from its live state"))
-            else:
-                detail = f"{build or 'unknown build'} -> {self.options.target_build}"
-                planned.append(PlannedNode(node, "upgrade", detail,
-                                           tuple(s for s in FULL if self._wanted(s))))
+            facts = self.facts(node)
+            position, decision = decide(self.mode, facts)
+            action = decision.action
+            if action == "run":
+                action = "adopt" if position.value.startswith("ours") else self.mode.value
+            detail = decision.why + (f" ({facts.held_by})" if position == Position.PAUSED_BY_OTHER else "")
+            planned.append(PlannedNode(node, action, detail, tuple(s for s in decision.steps if self._wanted(s)),
+                                       position.value))
         return planned
 
     def _wanted(self, step: str) -> bool:
@@ -148,28 +189,6 @@ class RollingUpgrade:
         if step == "post-script":
             return self.options.post_update_script is not None
         return True
-
-    def steps_for(self, node: str) -> tuple[str, ...]:
-        """The steps still to run for a node, from its live state (a node adopted from a crashed run continues).
-        Read again inside the cluster lock, not reused from before it: another run may have upgraded the node
-        while this one waited for the lock."""
-        try:
-            build: str | None = self.client.os_build(node)
-        except NodeUnreachable:
-            build = None
-        info = self.client.node_info(node)
-        on_target = build is not None and self.options.build_reached(build)
-        if self.options.restart_only is not None:
-            if node not in self.owned:
-                return RESTART
-            return AFTER_REBOOT if info.state in (NodeState.Down, NodeState.Joining) else (
-                "gate-adopted", "drain", "reboot", *AFTER_REBOOT)
-        if node not in self.owned:
-            # on target and Up here means a retry after the resync wait failed: wait for the storage again
-            return ("wait-storage",) if on_target and info.state == NodeState.Up else FULL
-        if on_target or info.state in (NodeState.Down, NodeState.Joining):
-            return AFTER_REBOOT
-        return ("gate-adopted", "drain", "install", "reboot", *AFTER_REBOOT)
 
     # --- the run ----------------------------------------------------------------------------------------------
     def run(self, *, dry_run: bool = False) -> tuple[RunOutcome, Preflight]:
@@ -181,20 +200,20 @@ class RollingUpgrade:
         pre = Preflight()
         try:
             self.reconcile()
-            pre = check(self.client, self.options, self.owned)
+            pre = check(self.client, self.options, set(self.owned))
             for f in pre.findings:
                 self.recorder.emit(None, "preflight", "succeeded" if f.ok else "failed", check=f.check,
                                    detail=f.detail, blocking=f.blocking)
-            pre.plan = self.plan(pre)
+            if pre.blocked:
+                raise StopRun("preflight: " + "; ".join(pre.blocking_reasons()))
+            pre.plan = self.plan()
             outcomes = {p.node: NodeOutcome(node=p.node) for p in pre.plan}
             self.recorder.emit(None, "plan", "succeeded", order=[p.node for p in pre.plan],
-                               actions={p.node: p.action for p in pre.plan})
-            if pre.blocked:
-                left = f" ({', '.join(sorted(self.owned))} left paused or down by an earlier run)" if self.owned else ""
-                raise StopRun("preflight: " + "; ".join(pre.blocking_reasons()) + left)
+                               actions={p.node: p.action for p in pre.plan},
+                               positions={p.node: p.position for p in pre.plan})
             if not dry_run:
                 self._upgrade(pre.plan, outcomes, started)
-                failed = [o for o in outcomes.values() if o.result == "failed"]
+                failed = [o for o in outcomes.values() if o.counts_as_failed]
                 if failed:  # within MaxFailedNodes the run went on, but the cluster is not upgraded
                     raise StopRun("PartiallyFailed: " + "; ".join(o.error or o.node for o in failed))
         except StopRun as stop:
@@ -207,8 +226,12 @@ class RollingUpgrade:
         return self._finish(outcomes, failure, dry_run), pre
 
     def _finish(self, outcomes: dict[str, NodeOutcome], failure: str | None, dry_run: bool) -> RunOutcome:
+        if failure is not None and self.owned:  # every node a run of ours left out of service, by name
+            left = [f"{n} (paused by run {run}{'; ' + self.swallowed[n] if n in self.swallowed else ''})"
+                    for n, run in sorted(self.owned.items())]
+            failure += "; left paused or down by a run of ours: " + ", ".join(left)
         outcome = RunOutcome(run_id=self.recorder.run_id, cluster=self.client.name, succeeded=failure is None,
-                             nodes=list(outcomes.values()), error=failure)
+                             nodes=list(outcomes.values()), error=failure, left_paused=sorted(self.owned))
         self.recorder.emit(None, "run", "succeeded" if outcome.succeeded else "failed", error=failure,
                            dry_run=dry_run, paused_by_this_run=sorted(self.owned),
                            outcome=outcome.model_dump(mode="json"))
@@ -229,36 +252,69 @@ class RollingUpgrade:
                 self.recorder.emit(None, "warn-after", "failed", error=f"the run exceeds WarnAfter "
                                                                        f"({self.options.warn_after})")
             self._node(node, outcome)
-            if outcome.result == "failed":
+            if outcome.counts_as_failed:
                 failed.append(node)
                 if outcome.left_paused:
                     raise StopRun(outcome.error or node)
                 if len(failed) > allowed:
-                    raise StopRun(f"MaxFailedNodesExceeded: {len(failed)} node(s) failed ({', '.join(failed)}), "
-                                  f"{allowed} allowed; last: {outcome.error}")
+                    raise StopRun(f"MaxFailedNodesExceeded: {len(failed)} node(s) failed or were refused "
+                                  f"({', '.join(failed)}), {allowed} allowed; last: {outcome.error}")
             self.progress((index + 1) / len(plan))
         # the run ends with healthy storage, also when every node was done already (a rerun after a crash
         # during the last resync)
-        with self.recorder.phase(None, "settle"):
-            self.steps.wait_storage("cluster", settled=True)
+        try:
+            with self.recorder.phase(None, "settle"):
+                self.steps.wait_storage("cluster", settled=True)
+        except StorageNotHealthy as e:
+            raise StopRun(f"storage: {e}".replace("cluster: wait-storage: ", "")) from None
 
     def _node(self, node: str, outcome: NodeOutcome) -> None:
-        """One node: skip it, or up to MaxRetriesPerNode attempts of its steps under the cluster lock."""
-        if self._skip(node, outcome):
-            return
-        self.recorder.emit(node, "node", "running", build_before=outcome.build_before)
+        """One node: up to MaxRetriesPerNode attempts, each deciding again from the node's position."""
+        try:
+            outcome.build_before = self.client.os_build(node)
+        except NodeUnreachable:
+            pass
         for attempt in range(1, self.options.max_retries_per_node + 1):
             outcome.attempts = attempt
             try:
                 with self.lock():
-                    for step in self.steps_for(node):
+                    facts = self.facts(node)  # inside the lock: another run may have changed it meanwhile
+                    position, decision = decide(self.mode, facts)
+                    if decision.action == "skip" and attempt == 1:
+                        outcome.result, outcome.attempts = "skipped", 0
+                        outcome.build_after = outcome.build_before
+                        self.recorder.emit(node, "node", "skipped", result="skipped", reason=decision.why,
+                                           build_before=outcome.build_before, build_after=outcome.build_before)
+                        return
+                    if decision.action == "refuse":
+                        held = f" ({facts.held_by})" if position == Position.PAUSED_BY_OTHER else ""
+                        raise NotStarted(node, position.value, f"{decision.why}{held}: not touched")
+                    if attempt == 1:
+                        self.recorder.emit(node, "node", "running", build_before=outcome.build_before,
+                                           position=position.value, steps=list(decision.steps))
+                    for step in decision.steps:
                         if self._wanted(step):
                             self.step(step, node)
+            except (NotStarted, PausedByOther) as e:
+                if isinstance(e, PausedByOther) and e.step == "resume":  # our mark is gone: not ours to resume
+                    self.owned.pop(node, None)
+                    outcome.error = str(e)
+                    break
+                self._not_started(node, outcome, str(e), counts=True)
+                return
+            except GateRefused as e:
+                self._not_started(node, outcome, str(e), counts=False)
+                raise StopRun(f"{e}: the run stops here (the cluster is not safe to take a node out)") from None
+            except StorageNotHealthy as e:
+                if node in self.owned:
+                    self.recover(node)  # it is on its new build: bringing it back only adds redundancy
+                self._storage_stop(node, outcome, e)
             except (StepFailed, RemoteError) as e:
                 outcome.error = str(e) if str(e).startswith(node) else f"{node}: {e}"
                 if not self.recover(node):
                     outcome.left_paused = True
-                    outcome.error += f" ({node} is left paused or down: see to it by hand)"
+                    why = f": {self.swallowed[node]}" if node in self.swallowed else ""
+                    outcome.error += f" ({node} is left paused or down{why}; see to it by hand)"
                     break
                 if attempt < self.options.max_retries_per_node:
                     self.recorder.emit(node, "retry", "running", attempt=attempt + 1, error=outcome.error)
@@ -270,33 +326,35 @@ class RollingUpgrade:
                 self._node_failed(node, outcome)
                 raise
             outcome.build_after = self.client.os_build(node)
-            outcome.result, outcome.error = "upgraded" if self.options.restart_only is None else "restarted", None
+            outcome.result, outcome.error = "upgraded" if self.mode == Mode.UPGRADE else "restarted", None
             self.recorder.emit(node, "node", "succeeded", result=outcome.result, attempts=attempt,
                                build_before=outcome.build_before, build_after=outcome.build_after)
             return
         self._node_failed(node, outcome)
 
-    def _skip(self, node: str, outcome: NodeOutcome) -> bool:
-        """Read the node's build; skip a node that needs nothing (or fail one that does not answer)."""
+    def _not_started(self, node: str, outcome: NodeOutcome, error: str, *, counts: bool) -> None:
+        """Nothing was done to the node (a gate that never opened, a pause that is not ours)."""
+        outcome.result, outcome.error, outcome.refused = "not-started", error, counts
+        self.recorder.emit(node, "node", "not-started", result="not-started", error=error,
+                           build_before=outcome.build_before)
+
+    def _storage_stop(self, node: str, outcome: NodeOutcome, error: StorageNotHealthy) -> None:
+        """The node's update is done, its storage is not: report it upgraded with storage not healthy, and
+        stop the run naming the volumes and jobs (a cluster condition, waited for once)."""
         try:
-            outcome.build_before = self.client.os_build(node)
-        except NodeUnreachable as e:
-            if node in self.owned:  # a node of ours that is down: its steps wait for it as after a reboot
-                return False
-            outcome.error = f"{node}: not reachable before its upgrade: {e}"
-            self._node_failed(node, outcome)
-            return True
-        restart = self.options.restart_only
-        if node in self.owned:
-            return False
-        needless = (restart is not None and node.lower() not in {n.lower() for n in restart}) or (
-            restart is None and self.options.build_reached(outcome.build_before))
-        if needless and self.client.node_info(node).state == NodeState.Up:
-            outcome.result, outcome.build_after = "skipped", outcome.build_before
-            self.recorder.emit(node, "node", "skipped", result="skipped", build_before=outcome.build_before,
-                               build_after=outcome.build_before)
-            return True
-        return False
+            outcome.build_after = self.client.os_build(node)
+        except RemoteError:
+            outcome.build_after = None
+        reached = outcome.build_after is not None and self.options.build_reached(outcome.build_after)
+        before = outcome.build_before is not None and self.options.build_reached(outcome.build_before)
+        outcome.result = "skipped" if before else ("upgraded" if reached else "failed")
+        outcome.storage_healthy = False
+        outcome.error = f"{node}: updated, but {error}".replace(f"{node}: wait-storage: ", "") if reached else \
+            str(error)
+        self.recorder.emit(node, "node", "succeeded" if reached else "failed", result=outcome.result,
+                           error=outcome.error, storage_healthy=False, build_before=outcome.build_before,
+                           build_after=outcome.build_after)
+        raise StopRun("storage: " + str(error).replace(f"{node}: wait-storage: ", "")) from None
 
     def _node_failed(self, node: str, outcome: NodeOutcome) -> None:
         outcome.result = "failed"
@@ -304,17 +362,35 @@ class RollingUpgrade:
                            build_before=outcome.build_before, left_paused=outcome.left_paused)
 
     def recover(self, node: str) -> bool:
-        """After a failed step: resume the node if this run paused it and it answers. True if it is in service."""
-        if node not in self.owned:
+        """After a failed step: resume the node if this run paused it (our mark on it) and it answers. True if
+        it is in service or not ours to bring back; a failed attempt says why (`swallowed`)."""
+        mark = self.owned.get(node)
+        if mark is None:
             return True
         try:
-            if self.client.node_info(node).state == NodeState.Paused and self.client.reachable(node):
+            info = self.client.node_info(node)
+            if not self.client.reachable(node):
+                self.swallowed[node] = "it does not answer on WinRM"
+                return False
+            found = self.client.pause_mark(node)
+            if not found or str(found.get("PausedByRun")) != mark:  # our pause never landed
+                del self.owned[node]
+                self.recorder.emit(node, "ownership", "released",
+                                   reason=f"{info.state.name} without our mark: paused by {held_by(found)}")
+                return True
+            if info.state in (NodeState.Paused, NodeState.Up):
                 with self.recorder.phase(node, "recover"):
                     self.steps.abort_install(node)  # setup's down-level phase changes nothing until a restart
-                    self.steps.resume(node)
-                self.owned.discard(node)
+                    self.steps.resume(node, mark)
+                del self.owned[node]
                 self.recorder.emit(node, "ownership", "released", reason="recovered after a failure")
+                self.swallowed.pop(node, None)
                 return True
-        except RemoteError:
-            pass
+            self.swallowed[node] = f"it is {info.state.name}"
+        except (RemoteError, StepFailed) as e:
+            self.swallowed[node] = f"best-effort resume failed: {e}"
         return False
+
+
+class NotStarted(StepFailed):
+    """The node's position refuses it (paused by someone else, down, unreachable): nothing was done to it."""

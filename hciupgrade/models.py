@@ -191,7 +191,12 @@ class RunOptions(Strict):
                                          description="explicit order; default: fewest roles first, as CAU")
     failback: Literal["Immediate", "Policy", "NoFailback"] = Field("Immediate", alias="FailbackMode")
     reboot_timeout_minutes: float = Field(15, gt=0, alias="RebootTimeoutMinutes",
-                                          description="restart incl. setup's offline phases, until the node is back")
+                                          description="a plain restart (rolling restart, monthly update) until the "
+                                                      "node is back: CAU's default")
+    feature_update_reboot_timeout_minutes: float = Field(
+        120, gt=0, alias="FeatureUpdateRebootTimeoutMinutes",
+        description="the restart that installs the feature update (setup's offline phases: several restarts, "
+                    "often past 30 min) until the node is back")
     drain_timeout_minutes: float = Field(30, gt=0, alias="DrainTimeoutMinutes")
     drain_timeout_policy: Literal["fail", "force-drain"] = Field(
         "fail", alias="DrainTimeoutPolicy",
@@ -224,6 +229,12 @@ class RunOptions(Strict):
             raise ValueError("node_order names a node twice")
         return v
 
+    @property
+    def restart_timeout_minutes(self) -> float:
+        """The restart's timeout: the feature update's when this run installs one, CAU's otherwise."""
+        return self.reboot_timeout_minutes if self.restart_only is not None else \
+            self.feature_update_reboot_timeout_minutes
+
     def build_reached(self, build: str) -> bool:
         want = tuple(int(p) for p in self.target_build.split("."))
         have = tuple(int(p) for p in build.split("."))[: len(want)]
@@ -242,6 +253,13 @@ class NodeOutcome(Strict):
     attempts: int = 0
     error: str | None = None
     left_paused: bool = False
+    refused: bool = Field(False, description="not started because of the node itself (paused by someone else, "
+                                             "down): counts against MaxFailedNodes")
+    storage_healthy: bool | None = Field(None, description="False: updated, but its resync did not finish in time")
+
+    @property
+    def counts_as_failed(self) -> bool:
+        return self.result == "failed" or self.refused
 
 
 class RunOutcome(Strict):
@@ -250,3 +268,4 @@ class RunOutcome(Strict):
     succeeded: bool
     nodes: list[NodeOutcome]
     error: str | None = None
+    left_paused: list[str] = Field(default_factory=list, description="nodes a run of ours left paused or down")

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from hciupgrade.cluster import ClusterClient, NodeInfo
 from hciupgrade.gates import storage_busy
 from hciupgrade.models import RunOptions
+from hciupgrade.positions import held_by
 from hciupgrade.psenums import NodeState
 from hciupgrade.remote import NodeUnreachable, RemoteError
 
@@ -38,9 +39,10 @@ class ScanRow:
 @dataclass(frozen=True)
 class PlannedNode:
     node: str
-    action: str  # upgrade, skip, adopt
+    action: str  # upgrade, restart, adopt, skip, refuse
     detail: str
     steps: tuple[str, ...] = ()
+    position: str = ""  # hciupgrade.positions.Position
 
 
 @dataclass
@@ -81,8 +83,8 @@ def check(client: ClusterClient, options: RunOptions, owned: set[str]) -> Prefli
         return pre
     foreign = [n.name for n in pre.nodes if n.state == NodeState.Paused and n.name not in owned]
     add(Finding("no node paused by someone else", not foreign,
-                "none" if not foreign else f"{', '.join(foreign)} paused outside this tool: resume it by hand "
-                "or finish what it is paused for; it will not be resumed by this run"))
+                "none" if not foreign else "; ".join(f"{name} paused by {_holder(client, name)}" for name in foreign)
+                + ": resume it by hand or finish what it is paused for; it will not be resumed by this run"))
     not_up = [f"{n.name} is {n.state.name}" for n in pre.nodes
               if n.state not in (NodeState.Up, NodeState.Paused) and n.name not in owned]
     add(Finding("nodes online", not not_up, "all Up or Paused" if not not_up else "; ".join(not_up),
@@ -115,6 +117,13 @@ def check(client: ClusterClient, options: RunOptions, owned: set[str]) -> Prefli
         add(Finding("media reaches the target build", False,
                     f"the media offers {', '.join(sorted(offered))}, below {options.target_build}"))
     return pre
+
+
+def _holder(client: ClusterClient, node: str) -> str:
+    try:
+        return held_by(client.pause_mark(node))
+    except RemoteError:
+        return held_by(None)
 
 
 def scan(client: ClusterClient, options: RunOptions, builds: dict[str, str]) -> list[ScanRow]:

@@ -121,8 +121,8 @@ def node_summary(events: pd.DataFrame, run_id: str) -> pd.DataFrame:
 
 
 def owned_nodes(cluster: str, *, exclude_run: str | None = None, directory: Path | None = None) -> dict[str, str]:
-    """Nodes that a run of this tool paused and did not release: node -> run id. A crashed run's nodes stay
-    owned until a later run resumes them (or finds them Up and releases them)."""
+    """Nodes that a run of this tool paused and did not release: node -> the run id of the mark it carries. A
+    crashed run's nodes stay owned until a later run resumes them (or finds them Up and releases them)."""
     events = []
     for path in (directory or records_dir()).glob("*.jsonl"):
         if exclude_run and path.stem == exclude_run:
@@ -132,8 +132,8 @@ def owned_nodes(cluster: str, *, exclude_run: str | None = None, directory: Path
                        if e.get("phase") == "ownership" and str(e.get("cluster", "")).lower() == cluster.lower()]
     owned: dict[str, str] = {}
     for event in sorted(events, key=lambda e: e["start"]):
-        if event["status"] == "paused":
-            owned[event["node"]] = event["run_id"]
+        if event["status"] == "paused":  # the run whose mark the node carries (an adopter keeps the first's)
+            owned[event["node"]] = event.get("mark") or event["run_id"]
         else:
             owned.pop(event["node"], None)
     return owned

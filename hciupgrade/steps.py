@@ -29,6 +29,24 @@ class StepFailed(Exception):
         self.step = step
 
 
+class PausedByOther(StepFailed):
+    """The node is paused, and not by this run (no mark of ours): it is never drained, updated, restarted or
+    resumed by us."""
+
+
+class GateRefused(StepFailed):
+    """The cluster was not safe to take the node out of service within the gate's timeout: a cluster condition,
+    nothing was done to the node."""
+
+
+class StorageNotHealthy(StepFailed):
+    """A repair did not finish within WaitForStorageRepairTimeoutMinutes: a cluster condition, named by its
+    volumes and jobs, not a failure of the node that was updated."""
+
+
+NOT_OURS = ("NodeNotUp", "NotOurPause")  # the error ids of our packaged pause and resume scripts
+
+
 @dataclass
 class Steps:
     client: ClusterClient
@@ -40,7 +58,8 @@ class Steps:
         return self.options.poll_seconds
 
     def gate(self, node: str) -> ClusterSnapshot:
-        """Wait until `node` may leave service: it answers, every other node is Up, storage is healthy."""
+        """Wait until `node` may leave service: it answers and is Up, every other node is Up, storage is
+        healthy. A node paused by someone else meanwhile is refused at once, not waited for."""
         last = ["not checked yet"]
 
         def probe() -> ClusterSnapshot | None:
@@ -48,24 +67,24 @@ class Steps:
                 last[:] = [f"{node} does not answer on WinRM"]
                 return None
             snapshot = self.client.snapshot(exclude=node)
+            if snapshot.node(node).state == NodeState.Paused:
+                raise PausedByOther(node, "gate", f"{node} was paused by someone else: it is left as it is")
             verdict = may_drain(snapshot, node)
             last[:] = list(verdict.reasons)
             return snapshot if verdict else None
 
         snapshot = self.clock.wait_for(probe, timeout=self.options.gate_timeout_minutes * 60, poll=self.poll)
         if snapshot is None:
-            raise StepFailed(node, "gate", "not safe to drain: " + "; ".join(last))
+            raise GateRefused(node, "gate", f"not safe to drain after {self.options.gate_timeout_minutes:g} min: "
+                              + "; ".join(last))
         return snapshot
 
-    def drain(self, node: str) -> NodeInfo:
-        """Suspend-ClusterNode -Drain: the node is Paused at once, then its roles move; poll DrainStatus.
-        Idempotent: a node already paused and drained is not drained twice; a drain in progress is only
-        watched. A failed or timed-out drain fails the node, or is forced when the operator allowed it."""
-        info = self.client.node_info(node)
-        if info.state == NodeState.Paused and info.drain_status == DrainStatus.Completed:
-            return info
-        if not (info.state == NodeState.Paused and info.drain_status == DrainStatus.InProgress):
-            self._suspend(node, force=False)
+    def drain(self, node: str, mark: str) -> NodeInfo:
+        """Mark the node as ours and Suspend-ClusterNode -Drain it, in one packaged script that first checks it
+        is Up and paused by nobody: the node is Paused at once, then its roles move; poll DrainStatus.
+        Idempotent: a node paused under our mark is not paused twice, a drain in progress is only watched. A
+        failed or timed-out drain fails the node, or is forced when the operator allowed it."""
+        self._suspend(node, mark, force=False)
         info = self._wait_drained(node)
         if info is not None and info.drain_status == DrainStatus.Completed:
             return info
@@ -73,16 +92,18 @@ class Steps:
             f"still draining after {self.options.drain_timeout_minutes:g} min"
         if self.options.drain_timeout_policy != "force-drain":
             raise StepFailed(node, "drain", why)
-        self._suspend(node, force=True)  # roles that cannot move are moved as failed: the operator allowed it
+        self._suspend(node, mark, force=True)  # roles that cannot move are moved as failed: the operator allowed it
         info = self._wait_drained(node)
         if info is None or info.drain_status != DrainStatus.Completed:
             raise StepFailed(node, "drain", f"{why}; -ForceDrain did not complete either")
         return info
 
-    def _suspend(self, node: str, *, force: bool) -> None:
+    def _suspend(self, node: str, mark: str, *, force: bool) -> None:
         try:
-            self.client.suspend(node, force_drain=force)
+            self.client.pause_for_upgrade(node, mark, force_drain=force)
         except CmdletFailed as e:
+            if e.has_error_id(*NOT_OURS):
+                raise PausedByOther(node, "drain", e.errors[0].message) from None
             if e.has_win32(ERROR_CLUSTER_SPACE_DEGRADED):
                 raise StepFailed(node, "drain", "the cluster refused: a clustered space is degraded") from None
             raise
@@ -97,8 +118,7 @@ class Steps:
     def install(self, node: str) -> int:
         """Run setup's down-level phase in the scheduled task and wait for its exit code. Idempotent: a setup
         that is running is only watched, one that already succeeded is not run again."""
-        state, code = self.client.feature_update_status(node) if self.client.feature_update_task_exists(node) \
-            else (ScheduledTaskState.Unknown, None)
+        state, code = self.client.feature_update_status(node) or (ScheduledTaskState.Unknown, None)
         if state == ScheduledTaskState.Ready and code == 0:
             return 0
         if state != ScheduledTaskState.Running:
@@ -127,7 +147,7 @@ class Steps:
             except NodeUnreachable:
                 return False
 
-        if not self.clock.wait_for(went_down, timeout=self.options.reboot_timeout_minutes * 60, poll=self.poll):
+        if not self.clock.wait_for(went_down, timeout=self.options.restart_timeout_minutes * 60, poll=self.poll):
             raise StepFailed(node, "reboot", "the node did not go down after Restart-Computer")
 
     def wait_back(self, node: str) -> str:
@@ -139,10 +159,10 @@ class Steps:
             info = self.client.node_info(node)
             return info if info.state in (NodeState.Paused, NodeState.Up) else None
 
-        info = self.clock.wait_for(back, timeout=self.options.reboot_timeout_minutes * 60, poll=self.poll)
+        info = self.clock.wait_for(back, timeout=self.options.restart_timeout_minutes * 60, poll=self.poll)
         if info is None:
             raise StepFailed(node, "wait-back",
-                             f"not back {self.options.reboot_timeout_minutes:g} min after its restart")
+                             f"not back {self.options.restart_timeout_minutes:g} min after its restart")
         build = self.client.os_build(node)
         if not self.options.build_reached(build):
             raise StepFailed(node, "wait-back", f"back on {build}, not on {self.options.target_build}")
@@ -166,20 +186,27 @@ class Steps:
 
         snapshot = self.clock.wait_for(probe, timeout=self.options.repair_timeout_minutes * 60, poll=self.poll)
         if snapshot is None:
-            raise StepFailed(node, "wait-storage",
-                             f"storage not healthy after {self.options.repair_timeout_minutes:g} min: "
-                             + "; ".join(last or ["a repair job is still running"]))
+            if settled:  # name the volumes too, not only the jobs
+                last = storage_busy(self.client.snapshot()) or last
+            raise StorageNotHealthy(node, "wait-storage",
+                                    f"storage not healthy after {self.options.repair_timeout_minutes:g} min: "
+                                    + "; ".join(last or ["a repair job is still running"]))
         return snapshot
 
-    def resume(self, node: str) -> NodeInfo:
-        return self.client.resume(node, self.options.failback)
+    def resume(self, node: str, mark: str) -> NodeInfo:
+        """Resume-ClusterNode, only under our mark (which it then removes)."""
+        try:
+            return self.client.resume_after_upgrade(node, mark, self.options.failback)
+        except CmdletFailed as e:
+            if e.has_error_id(*NOT_OURS):
+                raise PausedByOther(node, "resume", e.errors[0].message) from None
+            raise
 
     def abort_install(self, node: str) -> None:
         """Stop a setup that is still in its down-level phase, before the node is brought back."""
-        if self.client.feature_update_task_exists(node):
-            state, _ = self.client.feature_update_status(node)
-            if state == ScheduledTaskState.Running:
-                self.client.stop_feature_update(node)
+        status = self.client.feature_update_status(node)
+        if status is not None and status[0] == ScheduledTaskState.Running:
+            self.client.stop_feature_update(node)
 
     def gate_adopted(self, node: str) -> None:
         """For a node a dead run left out of service: every other node must be Up before this one continues."""

@@ -25,4 +25,4 @@ def transient(task, task_run, state) -> bool:  # noqa: ANN001 - Prefect's retry_
       retries=3, retry_delay_seconds=10)
 def node_step(run_id: str, step: str, node: str) -> Any:
     engine = RUNS[run_id]
-    return perform(engine.steps, engine.recorder, step, node, engine.owned)
+    return perform(engine, step, node)

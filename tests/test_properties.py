@@ -1,7 +1,9 @@
-"""Property: on clusters of 2 to 8 nodes with random faults, random run options and a random kill point, the
-engine (run, killed, run again) never breaks DESIGN.md's invariants 1 to 4, and never goes on past more failed
-nodes than MaxFailedNodes allows. The engine runs against the simulator through in-process sessions that keep the
-wire's object shapes (hciupgrade.sim.inprocess), so 200 examples fit in CI."""
+"""Property: on clusters of 2 to 8 nodes with random faults (every kind), random run options, a random kill point
+and an operator who pauses a node at a random moment (before its gate, between its gate and its drain, while
+another node is upgraded or resyncs), in both storage behaviours and every enum wire form, the engine (run,
+killed, run again) never breaks DESIGN.md's invariants 1 to 4, never touches the operator's node, and never goes
+on past more failed nodes than MaxFailedNodes allows. The engine runs against the simulator through in-process
+sessions that keep the wire's object and error shapes (hciupgrade.sim.inprocess), so 200 examples fit in CI."""
 
 from __future__ import annotations
 
@@ -17,28 +19,54 @@ from hciupgrade.cluster import ClusterClient
 from hciupgrade.engine import RollingUpgrade
 from hciupgrade.models import ClusterInventory, CredentialRef, NodeEndpoint, RunOptions, Transport
 from hciupgrade.records import RunRecorder, new_run_id
+from hciupgrade.remote import PackagedScript
 from hciupgrade.sim.audit import check_invariants
 from hciupgrade.sim.cluster import SimCluster
 from hciupgrade.sim.harness import SIM_USER
 from hciupgrade.sim.inprocess import InProcessSession
-from hciupgrade.sim.scenario import parse_scenario
+from hciupgrade.sim.scenario import FaultKind, parse_scenario
 
 FACTOR = 20000
-KINDS = ["drain_fails", "install_fails", "no_return", "repair_stalls", "pre_script_fails"]
+KINDS = [kind.value for kind in FaultKind]
+ENUMS = ["NodeState", "DrainStatus", "HealthStatus", "OperationalStatus", "JobState", "ScheduledTaskState",
+         "GroupType", "CauRunState"]
 
 
 class ProcessKilled(BaseException):
     """The orchestrator's process is gone: from here on it makes no call at all."""
 
 
+class Operator:
+    """Pauses (and drains) one node at one moment: at the k-th call of the orchestrator, or just before the
+    orchestrator's drain of that very node reaches it (between its gate and its drain)."""
+
+    def __init__(self, sim: SimCluster, node: str, when: str, at_call: int) -> None:
+        self.sim, self.node, self.when, self.at_call = sim, node, when, at_call
+        self.calls = 0
+        self.paused = False
+
+    def before(self, call) -> None:  # noqa: ANN001
+        self.calls += 1
+        due = self.calls >= self.at_call if self.when == "at-call" else (
+            isinstance(call, PackagedScript) and call.filename == "Suspend-NodeForUpgrade.ps1"
+            and call.parameters.get("Name") == self.node)
+        if due and not self.paused:
+            self.paused = True
+            with self.sim.lock:
+                self.sim.operator_pause(self.node)
+
+
 class Killable:
-    def __init__(self, session: InProcessSession, budget: list[int]) -> None:
-        self.session, self.budget = session, budget
+    def __init__(self, session: InProcessSession, budget: list[int] | None, operator: Operator | None) -> None:
+        self.session, self.budget, self.operator = session, budget, operator
 
     def run(self, call, *, timeout=None):  # noqa: ANN001 - NodeSession's interface
-        if self.budget[0] <= 0:
-            raise ProcessKilled()
-        self.budget[0] -= 1
+        if self.budget is not None:
+            if self.budget[0] <= 0:
+                raise ProcessKilled()
+            self.budget[0] -= 1
+        if self.operator is not None:
+            self.operator.before(call)
         return self.session.run(call, timeout=timeout)
 
     def reset(self) -> None:
@@ -61,7 +89,10 @@ def cases(draw):
                     "volumes": [{"name": "Volume01", "size_gb": 1024}]},
         "durations": {"install_minutes": 10, "reboot_minutes": 4, "join_seconds": 10, "write_mb_per_s": 20,
                       "repair_mb_per_s": 400, "completed_job_linger_s": 30},
-        "time_factor": FACTOR, "faults": faults})
+        "time_factor": FACTOR, "faults": faults,
+        "knobs": {"storage_maintenance_mode": draw(st.booleans()),
+                  "cluster_down_error": draw(st.sampled_from(["ClusterEndpointNotRegistered", "ClusterRpcConnection"])),
+                  "enum_forms": {e: draw(st.sampled_from(["enum", "string", "integer"])) for e in ENUMS}}})
     options = RunOptions(
         max_failed_nodes=draw(st.one_of(st.none(), st.integers(0, n - 1))),
         max_retries_per_node=draw(st.integers(1, 2)),
@@ -69,17 +100,18 @@ def cases(draw):
         drain_timeout_minutes=10, reboot_timeout_minutes=10, repair_timeout_minutes=60,
         target_build=scenario.cluster.target_build)
     kill_after = draw(st.one_of(st.none(), st.integers(0, 40 * n)))
-    return scenario, options, kill_after
+    operator = draw(st.one_of(st.none(), st.tuples(st.sampled_from(names), st.sampled_from(["at-call", "before-drain"]),
+                                                   st.integers(0, 60 * n))))
+    return scenario, options, kill_after, operator
 
 
-def engine_for(sim: SimCluster, options: RunOptions, budget: list[int] | None) -> RollingUpgrade:
+def engine_for(sim: SimCluster, options: RunOptions, budget: list[int] | None,
+               operator: Operator | None) -> RollingUpgrade:
     inventory = ClusterInventory(
         name=sim.name, nodes=[NodeEndpoint(name=x, address="127.0.0.1", port=5985) for x in sim.nodes],
         transport=Transport(scheme="http", auth="basic"), time_factor=FACTOR,
         credential=CredentialRef(username=SIM_USER, password_env="UNUSED"))
-    sessions = {x: InProcessSession(sim, x, SIM_USER) for x in sim.nodes}
-    if budget is not None:
-        sessions = {x: Killable(s, budget) for x, s in sessions.items()}
+    sessions = {x: Killable(InProcessSession(sim, x, SIM_USER), budget, operator) for x in sim.nodes}
     client = ClusterClient(inventory, SecretStr("unused"), sessions=sessions)
     from hciupgrade.steps import Steps
 
@@ -91,22 +123,29 @@ def engine_for(sim: SimCluster, options: RunOptions, budget: list[int] | None) -
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(cases())
 def test_invariants_hold_under_random_faults_and_kills(case):
-    scenario, options, kill_after = case
+    scenario, options, kill_after, pause = case
     with tempfile.TemporaryDirectory() as home:
         os.environ["HCI_UPGRADE_HOME"] = home
         sim = SimCluster(scenario)
+        operator = Operator(sim, *pause) if pause else None
         outcome = None
         if kill_after is not None:
             try:
-                engine_for(sim, options, [kill_after]).run()
+                engine_for(sim, options, [kill_after], operator).run()
             except ProcessKilled:
                 pass
-        result, _ = engine_for(sim, options, None).run()
+        result, _ = engine_for(sim, options, None, operator).run()
         outcome = result.model_dump(mode="json")
         with sim.lock:
             events = list(sim.events)
     assert check_invariants(events, scenario, outcome, SIM_USER) == []
-    failed = [n for n in result.nodes if n.result == "failed"]
+    if operator is not None and operator.paused:  # the operator's node: never taken over, and the run says so
+        held = sim.nodes[operator.node]
+        assert held.paused_by == "operator"
+        mine = next(n for n in result.nodes if n.node == operator.node) if result.nodes else None
+        if mine is not None and mine.result not in ("upgraded", "skipped"):
+            assert not result.succeeded
+    failed = [n for n in result.nodes if n.counts_as_failed]
     allowed = options.failed_nodes_allowed(len(scenario.cluster.nodes))
     assert len(failed) <= allowed + 1, f"went on after {len(failed)} failures, {allowed} allowed"
     if failed and not result.succeeded:

@@ -19,6 +19,12 @@ class ErrorInfo:
     exception_type: str | None = None
     hresult: int | None = None
     terminating: bool = False
+    activity: str | None = None  # the command that wrote it (CategoryInfo.Activity)
+
+    @property
+    def error_id(self) -> str:
+        """The FullyQualifiedErrorId's first part: "PathNotFound" of "PathNotFound,Microsoft...Command"."""
+        return self.fq_error_id.split(",", 1)[0]
 
     @property
     def win32_code(self) -> int | None:
@@ -61,4 +67,16 @@ class CmdletFailed(RemoteError):
         self.errors = errors
 
     def has_win32(self, code: int) -> bool:
-        return any(e.win32_code == code for e in self.errors)
+        """Whether an error carries this Win32 code: as its HResult, or only in its text (a cmdlet that wraps the
+        code in a message, or a record whose exception lost its HResult on the way)."""
+        texts = WIN32_TEXT.get(code, ())
+        return any(e.win32_code == code or any(t in e.message.lower() for t in texts) for e in self.errors)
+
+    def has_error_id(self, *ids: str) -> bool:
+        return any(e.error_id in ids for e in self.errors)
+
+
+# Messages Windows gives for the Win32 codes the upgrade acts on (winerror.h texts), lower case.
+WIN32_TEXT: dict[int, tuple[str, ...]] = {
+    5987: ("a clustered space is in a degraded condition",),
+}

@@ -92,6 +92,7 @@ def error_info(err: Any, terminating: bool) -> ErrorInfo:
         exception_type=exception_type,
         hresult=hresult,
         terminating=terminating,
+        activity=getattr(err, "activity", None) or None,
     )
 
 

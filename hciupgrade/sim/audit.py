@@ -1,7 +1,8 @@
 """Check DESIGN.md's safety invariants 1 to 4 against a simulator event log.
 
-The checks replay the log themselves (node states, disk health, storage jobs); they do not trust the simulator's
-own refusals, so a simulator bug cannot hide an orchestrator bug.
+The checks replay the log themselves (node states, who paused each node, disk health, storage jobs); they do not
+trust the simulator's own refusals, so a simulator bug cannot hide an orchestrator bug. Pauses are tracked by
+whoever makes them, at any moment: one present at the start (the scenario), one an operator makes mid-run.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from typing import Any
 
 from hciupgrade.sim.scenario import Scenario
 
-ORCHESTRATOR_ACTORS_EXCLUDED = {"operator", "system"}
+# What the orchestrator may do only to a node it paused itself (invariant 4), by the event kind that shows it.
+TOUCHES = {"drain": "drained", "restart": "restarted", "install": "installed on", "task_registered": "staged setup on",
+           "resume": "resumed"}
 
 
 def check_invariants(events: Iterable[dict[str, Any]], scenario: Scenario, outcome: dict[str, Any] | None,
@@ -23,39 +26,47 @@ def check_invariants(events: Iterable[dict[str, Any]], scenario: Scenario, outco
     disks_unhealthy: set[str] = set()
     jobs_running: dict[str, int] = {}
     for e in events:
-        kind = e["kind"]
+        kind, node, by = e["kind"], e.get("node"), e.get("by")
         if kind == "node_state":
-            state[e["node"]] = e["new"]
-            out = sorted(n for n, s in state.items() if s != "Up")
-            if len(out) > 1:
-                violations.append(f"invariant 1: at t={e['t']} nodes {', '.join(out)} were out of service at once")
+            before_out = sorted(n for n, s in state.items() if s != "Up" and n != node)
+            state[node] = e["new"]
+            if e["new"] != "Up" and e.get("old") == "Up" and by == orchestrator and before_out:
+                violations.append(f"invariant 1: at t={e['t']} the orchestrator took {node} out of service while "
+                                  f"{', '.join(before_out)} already was")
         elif kind == "disk_health":
             (disks_unhealthy.discard if e["health"] == "Healthy" else disks_unhealthy.add)(e["disk"])
         elif kind == "storage_job":
             disk = e["disk"]
             jobs_running[disk] = jobs_running.get(disk, 0) + (1 if e["status"] == "Running" else -1)
-        elif kind == "suspend_refused" and e.get("by") == orchestrator:
-            violations.append(f"invariant 2: at t={e['t']} the orchestrator tried to drain {e['node']} while "
+        elif kind == "suspend_refused" and by == orchestrator:
+            violations.append(f"invariant 2: at t={e['t']} the orchestrator tried to drain {node} while "
                               f"{e['reason']}")
-        elif kind == "suspend" and e.get("by") == orchestrator:
-            others = [n for n, s in state.items() if n != e["node"] and s != "Up"]
-            busy = [d for d, n in jobs_running.items() if n > 0]
-            if others or busy or disks_unhealthy:
-                violations.append(
-                    f"invariant 2: at t={e['t']} {e['node']} was drained with nodes not Up {others}, repair "
-                    f"running on {busy}, disks not Healthy {sorted(disks_unhealthy)}")
-            paused_by[e["node"]] = orchestrator
-        elif kind == "resume":
-            if e.get("by") == orchestrator and paused_by.get(e["node"]) not in (orchestrator, None):
-                violations.append(f"invariant 4: at t={e['t']} the orchestrator resumed {e['node']}, which "
-                                  f"{paused_by[e['node']]} had paused")
-            paused_by.pop(e["node"], None)
+        elif kind == "suspend":
+            if by == orchestrator:
+                others = [n for n, s in state.items() if n != node and s != "Up"]
+                busy = [d for d, n in jobs_running.items() if n > 0]
+                if others or busy or disks_unhealthy:
+                    violations.append(
+                        f"invariant 2: at t={e['t']} {node} was drained with nodes not Up {others}, repair "
+                        f"running on {busy}, disks not Healthy {sorted(disks_unhealthy)}")
+            paused_by.setdefault(node, by)
+        elif kind in TOUCHES and by == orchestrator and e.get("status") != "Stopped":
+            holder = paused_by.get(node)
+            if holder is not None and holder != orchestrator:
+                violations.append(f"invariant 4: at t={e['t']} the orchestrator {TOUCHES[kind]} {node}, which "
+                                  f"{holder} had paused")
+            elif holder is None and kind in ("drain", "restart", "install"):
+                violations.append(f"invariant 4: at t={e['t']} the orchestrator {TOUCHES[kind]} {node}, which it "
+                                  "had not paused")
+        if kind == "resume":
+            paused_by.pop(node, None)
     left = sorted(n for n, who in paused_by.items() if who == orchestrator)
+    named = set((outcome or {}).get("left_paused") or [])
     for node in left:
         if outcome is None or outcome.get("succeeded"):
             violations.append(f"invariant 3: {node} was paused by the orchestrator and left so, yet the run "
                               "did not fail")
-        elif node not in (outcome.get("error") or "") and not any(
+        elif node not in named and node not in (outcome.get("error") or "") and not any(
                 n["node"] == node and n.get("left_paused") for n in outcome.get("nodes", [])):
             violations.append(f"invariant 3: {node} was left paused and the failed run does not name it")
     return violations

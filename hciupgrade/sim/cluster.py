@@ -13,6 +13,7 @@ The node lifecycle is a table (NODE_TRANSITIONS); the few moves that do not fit 
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import itertools
 import threading
@@ -45,6 +46,7 @@ SCHED_S_TASK_RUNNING = 0x41301
 SCHED_S_TASK_TERMINATED = 0x41306
 
 FEATURE_UPDATE_TASK = "HciUpgrade-FeatureUpdate"
+MARKER_KEY = r"HKLM:\SOFTWARE\hci-upgrade"  # the orchestrator's mark on a node it paused (Suspend-NodeForUpgrade.ps1)
 
 # --- node lifecycle --------------------------------------------------------------------------------------------
 # (state, event) -> new state. Events: pause, resume, restart (the OS goes down), boot (WinRM back, cluster
@@ -99,6 +101,7 @@ class Node:
     staged_build: str | None = None  # setup finished its down-level phase; the next restart installs this
     task: FeatureUpdateTask | None = None
     returns: bool = True  # False: the node never comes back from its next restart
+    marker: dict[str, str] | None = None  # values under MARKER_KEY in the node's registry
 
     @property
     def number(self) -> str:
@@ -295,13 +298,13 @@ class SimCluster:
             if self.knobs.storage_maintenance_mode:
                 self._drives_leave(node)
         if drain:
-            self._start_drain(node, force=force_drain)
+            self._start_drain(node, force=force_drain, by=by)
         return node
 
-    def _start_drain(self, node: Node, *, force: bool) -> None:
+    def _start_drain(self, node: Node, *, force: bool, by: str) -> None:
         node.drain_status = DrainStatus.InProgress
         node.status_information = NodeStatusInformation.DrainInProgress
-        self._log("drain", node.name, status="InProgress", force=force)
+        self._log("drain", node.name, status="InProgress", force=force, by=by)
         targets = [n.name for n in self.nodes.values() if n.state == NodeState.Up and n.name != node.name]
         mine = [vm for vm in self.vms.values() if vm.owner == node.name]
         fault = self.strikes(node.name, FaultKind.drain_fails) if mine else None
@@ -363,6 +366,34 @@ class SimCluster:
             if spec_owner.get(vm.name) == node.name and home[vm.name] != node.name:
                 self._vm_moved(vm, node.name, failed=False)
 
+    def operator_pause(self, name: str, *, drain: bool = True, by: str = "operator") -> bool:
+        """Someone other than the orchestrator pauses an Up node (maintenance, a hardware swap): the pause an
+        orchestrator must never take over. Not gated on storage, as an operator's own judgement is not ours to
+        model. True if the node was paused."""
+        node = self.node(name)
+        if node.state != NodeState.Up:
+            return False
+        self._log("suspend", node.name, by=by, drain=drain, force_drain=False, storage_busy=None, others_up=None)
+        self._move(node, "pause", by)
+        node.paused_by = by
+        if self.knobs.storage_maintenance_mode:
+            self._drives_leave(node)
+        if drain:
+            self._start_drain(node, force=False, by=by)
+        return True
+
+    def mark_pause(self, name: str, values: dict[str, str], *, by: str) -> None:
+        """The orchestrator writes its mark under MARKER_KEY on the node, before it pauses it."""
+        node = self.node(name)
+        node.marker = dict(values)
+        self._log("mark", node.name, by=by, status="set", run=values.get("PausedByRun"))
+
+    def clear_mark(self, name: str, *, by: str) -> None:
+        node = self.node(name)
+        if node.marker is not None:
+            node.marker = None
+            self._log("mark", node.name, by=by, status="removed")
+
     def restart(self, name: str, *, by: str) -> None:
         """Restart-Computer: the OS goes down now; setup's offline phases run if a feature update is staged."""
         node = self.node(name)
@@ -375,7 +406,17 @@ class SimCluster:
         if node.away_since is None:
             self._drives_leave(node)
         self._refresh_storage_health()
-        if node.returns:
+        if not node.returns:
+            return
+        if node.staged_build:
+            # setup's offline phases: several restarts with no WinRM in between, then the first boot of the new
+            # build; to the outside one long Down (reference/anchors.md §3)
+            restarts, total = self.d.feature_update_restarts, self.d.feature_update_restart_minutes * 60
+            for i in range(1, restarts):
+                self._after(total * i / restarts, lambda i=i: self._log("setup_phase", node.name, restart=i + 1,
+                                                                       of=restarts), "setup-phase")
+            self._after(total, lambda: self._boot(node), "boot")
+        else:
             self._after(self.d.reboot_minutes * 60, lambda: self._boot(node), "boot")
 
     def _any_up_node(self, exclude: str) -> str | None:
@@ -422,13 +463,19 @@ class SimCluster:
         task.last_result = SCHED_S_TASK_RUNNING
         self._log("install", node.name, status="Running", by=by)
         fault = self.strikes(node.name, FaultKind.install_fails)
-        minutes = self.d.install_minutes
+        minutes = self.install_minutes(node.name)
         run = task.last_run_time
         if fault:
             self._after(minutes * 60 * fault.at_percent / 100,
                         lambda: self._install_ended(node, SETUP_FAILED_ROLLED_BACK, run), "install-fail")
         else:
             self._after(minutes * 60, lambda: self._install_ended(node, 0, run), "install-done")
+
+    def install_minutes(self, name: str) -> float:
+        """Setup's down-level phase on this node: install_minutes plus a share of the spread that is fixed per
+        node (so a scenario replays the same way)."""
+        share = int(hashlib.sha256(name.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+        return self.d.install_minutes + self.d.install_spread_minutes * share
 
     def stop_feature_update(self, name: str, *, by: str) -> None:
         """Stop-ScheduledTask: setup is killed in its down-level phase; nothing is staged."""

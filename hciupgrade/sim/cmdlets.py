@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from hciupgrade.psenums import (
+    DrainStatus,
     FailbackType,
     GroupState,
     GroupType,
@@ -28,6 +29,8 @@ from hciupgrade.psenums import (
 from hciupgrade.sim.cluster import (
     ERROR_CLUSTER_SPACE_DEGRADED,
     FEATURE_UPDATE_TASK,
+    MARKER_KEY,
+    FeatureUpdateTask,
     Node,
     Refused,
     SimCluster,
@@ -58,7 +61,9 @@ class Out:
 
 @dataclass
 class ErrorOut:
-    """An error record: message, FullyQualifiedErrorId, category, target, exception type and HResult."""
+    """An error record as a real node writes it: message, FullyQualifiedErrorId, category, target, the exception's
+    type and HResult; `activity` is the cmdlet that wrote it (set by
+    `invoke` when a handler leaves it empty), as CategoryInfo.Activity and InvocationInfo.MyCommand show."""
 
     message: str
     fq_error_id: str
@@ -66,6 +71,7 @@ class ErrorOut:
     target: str | None = None
     exception_type: str = "System.Management.Automation.RuntimeException"
     hresult: int = -2146233087
+    activity: str | None = None
 
 
 class Terminating(Exception):
@@ -84,6 +90,7 @@ class Invocation:
     params: dict[str, Any]
     input: list[Out]
     errors: list[ErrorOut] = field(default_factory=list)
+    command: str = ""  # the cmdlet's name, for error ids
 
 
 Handler = Callable[[Invocation], list[Out]]
@@ -134,9 +141,17 @@ def bind(spec: Spec, name: str, raw: list[tuple[str | None, Any]]) -> dict[str, 
     return bound
 
 
+ACTION_PREFERENCES = {"continue", "stop", "silentlycontinue", "ignore", "inquire", "suspend"}
+
+
 def invoke(sim: SimCluster, node: str, caller: str, commands: list[tuple[str, list[tuple[str | None, Any]]]],
            ) -> tuple[list[Out], list[ErrorOut]]:
-    """Run one statement (a pipeline of commands) on `node`. Raises Terminating for a terminating error."""
+    """Run one statement (a pipeline of commands) on `node`. Raises Terminating for a terminating error.
+
+    A handler writes a non-terminating error by appending to `inv.errors` and goes on; -ErrorAction decides what
+    becomes of it, as in PowerShell: Stop makes the first one terminating, SilentlyContinue and Ignore hide it,
+    Continue (the default) writes it to the error stream. A terminating error (Terminating, Refused) is not
+    affected by -ErrorAction."""
     errors: list[ErrorOut] = []
     data: list[Out] = []
     with sim.lock:
@@ -149,13 +164,41 @@ def invoke(sim: SimCluster, node: str, caller: str, commands: list[tuple[str, li
                     "operable program. Check the spelling of the name, or if a path was included, verify that "
                     "the path is correct and try again.",
                     "CommandNotFoundException", "ObjectNotFound", target=name,
-                    exception_type="System.Management.Automation.CommandNotFoundException"))
-            inv = Invocation(sim, node, caller, bind(spec, name, raw), data if i else [], errors)
+                    exception_type="System.Management.Automation.CommandNotFoundException", activity=name))
+            mine: list[ErrorOut] = []
+            params = bind(spec, name, raw)
+            action = error_action(spec, params)
+            inv = Invocation(sim, node, caller, params, data if i else [], mine, spec.command_class)
             try:
                 data = spec.handler(inv)
             except Refused as refused:
                 raise Terminating(cluster_error(refused, spec)) from None
+            except Terminating as terminating:
+                terminating.error.activity = terminating.error.activity or spec.command_class
+                raise
+            for error in mine:
+                error.activity = error.activity or spec.command_class
+            if mine and action == "stop":
+                raise Terminating(mine[0])
+            if action not in ("silentlycontinue", "ignore"):
+                errors += mine
     return data, errors
+
+
+def error_action(spec: Spec, params: dict[str, Any]) -> str:
+    value = params.get("ErrorAction")
+    if value is None:
+        return "continue"
+    text = str(value).lower()
+    if text not in ACTION_PREFERENCES:
+        raise Terminating(ErrorOut(
+            f"Cannot bind parameter 'ErrorAction'. Cannot convert value \"{value}\" to type "
+            "\"System.Management.Automation.ActionPreference\". Error: \"Unable to match the identifier name "
+            f"{value} to a valid enumerator name. Specify one of the following enumerator names and try again:"
+            "\r\nSilentlyContinue, Stop, Continue, Inquire, Ignore, Suspend\"",
+            f"CannotConvertArgumentNoMessage,{spec.command_class}", "InvalidArgument",
+            exception_type="System.Management.Automation.ParameterBindingException"))
+    return text
 
 
 def hresult_of(code: int) -> int:
@@ -166,7 +209,7 @@ def hresult_of(code: int) -> int:
 
 def cluster_error(refused: Refused, spec: Spec) -> ErrorOut:
     return ErrorOut(
-        refused.args[0], f"{spec.command_class},{CLUSTER_NS}.{spec.command_class.replace('-', '')}Command",
+        refused.args[0], f"{spec.command_class},{command_class(spec.command_class)}",
         "ResourceUnavailable" if refused.code == ERROR_CLUSTER_SPACE_DEGRADED else "InvalidOperation",
         target=refused.node, exception_type=f"{CLUSTER_NS}.ClusterCmdletException", hresult=hresult_of(refused.code))
 
@@ -178,12 +221,28 @@ def names_param(inv: Invocation, key: str = "Name") -> list[str] | None:
     return [str(v) for v in value] if isinstance(value, list) else [str(value)]
 
 
+# What a failover-cluster cmdlet answers on a node whose cluster service is not running (down, joining): the
+# endpoint mapper has no cluster endpoint (EPT_S_NOT_REGISTERED, 1753), or RPC is unavailable (1722).
+CLUSTER_DOWN_ERRORS = {
+    "ClusterEndpointNotRegistered": ("There are no more endpoints available from the endpoint mapper", 1753),
+    "ClusterRpcConnection": ("The RPC server is unavailable", 1722),  # [INFER] the second line's text
+}
+
+
+def command_class(cmdlet_name: str) -> str:
+    """The .NET class of a FailoverClusters cmdlet: Get-ClusterNode -> ...GetClusterNodeCommand."""
+    return f"{CLUSTER_NS}.{cmdlet_name.replace('-', '')}Command"
+
+
 def require_cluster_node(inv: Invocation) -> None:
     node = inv.sim.nodes[inv.node]
     if node.state not in (NodeState.Up, NodeState.Paused):
+        kind = inv.sim.knobs.cluster_down_error
+        detail, code = CLUSTER_DOWN_ERRORS[kind]
         raise Terminating(ErrorOut(
-            "The cluster service is not running. Make sure that the service is running on all nodes in the "
-            "cluster.", "ClusterServiceNotRunning", "ConnectionError"))
+            "The cluster service is not running.  Make sure that the service is running on all nodes in the "
+            f"cluster.\n    {detail}", f"{kind},{command_class(inv.command)}", "ConnectionError",
+            exception_type=f"{CLUSTER_NS}.ClusterCmdletException", hresult=hresult_of(code)))
 
 
 def select_nodes(inv: Invocation) -> list[Node]:
@@ -198,7 +257,7 @@ def select_nodes(inv: Invocation) -> list[Node]:
             found.append(inv.sim.node(name))
         except KeyError:
             inv.errors.append(ErrorOut(
-                f"The cluster node '{name}' was not found.", f"ClusterObjectNotFound,{CLUSTER_NS}.GetNodeCommand",
+                f"The cluster node '{name}' was not found.", f"ClusterObjectNotFound,{command_class(inv.command)}",
                 "ObjectNotFound", target=name, exception_type=f"{CLUSTER_NS}.ClusterCmdletException"))
     return found
 
@@ -391,31 +450,60 @@ def get_storage_pool(inv: Invocation) -> list[Out]:
 CURRENT_VERSION_KEY = r"HKLM:\SOFTWARE\Microsoft\Windows NT\CurrentVersion"
 
 
+def path_not_found(inv: Invocation, path: str) -> None:
+    """The non-terminating error the registry provider writes for a key that does not exist."""
+    inv.errors.append(ErrorOut(f"Cannot find path '{path}' because it does not exist.",
+                               f"PathNotFound,Microsoft.PowerShell.Commands.{inv.command.replace('-', '')}Command",
+                               "ObjectNotFound", target=path,
+                               exception_type="System.Management.Automation.ItemNotFoundException",
+                               hresult=-2146233087))
+
+
+def registry_values(inv: Invocation, path: str) -> dict[str, Any] | None:
+    """The values under a registry key the simulator knows, or None when the key does not exist."""
+    key = path.rstrip("\\").lower()
+    if key == CURRENT_VERSION_KEY.lower():
+        node = inv.sim.nodes[inv.node]
+        return {"ProductName": "Azure Stack HCI", "DisplayVersion": "23H2" if node.number == "25398" else "22H2",
+                "CurrentBuildNumber": node.number, "CurrentBuild": node.number, "UBR": node.ubr,
+                "EditionID": "ServerAzureStackHCICor", "InstallationType": "Server Core"}
+    if key == MARKER_KEY.lower():
+        marker = inv.sim.nodes[inv.node].marker
+        return dict(marker) if marker else None
+    for known, names in REGISTRY_KEYS.items():
+        if key == known.lower():
+            if known.endswith("Parameters") and not _readiness(inv).vid_key:
+                return None  # the Vid\Parameters key does not exist until New-Item creates it
+            return {k: v for k, v in _readiness(inv).registry.items() if k in names}
+    return None
+
+
 @cmdlet("Get-ItemProperty", "Path Name LiteralPath", positional=("Path", "Name"))
 def get_item_property(inv: Invocation) -> list[Out]:
     path = str(inv.params.get("Path") or inv.params.get("LiteralPath") or "")
-    if any(path.rstrip("\\").lower() == key.lower() for key in REGISTRY_KEYS):
-        values = {k: v for k, v in _readiness(inv).registry.items() if k in REGISTRY_KEYS[_key(path)]}
-        wanted = inv.params.get("Name")
-        if wanted is not None and str(wanted) not in values:
-            raise Terminating(ErrorOut(f"Property {wanted} does not exist at path {path}.",
+    values = registry_values(inv, path)
+    if values is None:
+        path_not_found(inv, path)
+        return []
+    wanted = inv.params.get("Name")
+    if wanted is not None:
+        names = [str(n) for n in wanted] if isinstance(wanted, list) else [str(wanted)]
+        missing = [n for n in names if n not in values]
+        for name in missing:
+            hive = path.replace("HKLM:\\", "HKEY_LOCAL_MACHINE\\").rstrip("\\")
+            inv.errors.append(ErrorOut(f"Property {name} does not exist at path {hive}.",
                                        "System.Management.Automation.PSArgumentException,"
-                                       "Microsoft.PowerShell.Commands.GetItemPropertyCommand", "InvalidArgument"))
-        return [Out(["System.Management.Automation.PSCustomObject", "System.Object"], {}, extended=values)]
-    if path.rstrip("\\").lower() != CURRENT_VERSION_KEY.lower():
-        raise Terminating(ErrorOut(f"Cannot find path '{path}' because it does not exist.",
-                                   "PathNotFound,Microsoft.PowerShell.Commands.GetItemPropertyCommand",
-                                   "ObjectNotFound", target=path,
-                                   exception_type="System.Management.Automation.ItemNotFoundException"))
-    node = inv.sim.nodes[inv.node]
-    upgraded = node.number == "25398"
+                                       "Microsoft.PowerShell.Commands.GetItemPropertyCommand", "InvalidArgument",
+                                       target=name, exception_type="System.Management.Automation.PSArgumentException",
+                                       hresult=-2147024809))
+        values = {k: v for k, v in values.items() if k in names}
+        if not values:
+            return []
+    leaf = path.rstrip("\\").rsplit("\\", 1)[-1]
+    provider_path = path.replace("HKLM:\\", "HKEY_LOCAL_MACHINE\\")
     return [Out(["System.Management.Automation.PSCustomObject", "System.Object"], {}, extended={
-        "ProductName": "Azure Stack HCI", "DisplayVersion": "23H2" if upgraded else "22H2",
-        "CurrentBuildNumber": node.number, "CurrentBuild": node.number, "UBR": node.ubr,
-        "EditionID": "ServerAzureStackHCICor", "InstallationType": "Server Core",
-        "PSPath": "Microsoft.PowerShell.Core\\Registry::HKEY_LOCAL_MACHINE\\SOFTWARE\\Microsoft\\Windows NT\\"
-                  "CurrentVersion",
-        "PSChildName": "CurrentVersion", "PSProvider": "Microsoft.PowerShell.Core\\Registry"})]
+        **values, "PSPath": f"Microsoft.PowerShell.Core\\Registry::{provider_path}", "PSChildName": leaf,
+        "PSProvider": "Microsoft.PowerShell.Core\\Registry"})]
 
 
 @cmdlet("Restart-Computer", "Force ComputerName Wait Timeout")
@@ -432,49 +520,51 @@ def restart_computer(inv: Invocation) -> list[Out]:
 
 def scheduled_task(inv: Invocation) -> Out:
     task = inv.sim.nodes[inv.node].task
-    if task is None:
-        raise Terminating(ErrorOut(
-            f"No MSFT_ScheduledTask objects found with property 'TaskName' equal to '{FEATURE_UPDATE_TASK}'.  "
-            "Verify the value of the property and retry.", "CmdletizationQuery_NotFound_TaskName,Get-ScheduledTask",
-            "ObjectNotFound", target=FEATURE_UPDATE_TASK))
+    assert task is not None
     return Out(cim_types("Root/Microsoft/Windows/TaskScheduler", "MSFT_ScheduledTask"),
                {"TaskName": FEATURE_UPDATE_TASK, "TaskPath": "\\", "State": int(task.state),
                 "Description": "hci-upgrade: Windows setup, down-level phase"},
                extended={"State": task.state}, to_string="")
 
 
-def _only_our_task(inv: Invocation) -> None:
-    if str(inv.params.get("TaskName", "")) != FEATURE_UPDATE_TASK:
-        scheduled_task(Invocation(inv.sim, inv.node, inv.caller, {}, []))  # raises NotFound when absent
-        raise Terminating(ErrorOut(f"The simulator only knows the task '{FEATURE_UPDATE_TASK}'.",
-                                   "CmdletizationQuery_NotFound_TaskName", "ObjectNotFound"))
+def _task(inv: Invocation) -> FeatureUpdateTask | None:
+    """The task the call names, or None after writing the non-terminating error the ScheduledTasks module writes
+    for a task that does not exist (a CIM query that found nothing)."""
+    name = str(inv.params.get("TaskName", ""))
+    task = inv.sim.nodes[inv.node].task
+    if name == FEATURE_UPDATE_TASK and task is not None:
+        return task
+    inv.errors.append(ErrorOut(
+        f"No MSFT_ScheduledTask objects found with property 'TaskName' equal to '{name}'.  Verify the value of "
+        "the property and retry.", f"CmdletizationQuery_NotFound_TaskName,{inv.command}", "ObjectNotFound",
+        target=name, exception_type="Microsoft.PowerShell.Cmdletization.Cim.CimJobException", hresult=-2146233088))
+    return None
 
 
 @cmdlet("Get-ScheduledTask", "TaskName TaskPath", positional=("TaskName",))
 def get_scheduled_task(inv: Invocation) -> list[Out]:
-    _only_our_task(inv)
-    return [scheduled_task(inv)]
+    return [scheduled_task(inv)] if _task(inv) else []
 
 
 @cmdlet("Start-ScheduledTask", "TaskName TaskPath", positional=("TaskName",))
 def start_scheduled_task(inv: Invocation) -> list[Out]:
-    _only_our_task(inv)
-    inv.sim.start_feature_update(inv.node, by=inv.caller)
+    if _task(inv):
+        inv.sim.start_feature_update(inv.node, by=inv.caller)
     return []
 
 
 @cmdlet("Stop-ScheduledTask", "TaskName TaskPath", positional=("TaskName",))
 def stop_scheduled_task(inv: Invocation) -> list[Out]:
-    _only_our_task(inv)
-    inv.sim.stop_feature_update(inv.node, by=inv.caller)
+    if _task(inv):
+        inv.sim.stop_feature_update(inv.node, by=inv.caller)
     return []
 
 
 @cmdlet("Get-ScheduledTaskInfo", "TaskName TaskPath", positional=("TaskName",))
 def get_scheduled_task_info(inv: Invocation) -> list[Out]:
-    _only_our_task(inv)
-    task = inv.sim.nodes[inv.node].task
-    assert task is not None
+    task = _task(inv)
+    if task is None:
+        return []
     last_run = inv.sim.clock.datetime_at(task.last_run_time) if task.last_run_time is not None else None
     return [Out(cim_types("Root/Microsoft/Windows/TaskScheduler", "MSFT_TaskDynamicInfo"),
                 {"TaskName": FEATURE_UPDATE_TASK, "TaskPath": "\\", "LastTaskResult": task.last_result,
@@ -512,7 +602,7 @@ def invoke_script(sim: SimCluster, node: str, caller: str, text: str, raw: list[
         raise Terminating(ErrorOut("The simulator runs only the scripts packaged with hci-upgrade.",
                                    "ScriptNotPackaged", "PermissionDenied"))
     params = {k: v for k, v in raw if k is not None}
-    inv = Invocation(sim, node, caller, params, [])
+    inv = Invocation(sim, node, caller, params, [], command="Script")
     with sim.lock:
         sim.advance()
         try:
@@ -526,6 +616,74 @@ def invoke_node_script(inv: Invocation) -> list[Out]:
     inv.sim.run_node_script(inv.node, str(inv.params.get("Path", "")), str(inv.params.get("Phase", "Pre")),
                             by=inv.caller)
     return []
+
+
+SUSPEND = "suspend-clusternode"
+
+
+def _script_error(message: str, error_id: str, category: str, target: str, script: str) -> Terminating:
+    """What $PSCmdlet.ThrowTerminatingError in a packaged script sends: its own error id and category."""
+    return Terminating(ErrorOut(message, error_id, category, target=target,
+                                exception_type="System.InvalidOperationException", activity=script))
+
+
+def _mark_holder(mark: dict[str, str] | None) -> str:
+    if not mark:
+        return "someone else (no hci-upgrade mark)"
+    return f"hci-upgrade run {mark.get('PausedByRun')} ({mark.get('PausedBy')}, {mark.get('PausedAt')})"
+
+
+@packaged("Suspend-NodeForUpgrade.ps1")
+def suspend_node_for_upgrade(inv: Invocation) -> list[Out]:
+    sim, name, run = inv.sim, str(inv.params.get("Name", "")), str(inv.params.get("RunId", ""))
+    inv.command = "Get-ClusterNode"
+    require_cluster_node(inv)
+    node = _named_node(inv, name)
+    ours = node.marker is not None and node.marker.get("PausedByRun") == run
+    if not (node.state == NodeState.Up or (node.state == NodeState.Paused and ours)):
+        raise _script_error(f"{node.name} is {node.state.name}, paused by {_mark_holder(node.marker)}; hci-upgrade "
+                            "does not take over a pause that is not its own.", "NodeNotUp", "ResourceBusy",
+                            node.name, "Suspend-NodeForUpgrade.ps1")
+    force = "ForceDrain" in inv.params
+    if ours and node.drain_status == DrainStatus.InProgress and not force:
+        return [cluster_node(sim, node)]  # a drain of ours in progress is only watched
+    if not ours:
+        sim.mark_pause(node.name, {"PausedByRun": run, "PausedBy": inv.caller,
+                                   "PausedAt": sim.clock.datetime_at(sim.now()).isoformat()}, by=inv.caller)
+    try:
+        node = sim.suspend(node.name, drain=True, force_drain=force, by=inv.caller)
+    except Refused as refused:
+        if not ours:
+            sim.clear_mark(node.name, by=inv.caller)
+        raise Terminating(cluster_error(refused, REGISTRY[SUSPEND])) from None
+    return [cluster_node(sim, node)]
+
+
+@packaged("Resume-NodeAfterUpgrade.ps1")
+def resume_node_after_upgrade(inv: Invocation) -> list[Out]:
+    sim, name, run = inv.sim, str(inv.params.get("Name", "")), str(inv.params.get("RunId", ""))
+    inv.command = "Get-ClusterNode"
+    require_cluster_node(inv)
+    node = _named_node(inv, name)
+    ours = node.marker is not None and node.marker.get("PausedByRun") == run
+    if node.state == NodeState.Paused:
+        if not ours:
+            raise _script_error(f"{node.name} is paused, but not by hci-upgrade run {run}; it is left paused.",
+                                "NotOurPause", "PermissionDenied", node.name, "Resume-NodeAfterUpgrade.ps1")
+        failback = str(inv.params.get("Failback") or "Immediate")
+        node = sim.resume(node.name, failback=failback, by=inv.caller)
+    if ours:
+        sim.clear_mark(node.name, by=inv.caller)
+    return [cluster_node(sim, node)]
+
+
+def _named_node(inv: Invocation, name: str) -> Node:
+    try:
+        return inv.sim.node(name)
+    except KeyError:
+        raise Terminating(ErrorOut(f"The cluster node '{name}' was not found.",
+                                   f"ClusterObjectNotFound,{command_class('Get-ClusterNode')}", "ObjectNotFound",
+                                   target=name, exception_type=f"{CLUSTER_NS}.ClusterCmdletException")) from None
 
 
 # --- Cluster-Aware Updating, quorum, media ------------------------------------------------------------------------
@@ -677,20 +835,20 @@ REGISTRY_KEYS = {r"HKLM:\SYSTEM\CurrentControlSet\Control\FileSystem": {"RefsEna
                  r"HKLM:\SYSTEM\CurrentControlSet\Services\Vid\Parameters": {"SkipSmallLocalAllocations"}}
 
 
-def _key(path: str) -> str:
+def _key(path: str) -> str | None:
     for key in REGISTRY_KEYS:
         if key.lower() == path.rstrip("\\").lower():
             return key
-    raise Terminating(ErrorOut(f"Cannot find path '{path}' because it does not exist.",
-                               "PathNotFound,Microsoft.PowerShell.Commands.SetItemPropertyCommand", "ObjectNotFound",
-                               target=path, exception_type="System.Management.Automation.ItemNotFoundException"))
+    return None
 
 
 @cmdlet("Set-ItemProperty", "Path Name Value Type Force", positional=("Path", "Name", "Value"))
 def set_item_property(inv: Invocation) -> list[Out]:
-    key = _key(str(inv.params.get("Path", "")))
-    if key.endswith("Parameters") and not _readiness(inv).vid_key:
-        _key("missing")  # the Vid\Parameters key does not exist until New-Item creates it
+    path = str(inv.params.get("Path", ""))
+    key = _key(path)
+    if key is None or registry_values(inv, path) is None:
+        path_not_found(inv, path)
+        return []
     name = str(inv.params.get("Name"))
     _readiness(inv).registry[name] = int(inv.params.get("Value", 0))
     inv.sim._log("registry", inv.node, path=key, name=name, value=int(inv.params.get("Value", 0)), by=inv.caller)
@@ -700,6 +858,9 @@ def set_item_property(inv: Invocation) -> list[Out]:
 @cmdlet("New-Item", "Path ItemType Force Name", positional=("Path",))
 def new_item(inv: Invocation) -> list[Out]:
     key = _key(str(inv.params.get("Path", "")))
+    if key is None:
+        raise Terminating(ErrorOut("The simulator creates only the registry keys of the upgrade procedure.",
+                                   "NotSupported,Microsoft.PowerShell.Commands.NewItemCommand", "NotImplemented"))
     state = _readiness(inv)
     if state.vid_key:
         inv.errors.append(ErrorOut("A key at this path already exists.",
@@ -719,14 +880,28 @@ def test_path(inv: Invocation) -> list[Out]:
     return [True]  # type: ignore[list-item]
 
 
+def no_such_service(inv: Invocation, name: str) -> None:
+    command = inv.command.replace("-", "")
+    inv.errors.append(ErrorOut(f"Cannot find any service with service name '{name}'.",
+                               f"NoServiceFoundForGivenName,Microsoft.PowerShell.Commands.{command}Command",
+                               "ObjectNotFound", target=name,
+                               exception_type="Microsoft.PowerShell.Commands.ServiceCommandException"))
+
+
+KNOWN_SERVICES = {"NetworkATC", "ClusSvc", "WinRM", "TrustedInstaller", "wuauserv"}
+
+
 @cmdlet("Start-Service", "Name PassThru", positional=("Name",))
 def start_service(inv: Invocation) -> list[Out]:
     state = _readiness(inv)
-    if str(inv.params.get("Name")) == "NetworkATC":
+    name = str(inv.params.get("Name"))
+    if name.lower() not in {s.lower() for s in KNOWN_SERVICES}:
+        no_such_service(inv, name)
+        return []
+    if name.lower() == "networkatc":
         if "NetworkATC" in state.missing_features:
-            raise Terminating(ErrorOut("Cannot find any service with service name 'NetworkATC'.",
-                                       "NoServiceFoundForGivenName,Microsoft.PowerShell.Commands.StartServiceCommand",
-                                       "ObjectNotFound", target="NetworkATC"))
+            no_such_service(inv, "NetworkATC")
+            return []
         if state.network_atc_service != "Running":
             state.network_atc_service = "Running"
             inv.sim._log("service", inv.node, name="NetworkATC", status="Running", by=inv.caller)

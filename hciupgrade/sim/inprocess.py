@@ -15,15 +15,10 @@ from pypsrp.serializer import Serializer
 
 from hciupgrade.remote import CmdletFailed, ErrorInfo, NodeUnreachable, Result
 from hciupgrade.remote.calls import SWITCH, Call, Cmdlet, PackagedScript, Pipeline
-from hciupgrade.remote.session import to_plain
+from hciupgrade.remote.session import error_info, to_plain
 from hciupgrade.sim import cmdlets
 from hciupgrade.sim.cluster import SimCluster
-from hciupgrade.sim.pstypes import to_ps
-
-
-def _info(error: cmdlets.ErrorOut, terminating: bool) -> ErrorInfo:
-    return ErrorInfo(error.message, error.fq_error_id, None, error.target, error.exception_type, error.hresult,
-                     terminating)
+from hciupgrade.sim.pstypes import error_record, to_ps
 
 
 class InProcessSession:
@@ -38,8 +33,14 @@ class InProcessSession:
     close = reset
 
     def _wire(self, value: Any) -> Any:
-        xml = ET.tostring(serialize(to_ps(value), None), encoding="unicode")
+        xml = ET.tostring(serialize(to_ps(value, self.sim.knobs.enum_forms), None), encoding="unicode")
         return to_plain(self._serializer.deserialize(xml))
+
+    def _error(self, error: cmdlets.ErrorOut, terminating: bool) -> ErrorInfo:
+        """An error record as the production code reads it off the wire: serialised by psrpcore, read back by
+        pypsrp, parsed by the remote layer."""
+        xml = ET.tostring(serialize(error_record(error), None), encoding="unicode")
+        return error_info(self._serializer.deserialize(xml), terminating)
 
     def run(self, call: Call, *, timeout: float | None = None) -> Result:
         with self.sim.lock:
@@ -57,8 +58,8 @@ class InProcessSession:
                                                  [(c.name, r) for c, r in zip(commands, raw, strict=True)
                                                   if isinstance(c, Cmdlet)])
         except cmdlets.Terminating as t:
-            raise CmdletFailed(self.node, str(call), [_info(t.error, True)]) from None
-        return Result([self._wire(o) for o in outputs], [_info(e, False) for e in errors])
+            raise CmdletFailed(self.node, str(call), [self._error(t.error, True)]) from None
+        return Result([self._wire(o) for o in outputs], [self._error(e, False) for e in errors])
 
 
 def client_for(sim: SimCluster, caller: str = "hciadmin") -> Any:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from functools import cache
 from typing import Any
 
 from psrpcore.types import (
+    CommandOrigin,
     ErrorCategory,
     ErrorCategoryInfo,
     ErrorRecord,
+    InvocationInfo,
     NETException,
     PSEnumBase,
     PSFlagBase,
@@ -37,15 +40,22 @@ def ps_enum_class(py_enum: type[enum.IntEnum]) -> type:
     return PSType([TYPE_NAMES[py_enum]])(cls)
 
 
-def to_ps(value: Any) -> Any:
+def to_ps(value: Any, forms: Mapping[str, str] | None = None) -> Any:
+    """A plain simulator value as psrpcore would serialise it. `forms` (Knobs.enum_forms) says per enum type
+    whether it travels as a .NET enum object, a plain string or a bare integer, as a real node sends each."""
     if isinstance(value, enum.IntEnum | enum.IntFlag) and type(value) in TYPE_NAMES:
+        form = (forms or {}).get(type(value).__name__, "enum")
+        if form == "string":
+            return PSString(enum_text(value))
+        if form == "integer":
+            return PSInt(int(value))
         ps_value = ps_enum_class(type(value))(int(value))
         ps_value.PSObject.to_string = enum_text(value)
         return ps_value
     if isinstance(value, Out):
-        return to_psobject(value)
+        return to_psobject(value, forms)
     if isinstance(value, list | tuple):
-        return [to_ps(v) for v in value]
+        return [to_ps(v, forms) for v in value]
     if isinstance(value, bool) or value is None:
         return value
     if isinstance(value, int):
@@ -62,37 +72,74 @@ def enum_text(value: enum.IntEnum | enum.IntFlag) -> str:
     return value.name or str(int(value))
 
 
-def to_psobject(out: Out) -> PSObject:
+def to_psobject(out: Out, forms: Mapping[str, str] | None = None) -> PSObject:
     obj = PSObject()
     obj.PSObject.type_names = list(out.type_names)
     for name, value in out.props.items():
-        obj.PSObject.adapted_properties.append(PSNoteProperty(name, to_ps(value)))
+        obj.PSObject.adapted_properties.append(PSNoteProperty(name, to_ps(value, forms)))
     for name, value in out.extended.items():
-        obj.PSObject.extended_properties.append(PSNoteProperty(name, to_ps(value)))
+        obj.PSObject.extended_properties.append(PSNoteProperty(name, to_ps(value, forms)))
     if out.to_string is not None:
         obj.PSObject.to_string = out.to_string
     return obj
 
 
+# Base types of the exceptions the simulator raises, most derived first (System.Exception and System.Object
+# follow), so that the type chain on the wire reads like a real node's.
+EXCEPTION_BASES = {
+    "System.Management.Automation.ItemNotFoundException": (
+        "System.Management.Automation.SessionStateException", "System.Management.Automation.RuntimeException",
+        "System.SystemException"),
+    "System.Management.Automation.ParameterBindingException": (
+        "System.Management.Automation.RuntimeException", "System.SystemException"),
+    "System.Management.Automation.CommandNotFoundException": (
+        "System.Management.Automation.RuntimeException", "System.SystemException"),
+    "System.Management.Automation.PSArgumentException": ("System.ArgumentException", "System.SystemException"),
+    "Microsoft.PowerShell.Cmdletization.Cim.CimJobException": ("System.SystemException",),
+    "Microsoft.PowerShell.Commands.ServiceCommandException": ("System.SystemException",),
+    "Microsoft.FailoverClusters.PowerShell.ClusterCmdletException": (),
+    "System.InvalidOperationException": ("System.SystemException",),
+    "System.IO.IOException": ("System.SystemException",),
+}
+
+
 def error_record(error: ErrorOut) -> ErrorRecord:
+    """A terminating error's record, with the fields a real node fills in (compare
+    tests/data/pypsrp_error_failed_pipeline_state.xml, recorded from Windows)."""
     return ErrorRecord(
         Exception=exception_of(error),
         CategoryInfo=category_info(error),
         TargetObject=error.target,
         FullyQualifiedErrorId=error.fq_error_id,
+        InvocationInfo=invocation_info(error),
+        ScriptStackTrace="at <ScriptBlock>, <No file>: line 1",
     )
 
 
 def category_info(error: ErrorOut) -> ErrorCategoryInfo:
     category = getattr(ErrorCategory, error.category, ErrorCategory.NotSpecified)
-    return ErrorCategoryInfo(Category=category, Reason=error.exception_type.rsplit(".", 1)[-1],
-                             TargetName=error.target or "", TargetType="String" if error.target else "")
+    return ErrorCategoryInfo(Category=category, Activity=error.activity or "",
+                             Reason=error.exception_type.rsplit(".", 1)[-1], TargetName=error.target or "",
+                             TargetType="String" if error.target else "")
 
 
 def exception_of(error: ErrorOut) -> NETException:
     exception = NETException(Message=error.message, HResult=error.hresult)
-    exception.PSObject.type_names = [error.exception_type, "System.Exception", "System.Object"]
+    bases = EXCEPTION_BASES.get(error.exception_type, ("System.SystemException",))
+    exception.PSObject.type_names = [error.exception_type, *bases, "System.Exception", "System.Object"]
+    exception.PSObject.to_string = f"{error.exception_type}: {error.message}"
     return exception
+
+
+def invocation_info(error: ErrorOut) -> InvocationInfo:
+    command = error.activity or ""
+    info = InvocationInfo(
+        MyCommand=command, BoundParameters={}, UnboundArguments=[], ScriptLineNumber=1, OffsetInLine=1,
+        HistoryId=1, ScriptName="", Line=command, PositionMessage=f"At line:1 char:1\r\n+ {command}",
+        PSScriptRoot="", PSCommandPath=None, InvocationName=command, PipelineLength=1, PipelinePosition=1,
+        ExpectingInput=False, CommandOrigin=CommandOrigin.Runspace, DisplayScriptPosition=None)
+    info.PSObject.to_string = "System.Management.Automation.InvocationInfo"
+    return info
 
 
 def normalise_param(value: Any) -> Any:

@@ -54,8 +54,15 @@ class Durations(Strict):
 
     live_migration_gb_per_s: float = Field(2.0, gt=0, description="live-migration throughput per VM move")
     vm_move_overhead_s: float = Field(20, ge=0, description="fixed cost of each live migration")
-    install_minutes: float = Field(60, gt=0, description="setup's down-level phase (the feature update install)")
-    reboot_minutes: float = Field(10, gt=0, description="restart incl. setup's offline phases, until WinRM is back")
+    install_minutes: float = Field(45, gt=0, description="setup's down-level phase (the feature update install): "
+                                                         "the shortest a node takes")
+    install_spread_minutes: float = Field(45, ge=0, description="each node takes install_minutes plus up to this "
+                                                                "much more, fixed per node (45-90 min by default)")
+    reboot_minutes: float = Field(10, gt=0, description="a plain restart (no staged feature update), until WinRM "
+                                                        "is back")
+    feature_update_restarts: int = Field(3, ge=1, le=10, description="restarts setup's offline phases take")
+    feature_update_restart_minutes: float = Field(
+        40, gt=0, description="the restart that installs the feature update, all its restarts, until WinRM is back")
     join_seconds: float = Field(30, ge=0, description="Joining after WinRM is up, before the node is back Paused")
     write_mb_per_s: float = Field(40, ge=0, description="data written to the volumes while a node is away")
     repair_mb_per_s: float = Field(500, gt=0, description="resync throughput")
@@ -94,7 +101,17 @@ class Knobs(Strict):
     cau_run_state: Literal["RunNotInProgress", "RunInProgress", "RunFailed"] = Field(
         "RunNotInProgress", description="what Get-CauRun reports (a CAU run left behind blocks the upgrade)")
     witness: Literal["Cloud Witness", "File Share Witness", "none"] = "Cloud Witness"
+    cluster_down_error: Literal["ClusterEndpointNotRegistered", "ClusterRpcConnection"] = Field(
+        "ClusterEndpointNotRegistered",
+        description="what a failover-cluster cmdlet answers on a node whose cluster service is not running")
+    enum_forms: dict[EnumName, Literal["enum", "string", "integer"]] = Field(
+        default_factory=dict,
+        description="how an enum property travels, per .NET enum (psenums class name): a .NET enum object (the "
+                    "default), a plain string (serialized at remoting's default depth), or a bare integer (CIM)")
 
+
+EnumName = Literal["NodeState", "DrainStatus", "NodeStatusInformation", "HealthStatus", "OperationalStatus",
+                   "JobState", "ScheduledTaskState", "GroupState", "GroupType", "CauRunState"]
 
 REQUIRED_FEATURES = ("Failover-Clustering", "FS-VSS-Agent", "FS-Resource-Manager", "GPMC", "NetworkATC",
                      "NetworkController", "RSAT-AD-Powershell", "RSAT-Hyper-V-Tools", "Data-Center-Bridging",

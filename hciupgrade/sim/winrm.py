@@ -38,7 +38,14 @@ from psrpcore.types import PSInvocationState
 from hciupgrade.models import is_loopback
 from hciupgrade.sim import cmdlets
 from hciupgrade.sim.cluster import SimCluster
-from hciupgrade.sim.pstypes import category_info, error_record, exception_of, normalise_param, to_ps
+from hciupgrade.sim.pstypes import (
+    category_info,
+    error_record,
+    exception_of,
+    invocation_info,
+    normalise_param,
+    to_ps,
+)
 
 NS = {
     "s": "http://www.w3.org/2003/05/soap-envelope",
@@ -283,9 +290,11 @@ class FakeWinRM:
                         self.sim, self.node, caller,
                         [(c.command_text, p) for c, p in zip(statement, params, strict=True)])
                 for output in outputs:
-                    pipe.write_output(to_ps(output))
+                    pipe.write_output(to_ps(output, self.sim.knobs.enum_forms))
                 for error in errors:
-                    pipe.write_error(exception_of(error), category_info(error), error.target, error.fq_error_id)
+                    pipe.write_error(exception_of(error), category_info(error), error.target, error.fq_error_id,
+                                     invocation_info=invocation_info(error),
+                                     script_stack_trace="at <ScriptBlock>, <No file>: line 1")
         except cmdlets.Terminating as terminating:
             pipe._change_state(PSInvocationState.Failed, error_record(terminating.error))  # no public API
         else:

@@ -1,0 +1,44 @@
+<#
+.SYNOPSIS
+    Pauses and drains this node for its upgrade, only when it is Up and paused by nobody; marks the pause as
+    hci-upgrade's before making it.
+.DESCRIPTION
+    Shipped with hci-upgrade and sent as is; only the parameters below are bound, never text built from input.
+    The mark is the registry key HKLM:\SOFTWARE\hci-upgrade on the node itself (PausedByRun, PausedBy, PausedAt),
+    written before Suspend-ClusterNode and removed if the suspend fails, the way kured annotates a node before it
+    cordons it. After a lost answer or a crash, a Paused node with this run's mark is hci-upgrade's; a Paused node
+    without it is someone else's and is never drained, updated, restarted or resumed by hci-upgrade.
+    A node already paused by the same run (its mark) is drained again (a drain that failed, -ForceDrain); a drain
+    of ours in progress is only returned.
+#>
+[CmdletBinding()]
+param(
+    [Parameter(Mandatory)] [ValidatePattern('^[A-Za-z0-9][A-Za-z0-9-]{0,14}$')] [string] $Name,
+    [Parameter(Mandatory)] [ValidatePattern('^[A-Za-z0-9-]{1,64}$')] [string] $RunId,
+    [switch] $ForceDrain
+)
+$ErrorActionPreference = 'Stop'
+$key = 'HKLM:\SOFTWARE\hci-upgrade'
+$node = Get-ClusterNode -Name $Name
+$mark = Get-ItemProperty -Path $key -ErrorAction SilentlyContinue
+$ours = $mark -and $mark.PausedByRun -eq $RunId
+if ([string]$node.State -ne 'Up' -and -not ([string]$node.State -eq 'Paused' -and $ours)) {
+    $who = if ($mark) { "hci-upgrade run $($mark.PausedByRun) ($($mark.PausedBy), $($mark.PausedAt))" } else { 'someone else (no hci-upgrade mark)' }
+    $record = [System.Management.Automation.ErrorRecord]::new(
+        [System.InvalidOperationException]::new("$Name is $($node.State), paused by $who; hci-upgrade does not take over a pause that is not its own."),
+        'NodeNotUp', [System.Management.Automation.ErrorCategory]::ResourceBusy, $Name)
+    $PSCmdlet.ThrowTerminatingError($record)
+}
+if (-not $ours) {
+    $null = New-Item -Path $key -Force
+    $null = New-ItemProperty -Path $key -Name PausedByRun -Value $RunId -Force
+    $null = New-ItemProperty -Path $key -Name PausedBy -Value "$env:USERDOMAIN\$env:USERNAME" -Force
+    $null = New-ItemProperty -Path $key -Name PausedAt -Value ([datetime]::UtcNow.ToString('o')) -Force
+}
+if ($ours -and [string]$node.DrainStatus -eq 'InProgress' -and -not $ForceDrain) { return $node }  # only watch it
+try {
+    Suspend-ClusterNode -Name $Name -Drain -ForceDrain:$ForceDrain
+} catch {
+    if (-not $ours) { Remove-Item -Path $key -Recurse -Force -ErrorAction SilentlyContinue }
+    throw
+}
