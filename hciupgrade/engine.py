@@ -178,7 +178,7 @@ class RollingUpgrade:
             action = decision.action
             if action == "run":
                 action = "adopt" if position.value.startswith("ours") else self.mode.value
-            detail = decision.why + (f" ({facts.held_by})" if position == Position.PAUSED_BY_OTHER else "")
+            detail = f"paused by {facts.held_by}" if position == Position.PAUSED_BY_OTHER else decision.why
             planned.append(PlannedNode(node, action, detail, tuple(s for s in decision.steps if self._wanted(s)),
                                        position.value))
         return planned
@@ -287,8 +287,8 @@ class RollingUpgrade:
                                            build_before=outcome.build_before, build_after=outcome.build_before)
                         return
                     if decision.action == "refuse":
-                        held = f" ({facts.held_by})" if position == Position.PAUSED_BY_OTHER else ""
-                        raise NotStarted(node, position.value, f"{decision.why}{held}: not touched")
+                        why = f"paused by {facts.held_by}" if position == Position.PAUSED_BY_OTHER else decision.why
+                        raise NotStarted(node, position.value, f"{why}: not touched")
                     if attempt == 1:
                         self.recorder.emit(node, "node", "running", build_before=outcome.build_before,
                                            position=position.value, steps=list(decision.steps))
@@ -394,3 +394,7 @@ class RollingUpgrade:
 
 class NotStarted(StepFailed):
     """The node's position refuses it (paused by someone else, down, unreachable): nothing was done to it."""
+
+    def __init__(self, node: str, position: str, message: str) -> None:
+        Exception.__init__(self, f"{node}: {message}")
+        self.node, self.step = node, position

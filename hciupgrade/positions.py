@@ -119,7 +119,7 @@ DECISIONS: dict[tuple[Mode, Position], Decision] = {
 for _mode in Mode:
     DECISIONS[(_mode, Position.PAUSED_BY_OTHER)] = Decision("refuse", why="paused by someone else")
     DECISIONS[(_mode, Position.DOWN)] = Decision("refuse", why="down, and not by a run of ours")
-    DECISIONS[(_mode, Position.UNREACHABLE)] = Decision("refuse", why="does not answer on WinRM")
+    DECISIONS[(_mode, Position.UNREACHABLE)] = Decision("refuse", why="not reachable: does not answer on WinRM")
 
 
 def decide(mode: Mode, facts: NodeFacts) -> tuple[Position, Decision]:

@@ -186,8 +186,10 @@ class Steps:
 
         snapshot = self.clock.wait_for(probe, timeout=self.options.repair_timeout_minutes * 60, poll=self.poll)
         if snapshot is None:
-            if settled:  # name the volumes too, not only the jobs
-                last = storage_busy(self.client.snapshot()) or last
+            if settled:  # name the volumes too, and a node whose absence keeps them degraded
+                snapshot = self.client.snapshot()
+                last = storage_busy(snapshot) + [f"node {n.name} is {n.state.name}" for n in snapshot.nodes
+                                                 if n.state != NodeState.Up] or last
             raise StorageNotHealthy(node, "wait-storage",
                                     f"storage not healthy after {self.options.repair_timeout_minutes:g} min: "
                                     + "; ".join(last or ["a repair job is still running"]))
