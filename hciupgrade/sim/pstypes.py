@@ -118,9 +118,18 @@ def error_record(error: ErrorOut) -> ErrorRecord:
 
 def category_info(error: ErrorOut) -> ErrorCategoryInfo:
     category = getattr(ErrorCategory, error.category, ErrorCategory.NotSpecified)
-    return ErrorCategoryInfo(Category=category, Activity=error.activity or "",
-                             Reason=error.exception_type.rsplit(".", 1)[-1], TargetName=error.target or "",
-                             TargetType="String" if error.target else "")
+    return CategoryInfo(Category=category, Activity=error.activity or "",
+                        Reason=error.exception_type.rsplit(".", 1)[-1], TargetName=error.target or "",
+                        TargetType="String" if error.target else "")
+
+
+class CategoryInfo(ErrorCategoryInfo):
+    """psrpcore's ErrorCategoryInfo, with the message .NET's GetMessage() gives (psrpcore drops the colon):
+    "NotSpecified: (:) [Write-Error], WriteErrorException", as in the recorded real record."""
+
+    def __str__(self) -> str:
+        return (f"{self.Category.name}: ({self.TargetName or ''}:{self.TargetType or ''}) [{self.Activity or ''}], "
+                f"{self.Reason or ''}")
 
 
 def exception_of(error: ErrorOut) -> NETException:
