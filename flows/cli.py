@@ -130,26 +130,6 @@ def sim_serve(
             pass
 
 
-def _load_options(path: Path | None) -> Any:
-    import yaml
-    from pydantic import ValidationError
-
-    from hciupgrade.models import RunOptions, format_validation
-
-    if path is None:
-        return RunOptions()
-    try:
-        return RunOptions.model_validate(yaml.safe_load(path.read_text()) or {})
-    except FileNotFoundError:
-        raise InputProblem(f"{path}: no such options file") from None
-    except ValidationError as e:
-        raise InputProblem(format_validation(str(path), e)) from None
-
-
-class InputProblem(Exception):
-    pass
-
-
 @app.command()
 def upgrade(
     inventory: Annotated[Path, typer.Option(help="inventory file (YAML)")],
@@ -160,19 +140,22 @@ def upgrade(
 ) -> None:
     """Upgrade one cluster of an inventory, node by node. Exit 0 when it ends upgraded, 1 when not, 2 for bad
     input. Run it again after a crash: it picks up where the cluster is."""
-    from hciupgrade.models import InputError, load_inventory
+    from hciupgrade.models import InputError, load_inventory, load_options
 
     try:
         inv = load_inventory(inventory)
         target = inv.cluster(cluster)
-        run_options = _load_options(options)
+        run_options = load_options(options)
+        run_options.check_against(target)
         target.credential.resolve(secret_block=lambda name: "")  # fail early on a missing environment variable
-    except (InputError, InputProblem) as e:
+    except InputError as e:
         err.print(f"[red]{e}[/]")
         raise typer.Exit(2) from None
     except Exception as e:  # noqa: BLE001 - a credential problem is bad input too
         err.print(f"[red]{e}[/]")
         raise typer.Exit(2) from None
+    for warning in target.warnings():
+        err.print(f"[yellow]warning:[/] {warning}")
     console = err if json_out else make_console()
     if dry_run:
         outcome = _dry_run(target, run_options, console)

@@ -68,6 +68,9 @@ def rolling_upgrade(inventory: str, cluster: str | None = None, options: RunOpti
                     run_id: str | None = None, dry_run: bool = False) -> dict:
     options = options or RunOptions()
     target = load_inventory(inventory).cluster(cluster)
+    options.check_against(target)  # before anything connects
+    for warning in target.warnings():
+        get_run_logger().warning(warning)
     outcome = run_engine(*prefect_engine(target, options, run_id), dry_run=dry_run)
     if not outcome.succeeded:
         get_run_logger().error("Upgrade of %s failed: %s", target.name, outcome.error)

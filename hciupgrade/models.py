@@ -94,11 +94,29 @@ class NodeEndpoint(Strict):
 
 class ClusterInventory(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9-]{0,14}$")
-    nodes: list[NodeEndpoint] = Field(min_length=2, max_length=16)
+    nodes: list[NodeEndpoint] = Field(max_length=16)
     transport: Transport = Transport()
     credential: CredentialRef
     time_factor: float = Field(1.0, gt=0, le=100_000,
                                description="simulator only: cluster seconds per wall second; 1 for a real cluster")
+
+    @field_validator("nodes")
+    @classmethod
+    def _rolling(cls, nodes: list[NodeEndpoint]) -> list[NodeEndpoint]:
+        if len(nodes) < 2:
+            raise ValueError(f"a cluster of {len(nodes)} node(s) has no rolling path: a node can only leave service "
+                             "while another carries its workloads and a copy of its data; list at least 2 nodes "
+                             "(a single-node system is updated in a maintenance window that allows downtime)")
+        return nodes
+
+    def warnings(self) -> list[str]:
+        """What is allowed but unsafe, for the operator to read before the run."""
+        remote = [n for n in self.nodes if not is_loopback(n.address)]
+        if self.transport.scheme == "https" and self.transport.cert_validation is False and remote:
+            return [f"cluster {self.name}: certificate validation is off towards {n.name} ({n.address}): anyone "
+                    "on the path can impersonate the node; give transport.cert_validation the CA bundle instead"
+                    for n in remote]
+        return []
 
     @model_validator(mode="after")
     def _safe_transport(self) -> ClusterInventory:
@@ -144,14 +162,35 @@ class InputError(ValueError):
     """Bad input: the message names the field, the value and what is allowed."""
 
 
-def format_validation(source: str, err: ValidationError) -> str:
-    lines = [f"{source}: invalid"]
+def format_validation(source: str, err: ValidationError, what: str = "") -> str:
+    """One line a problem: the field's path, what is wrong, the value given (inventories, options, scenarios)."""
+    lines = [f"{source}: invalid" + (f" {what}" if what else "")]
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
         value = e.get("input")
         shown = "" if isinstance(value, dict | list) or value is None else f" (got {value!r})"
         lines.append(f"  {loc}: {e['msg'].removeprefix('Value error, ')}{shown}")
     return "\n".join(lines)
+
+
+def load_options(path: str | Path | None) -> RunOptions:
+    """Run options from a YAML file (CAU's names); every problem names the file and the field."""
+    if path is None:
+        return RunOptions()
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such options file") from None
+    except yaml.YAMLError as e:
+        raise InputError(f"{path}: not valid YAML: {e}") from None
+    if data is not None and not isinstance(data, dict):
+        raise InputError(f"{path}: run options are a mapping of names (MaxFailedNodes: 1, ...), not "
+                         f"{type(data).__name__}")
+    try:
+        return RunOptions.model_validate(data or {})
+    except ValidationError as e:
+        raise InputError(format_validation(str(path), e)) from None
 
 
 def load_inventory(path: str | Path) -> Inventory:
@@ -169,6 +208,7 @@ def load_inventory(path: str | Path) -> Inventory:
 
 
 SCRIPT_PATH = r"^[A-Za-z]:\\[A-Za-z0-9_\\ .()-]{1,250}\.ps1$"
+LOCAL_DIR = r"^[A-Za-z]:\\[A-Za-z0-9_\\ .()-]{0,250}$"  # a local folder on the node, by the same rule
 
 
 class RunOptions(Strict):
@@ -179,7 +219,7 @@ class RunOptions(Strict):
 
     target_build: str = Field("10.0.25398", pattern=r"^10\.0\.\d{5}(\.\d+)?$",
                               description="a node on this build (or a later UBR) counts as upgraded")
-    setup_path: str = Field(r"C:\SetupFiles\WindowsServer\ExtractedFiles", pattern=r"^[A-Za-z]:\\",
+    setup_path: str = Field(r"C:\SetupFiles\WindowsServer\ExtractedFiles", pattern=LOCAL_DIR,
                             alias="PathToSetupMedia",
                             description="the extracted 23H2 media, the same local path on every node")
     max_failed_nodes: int | None = Field(None, ge=0, alias="MaxFailedNodes",
@@ -228,6 +268,30 @@ class RunOptions(Strict):
         if v is not None and len({n.lower() for n in v}) != len(v):
             raise ValueError("node_order names a node twice")
         return v
+
+    @field_validator("setup_path", "pre_update_script", "post_update_script")
+    @classmethod
+    def _no_parent(cls, v: str | None) -> str | None:
+        if v is not None and ".." in v.split("\\"):
+            raise ValueError("a path on the node may not climb out of its folder with '..'")
+        return v
+
+    @field_validator("stop_after", "warn_after")
+    @classmethod
+    def _positive(cls, v: timedelta | None) -> timedelta | None:
+        if v is not None and v.total_seconds() <= 0:
+            raise ValueError("a duration after which the run stops or warns must be positive, e.g. 04:00:00")
+        return v
+
+    def check_against(self, cluster: ClusterInventory) -> None:
+        """Options that name nodes must name nodes of the cluster: refused before anything connects."""
+        names = [n.name for n in cluster.nodes]
+        known = {n.lower() for n in names}
+        for field, values in (("NodeOrder", self.node_order), ("restart_only", self.restart_only)):
+            unknown = [v for v in values or [] if v.lower() not in known]
+            if unknown:
+                raise InputError(f"{field}: {unknown[0]!r} is not a node of cluster {cluster.name} (it has "
+                                 f"{', '.join(names)}); fix the name or drop it")
 
     @property
     def restart_timeout_minutes(self) -> float:

@@ -105,8 +105,8 @@ def cases(draw):
     return scenario, options, kill_after, operator
 
 
-def engine_for(sim: SimCluster, options: RunOptions, budget: list[int] | None,
-               operator: Operator | None) -> RollingUpgrade:
+def engine_for(sim: SimCluster, options: RunOptions, budget: list[int] | None = None,
+               operator: Operator | None = None) -> RollingUpgrade:
     inventory = ClusterInventory(
         name=sim.name, nodes=[NodeEndpoint(name=x, address="127.0.0.1", port=5985) for x in sim.nodes],
         transport=Transport(scheme="http", auth="basic"), time_factor=FACTOR,

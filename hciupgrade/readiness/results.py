@@ -110,6 +110,26 @@ def normalise(raw: dict[str, Any], source: str, node: str | None = None) -> dict
     }
 
 
+def _ends_open(text: str) -> bool:
+    """Whether JSON text ends inside a string, an object or an array (a file cut short)."""
+    depth, in_string, escaped = 0, False, False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+    return in_string or depth > 0
+
+
 def _tolerant_json(text: str) -> Any:
     """json.loads, accepting the raw line breaks and tabs inside strings that the TSGs' copies contain."""
     try:
@@ -159,16 +179,25 @@ def read_file(path: str | Path) -> tuple[list[dict[str, Any]], list[Problem]]:
         text = path.read_text(encoding="utf-8-sig")
     except OSError as e:
         return [], [Problem(str(path), f"cannot be read: {e.strerror or e}")]
-    text = text.strip()
-    if text.startswith(("Exception", "Type ")) and "{" in text:  # an ECE exception as copied from a log
-        text = text[text.index("{"):]
+    start = len(text) - len(text.lstrip())
+    if text.lstrip().startswith(("Exception", "Type ")) and "{" in text:  # an ECE exception as copied from a log
+        start = text.index("{")
+    offset = text[:start].count("\n")  # lines before what is parsed, so an error names the file's own line
+    text = text[start:].strip()
     try:
         documents = [_tolerant_json(text)]
-    except json.JSONDecodeError:
+    except json.JSONDecodeError as whole:
         try:
             documents = [_tolerant_json(line) for line in text.splitlines() if line.strip()]
-        except json.JSONDecodeError as e:
-            return [], [Problem(str(path), f"not JSON (line {e.lineno}, column {e.colno}: {e.msg})")]
+        except json.JSONDecodeError:  # not JSON Lines either: the whole document's first error is the real one
+            try:
+                json.loads(text)
+                e = whole
+            except json.JSONDecodeError as plain:
+                e = plain
+            ending = "; the file ends inside a value: cut short?" if _ends_open(text) else ""
+            return [], [Problem(str(path), f"not JSON (line {e.lineno + offset}, column {e.colno}: {e.msg})"
+                                           f"{ending}")]
     return parse_records([r for d in documents for r in _records_in(d)], source=str(path))
 
 

@@ -14,6 +14,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from hciupgrade.models import format_validation
+
 NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,14}$")
 
 
@@ -222,16 +224,6 @@ class ScenarioError(ValueError):
     """A scenario that does not validate; the message names the field, the value and what is allowed."""
 
 
-def _format_errors(source: str, err: ValidationError) -> str:
-    lines = [f"{source}: invalid scenario"]
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        value = e.get("input")
-        shown = "" if isinstance(value, dict | list) else f" (got {value!r})"
-        lines.append(f"  {loc}: {e['msg']}{shown}")
-    return "\n".join(lines)
-
-
 def load_scenario(path: str | Path) -> Scenario:
     path = Path(path)
     try:
@@ -249,7 +241,7 @@ def parse_scenario(data: object, source: str = "scenario") -> Scenario:
     try:
         return Scenario.model_validate(data)
     except ValidationError as e:
-        raise ScenarioError(_format_errors(source, e)) from None
+        raise ScenarioError(format_validation(source, e, what='scenario')) from None
 
 
 SCENARIO_DIR = Path(__file__).parent / "scenarios"
