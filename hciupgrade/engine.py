@@ -28,8 +28,8 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
-from hciupgrade.cluster import ClusterClient
-from hciupgrade.gates import storage_busy
+from hciupgrade.cluster import ClusterClient, ClusterSnapshot
+from hciupgrade.gates import repair_running
 from hciupgrade.models import NodeOutcome, RunOptions, RunOutcome
 from hciupgrade.positions import Mode, NodeFacts, Position, decide, held_by, position_of
 from hciupgrade.preflight import PlannedNode, Preflight, check
@@ -125,8 +125,8 @@ class RollingUpgrade:
         else:
             on_target = build is not None and self.options.build_reached(build)
         settled = True
-        if on_target and state == NodeState.Up and node not in self.owned:
-            settled = not storage_busy(self.client.snapshot())
+        if on_target and state == NodeState.Up and not self.owned:  # a node of ours away is finished first
+            settled = not repair_running(ClusterSnapshot((), (), tuple(self.client.storage_jobs()), None))
         return NodeFacts(node, state, reachable, on_target, node in self.owned, marked, settled, held_by(mark))
 
     # --- before anything changes ----------------------------------------------------------------------------
@@ -171,6 +171,7 @@ class RollingUpgrade:
         else:
             roles = self.client.roles_per_node()
             order = sorted(names, key=lambda n: (roles.get(n, 0), names.index(n)))
+        order = [n for n in order if n in self.owned] + [n for n in order if n not in self.owned]  # ours first
         planned = []
         for node in order:
             facts = self.facts(node)
@@ -204,13 +205,17 @@ class RollingUpgrade:
             for f in pre.findings:
                 self.recorder.emit(None, "preflight", "succeeded" if f.ok else "failed", check=f.check,
                                    detail=f.detail, blocking=f.blocking)
-            if pre.blocked:
-                raise StopRun("preflight: " + "; ".join(pre.blocking_reasons()))
-            pre.plan = self.plan()
+            try:  # a blocked run still shows its plan (the dry run), when the cluster answers for one
+                pre.plan = self.plan()
+            except RemoteError:
+                if not pre.blocked:
+                    raise
             outcomes = {p.node: NodeOutcome(node=p.node) for p in pre.plan}
             self.recorder.emit(None, "plan", "succeeded", order=[p.node for p in pre.plan],
                                actions={p.node: p.action for p in pre.plan},
                                positions={p.node: p.position for p in pre.plan})
+            if pre.blocked:
+                raise StopRun("preflight: " + "; ".join(pre.blocking_reasons()))
             if not dry_run:
                 self._upgrade(pre.plan, outcomes, started)
                 failed = [o for o in outcomes.values() if o.counts_as_failed]
