@@ -220,16 +220,17 @@ def _dry_run(target: Any, options: Any, console: Console) -> dict:
         scan.add_row(row.node, row.current or "", row.offered or "", row.error or "")
     plan = Table(title="Plan (in this order; gates before each drain: other nodes Up, no storage job, "
                        "every virtual disk Healthy, pool Healthy)", box=box.SIMPLE_HEAD)
-    for column in ("#", "node", "action", "detail", "steps"):
+    for column in ("#", "node", "position", "action", "detail", "steps"):
         plan.add_column(column)
     for i, p in enumerate(pre.plan, 1):
-        plan.add_row(str(i), p.node, p.action, p.detail, " > ".join(p.steps))
+        plan.add_row(str(i), p.node, p.position, p.action, p.detail, " > ".join(p.steps))
     for table in (findings, scan, plan):
         console.print(table)
     console.print("Dry run: nothing was changed." + (f" [red]Blocked:[/] {outcome.error}" if outcome.error else ""))
     return {**outcome.model_dump(mode="json"), "dry_run": True,
             "findings": [f.__dict__ for f in pre.findings], "scan": [r.__dict__ for r in pre.scan],
-            "plan": [{"node": p.node, "action": p.action, "detail": p.detail, "steps": list(p.steps)}
+            "plan": [{"node": p.node, "position": p.position, "action": p.action, "detail": p.detail,
+                      "steps": list(p.steps)}
                      for p in pre.plan]}
 
 

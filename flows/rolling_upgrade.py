@@ -90,7 +90,9 @@ def publish(recorder: RunRecorder, outcome: RunOutcome) -> None:
              f"Run `{outcome.run_id}`.", ""]
     if outcome.error:
         lines += [f"**Stopped:** {outcome.error}", ""]
-    lines += ["| node | before | after | result | attempts |", "|---|---|---|---|---|"]
-    lines += [f"| {n.node} | {n.build_before or ''} | {n.build_after or ''} | {n.result} | {n.attempts} |"
-              for n in outcome.nodes]
+    if outcome.left_paused:
+        lines += [f"**Left paused or down by a run of ours:** {', '.join(outcome.left_paused)}", ""]
+    lines += ["| node | before | after | result | attempts | storage | error |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {n.node} | {n.build_before or ''} | {n.build_after or ''} | {n.result} | {n.attempts} | "
+              f"{'not healthy' if n.storage_healthy is False else ''} | {n.error or ''} |" for n in outcome.nodes]
     create_markdown_artifact("\n".join(lines), key=f"{key}-summary")
