@@ -25,6 +25,7 @@ from hciupgrade.remote import (
 )
 
 FEATURE_UPDATE_TASK = "HciUpgrade-FeatureUpdate"
+CUMULATIVE_UPDATE_TASK = "HciUpgrade-CumulativeUpdate"
 CURRENT_VERSION_KEY = r"HKLM:\SOFTWARE\Microsoft\Windows NT\CurrentVersion"
 # Our mark on a node we paused (Suspend-NodeForUpgrade.ps1 writes it, Resume-NodeAfterUpgrade.ps1 removes it)
 MARKER_KEY = r"HKLM:\SOFTWARE\hci-upgrade"
@@ -34,6 +35,25 @@ CLUSTER_SERVICE_DOWN = ("ClusterEndpointNotRegistered", "ClusterRpcConnection")
 TASK_NOT_FOUND = "CmdletizationQuery_NotFound_TaskName"
 PATH_NOT_FOUND = "PathNotFound"
 STOP = {"ErrorAction": "Stop"}  # where the code relies on a failure being terminating
+
+
+@dataclass(frozen=True)
+class UpdateKind:
+    """How an update is installed on a node: a packaged script registers a SYSTEM scheduled task that runs the
+    installer with no restart; the task's LastTaskResult is the installer's exit code."""
+
+    name: str
+    task: str
+    script: str
+    path_parameter: str
+    success: frozenset[int]
+
+
+FEATURE = UpdateKind("feature", FEATURE_UPDATE_TASK, "Register-FeatureUpdateTask.ps1", "SetupPath", frozenset({0}))
+# wusa.exe: 0 installed, 3010 installed and a restart is needed, 0x240006 already installed
+CUMULATIVE = UpdateKind("cumulative", CUMULATIVE_UPDATE_TASK, "Register-CumulativeUpdateTask.ps1", "PackagePath",
+                        frozenset({0, 3010, 0x240006}))
+UPDATES = {kind.name: kind for kind in (FEATURE, CUMULATIVE)}
 
 
 @dataclass(frozen=True)
@@ -237,30 +257,28 @@ class ClusterClient:
         call = PackagedScript("Resume-NodeAfterUpgrade.ps1", {"Name": node, "RunId": run_id, "Failback": failback})
         return NodeInfo.parse(first(self.session(node).run(call), node, call))
 
-    def register_feature_update(self, node: str, setup_path: str) -> None:
-        self.session(node).run(PackagedScript("Register-FeatureUpdateTask.ps1",
-                                              {"SetupPath": setup_path, "TaskName": FEATURE_UPDATE_TASK}))
+    def register_update(self, node: str, kind: UpdateKind, path: str) -> None:
+        self.session(node).run(PackagedScript(kind.script, {kind.path_parameter: path, "TaskName": kind.task}))
 
-    def start_feature_update(self, node: str) -> None:
-        self.session(node).run(Cmdlet("Start-ScheduledTask", {"TaskName": FEATURE_UPDATE_TASK, **STOP}))
+    def start_update(self, node: str, kind: UpdateKind) -> None:
+        self.session(node).run(Cmdlet("Start-ScheduledTask", {"TaskName": kind.task, **STOP}))
 
-    def stop_feature_update(self, node: str) -> None:
-        self.session(node).run(Cmdlet("Stop-ScheduledTask", {"TaskName": FEATURE_UPDATE_TASK, **STOP}))
+    def stop_update(self, node: str, kind: UpdateKind) -> None:
+        self.session(node).run(Cmdlet("Stop-ScheduledTask", {"TaskName": kind.task, **STOP}))
 
-    def feature_update_result(self, node: str) -> int:
-        """Setup's exit code so far: LastTaskResult (0x41301 while the task runs)."""
-        call = Cmdlet("Get-ScheduledTaskInfo", {"TaskName": FEATURE_UPDATE_TASK, **STOP})
+    def update_result(self, node: str, kind: UpdateKind) -> int:
+        """The installer's exit code so far: LastTaskResult (0x41301 while the task runs)."""
+        call = Cmdlet("Get-ScheduledTaskInfo", {"TaskName": kind.task, **STOP})
         return int(first(self.session(node).run(call), node, call)["LastTaskResult"]) & 0xFFFFFFFF
 
-    def feature_update_status(self, node: str) -> tuple[ScheduledTaskState, int] | None:
-        """The task's state and setup's exit code (LastTaskResult; 0x41301 while it runs); None when the task
-        does not exist (Get-ScheduledTask writes a non-terminating ObjectNotFound and no object)."""
-        session = self.session(node)
-        call = Cmdlet("Get-ScheduledTask", {"TaskName": FEATURE_UPDATE_TASK})
-        result = session.run(call)
+    def update_status(self, node: str, kind: UpdateKind) -> tuple[ScheduledTaskState, int] | None:
+        """The task's state and the installer's exit code (0x41301 while it runs); None when the task does not
+        exist (Get-ScheduledTask writes a non-terminating ObjectNotFound and no object)."""
+        call = Cmdlet("Get-ScheduledTask", {"TaskName": kind.task})
+        result = self.session(node).run(call)
         if only_not_found(result, node, call, TASK_NOT_FOUND):
             return None
-        return parse(ScheduledTaskState, result.objects[0]["State"]), self.feature_update_result(node)
+        return parse(ScheduledTaskState, result.objects[0]["State"]), self.update_result(node, kind)
 
     def restart(self, node: str) -> None:
         """Restart-Computer -Force. The connection may drop before the answer: that is the restart working."""

@@ -209,6 +209,8 @@ def load_inventory(path: str | Path) -> Inventory:
 
 SCRIPT_PATH = r"^[A-Za-z]:\\[A-Za-z0-9_\\ .()-]{1,250}\.ps1$"
 LOCAL_DIR = r"^[A-Za-z]:\\[A-Za-z0-9_\\ .()-]{0,250}$"  # a local folder on the node, by the same rule
+LOCAL_MSU = r"^[A-Za-z]:\\[A-Za-z0-9_\\ .()-]{1,250}\.msu$"
+LCU_MINIMUM = "10.0.25398.1904"  # the environment checker's minimum for the 23H2 cumulative update
 
 
 class RunOptions(Strict):
@@ -217,8 +219,16 @@ class RunOptions(Strict):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
+    update: Literal["feature", "cumulative"] = Field(
+        "feature", description="feature: the 23H2 feature update from the setup media; cumulative: the 23H2 "
+                               "cumulative update (LCU) package, once every node runs 23H2")
     target_build: str = Field("10.0.25398", pattern=r"^10\.0\.\d{5}(\.\d+)?$",
-                              description="a node on this build (or a later UBR) counts as upgraded")
+                              description="a node on this build (or a later UBR) counts as upgraded; for the "
+                                          "cumulative update, the lowest UBR accepted (default 10.0.25398.1904, "
+                                          "the environment checker's rule)")
+    update_package: str = Field(r"C:\SetupFiles\CumulativeUpdate\23H2-LCU.msu", pattern=LOCAL_MSU,
+                                alias="PathToUpdatePackage",
+                                description="the cumulative update (.msu), the same local path on every node")
     setup_path: str = Field(r"C:\SetupFiles\WindowsServer\ExtractedFiles", pattern=LOCAL_DIR,
                             alias="PathToSetupMedia",
                             description="the extracted 23H2 media, the same local path on every node")
@@ -269,7 +279,15 @@ class RunOptions(Strict):
             raise ValueError("node_order names a node twice")
         return v
 
-    @field_validator("setup_path", "pre_update_script", "post_update_script")
+    @model_validator(mode="before")
+    @classmethod
+    def _lcu_target(cls, data: object) -> object:
+        if isinstance(data, dict) and data.get("update") == "cumulative" and not (
+                {"target_build", "TargetBuild"} & set(data)):
+            return {**data, "target_build": LCU_MINIMUM}
+        return data
+
+    @field_validator("setup_path", "update_package", "pre_update_script", "post_update_script")
     @classmethod
     def _no_parent(cls, v: str | None) -> str | None:
         if v is not None and ".." in v.split("\\"):
@@ -295,9 +313,10 @@ class RunOptions(Strict):
 
     @property
     def restart_timeout_minutes(self) -> float:
-        """The restart's timeout: the feature update's when this run installs one, CAU's otherwise."""
-        return self.reboot_timeout_minutes if self.restart_only is not None else \
-            self.feature_update_reboot_timeout_minutes
+        """The restart's timeout: the feature update's when this run installs one, CAU's otherwise (a cumulative
+        update, a rolling restart)."""
+        feature = self.restart_only is None and self.update == "feature"
+        return self.feature_update_reboot_timeout_minutes if feature else self.reboot_timeout_minutes
 
     def build_reached(self, build: str) -> bool:
         want = tuple(int(p) for p in self.target_build.split("."))

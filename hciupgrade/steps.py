@@ -11,7 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hciupgrade.clock import ClusterClock
-from hciupgrade.cluster import SCHED_S_TASK_RUNNING, ClusterClient, ClusterSnapshot, NodeInfo
+from hciupgrade.cluster import (
+    FEATURE,
+    SCHED_S_TASK_RUNNING,
+    UPDATES,
+    ClusterClient,
+    ClusterSnapshot,
+    NodeInfo,
+    UpdateKind,
+)
 from hciupgrade.gates import may_drain, repair_running, storage_busy, storage_settled
 from hciupgrade.models import RunOptions
 from hciupgrade.psenums import DrainStatus, NodeState, ScheduledTaskState
@@ -115,26 +123,35 @@ class Steps:
 
         return self.clock.wait_for(finished, timeout=self.options.drain_timeout_minutes * 60, poll=self.poll)
 
+    @property
+    def update(self) -> UpdateKind:
+        return UPDATES[self.options.update]
+
     def install(self, node: str) -> int:
-        """Run setup's down-level phase in the scheduled task and wait for its exit code. Idempotent: a setup
+        """Run the update's installer in its scheduled task (no restart) and wait for its exit code: setup's
+        down-level phase for the feature update, wusa.exe for the cumulative update. Idempotent: an installer
         that is running is only watched, one that already succeeded is not run again."""
-        state, code = self.client.feature_update_status(node) or (ScheduledTaskState.Unknown, None)
-        if state == ScheduledTaskState.Ready and code == 0:
-            return 0
+        kind = self.update
+        state, code = self.client.update_status(node, kind) or (ScheduledTaskState.Unknown, None)
+        if state == ScheduledTaskState.Ready and code in kind.success:
+            return code
         if state != ScheduledTaskState.Running:
-            self.client.register_feature_update(node, self.options.setup_path)
-            self.client.start_feature_update(node)
+            path = self.options.setup_path if kind is FEATURE else self.options.update_package
+            self.client.register_update(node, kind, path)
+            self.client.start_update(node, kind)
 
         def finished() -> tuple[ScheduledTaskState, int] | None:
-            code = self.client.feature_update_result(node)  # one call a poll: 0x41301 while setup runs
+            code = self.client.update_result(node, kind)  # one call a poll: 0x41301 while it runs
             return (ScheduledTaskState.Ready, code) if code != SCHED_S_TASK_RUNNING else None
 
         status = self.clock.wait_for(finished, timeout=self.options.install_timeout_minutes * 60, poll=self.poll)
         if status is None:
-            raise StepFailed(node, "install", f"setup still running after {self.options.install_timeout_minutes:g} min")
+            raise StepFailed(node, "install", f"the {kind.name} update still running after "
+                                              f"{self.options.install_timeout_minutes:g} min")
         code = status[1]
-        if code != 0:
-            raise StepFailed(node, "install", f"setup failed with exit code {code:#010x}; the node keeps its build")
+        if code not in kind.success:
+            what = "setup" if kind is FEATURE else "wusa.exe"
+            raise StepFailed(node, "install", f"{what} failed with exit code {code:#010x}; the node keeps its build")
         return code
 
     def reboot(self, node: str) -> None:
@@ -205,10 +222,11 @@ class Steps:
             raise
 
     def abort_install(self, node: str) -> None:
-        """Stop a setup that is still in its down-level phase, before the node is brought back."""
-        status = self.client.feature_update_status(node)
+        """Stop an installer that is still in its first phase (it changes nothing until a restart), before the
+        node is brought back."""
+        status = self.client.update_status(node, self.update)
         if status is not None and status[0] == ScheduledTaskState.Running:
-            self.client.stop_feature_update(node)
+            self.client.stop_update(node, self.update)
 
     def gate_adopted(self, node: str) -> None:
         """For a node a dead run left out of service: every other node must be Up before this one continues."""

@@ -14,7 +14,7 @@ from pydantic import SecretStr
 from pypsrp.messages import PipelineState
 from pypsrp.serializer import ObjectMeta, Serializer
 
-from hciupgrade.cluster import FEATURE_UPDATE_TASK, ClusterClient
+from hciupgrade.cluster import FEATURE, FEATURE_UPDATE_TASK, ClusterClient
 from hciupgrade.psenums import HealthStatus, JobState, NodeState
 from hciupgrade.remote import Cmdlet, CmdletFailed, ErrorInfo, NodeSession
 from hciupgrade.remote.session import error_info
@@ -93,12 +93,12 @@ def test_registry_and_service_errors_are_non_terminating(cluster):
 
 def test_the_production_code_reads_a_missing_task_as_missing_not_as_an_index_error(cluster):
     c = client(cluster)
-    assert c.feature_update_status("node1") is None
-    c.register_feature_update("node1", r"C:\SetupFiles\WindowsServer\ExtractedFiles")
-    state, code = c.feature_update_status("node1")
+    assert c.update_status("node1", FEATURE) is None
+    c.register_update("node1", FEATURE, r"C:\SetupFiles\WindowsServer\ExtractedFiles")
+    state, code = c.update_status("node1", FEATURE)
     assert state.name == "Ready" and code == 0x41303  # SCHED_S_TASK_HAS_NOT_RUN
     with pytest.raises(CmdletFailed, match="the call returned no object|No MSFT_ScheduledTask"):
-        c.feature_update_result("node2")  # relies on a terminating failure: -ErrorAction Stop
+        c.update_result("node2", FEATURE)  # relies on a terminating failure: -ErrorAction Stop
 
 
 # --- a node whose cluster service is not running -------------------------------------------------------------------
@@ -183,6 +183,6 @@ def test_enums_are_read_in_every_wire_form(form):
         assert {n.state for n in c.nodes()} == {NodeState.Up}
         snapshot = c.snapshot()
         assert {d.health for d in snapshot.disks} == {HealthStatus.Healthy}
-        c.register_feature_update("node1", r"C:\SetupFiles\WindowsServer\ExtractedFiles")
-        assert c.feature_update_status("node1")[0].name == "Ready"
+        c.register_update("node1", FEATURE, r"C:\SetupFiles\WindowsServer\ExtractedFiles")
+        assert c.update_status("node1", FEATURE)[0].name == "Ready"
         assert all(isinstance(j.state, JobState) for j in snapshot.jobs)

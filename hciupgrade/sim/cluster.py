@@ -46,6 +46,13 @@ SCHED_S_TASK_RUNNING = 0x41301
 SCHED_S_TASK_TERMINATED = 0x41306
 
 FEATURE_UPDATE_TASK = "HciUpgrade-FeatureUpdate"
+CUMULATIVE_UPDATE_TASK = "HciUpgrade-CumulativeUpdate"
+TASK_KINDS = {FEATURE_UPDATE_TASK: "feature", CUMULATIVE_UPDATE_TASK: "cumulative"}
+# wusa.exe exit codes (winerror.h / wuerror.h)
+ERROR_SUCCESS_REBOOT_REQUIRED = 3010
+WU_S_ALREADY_INSTALLED = 0x240006
+WU_E_NOT_APPLICABLE = 0x80240017
+ERROR_INSTALL_FAILURE = 0x80070643
 MARKER_KEY = r"HKLM:\SOFTWARE\hci-upgrade"  # the orchestrator's mark on a node it paused (Suspend-NodeForUpgrade.ps1)
 
 # --- node lifecycle --------------------------------------------------------------------------------------------
@@ -80,11 +87,15 @@ class Vm:
 
 
 @dataclass
-class FeatureUpdateTask:
+class UpdateTask:
+    """A scheduled task that installs an update: setup.exe's down-level phase (feature) or wusa.exe with an
+    .msu (cumulative)."""
+
+    kind: str = "feature"  # feature | cumulative
     state: ScheduledTaskState = ScheduledTaskState.Ready
     last_result: int = 0x41303  # SCHED_S_TASK_HAS_NOT_RUN
     last_run_time: float | None = None
-    setup_path: str = ""
+    path: str = ""
 
 
 @dataclass
@@ -98,8 +109,9 @@ class Node:
     was_paused_at_restart: bool = False
     away_since: float | None = None  # storage: when its drives stopped taking writes
     winrm_up: bool = True
-    staged_build: str | None = None  # setup finished its down-level phase; the next restart installs this
-    task: FeatureUpdateTask | None = None
+    staged_build: str | None = None  # an update finished its first phase; the next restart installs this
+    staged_kind: str = ""  # feature (setup's offline phases at the restart) or cumulative
+    tasks: dict[str, UpdateTask] = field(default_factory=dict)
     returns: bool = True  # False: the node never comes back from its next restart
     marker: dict[str, str] | None = None  # values under MARKER_KEY in the node's registry
 
@@ -166,7 +178,7 @@ class SimCluster:
         self.target_build = spec.target_build
         self.nodes: dict[str, Node] = {}
         for n in spec.nodes:
-            node = Node(name=n.name, state=NodeState[n.state], build=spec.build)
+            node = Node(name=n.name, state=NodeState[n.state], build=n.build or spec.build)
             if node.state == NodeState.Paused:
                 node.paused_by = "operator"
                 node.drain_status = DrainStatus.Completed
@@ -398,7 +410,7 @@ class SimCluster:
         """Restart-Computer: the OS goes down now; setup's offline phases run if a feature update is staged."""
         node = self.node(name)
         node.was_paused_at_restart = node.state == NodeState.Paused
-        self._log("restart", node.name, by=by, staged_build=node.staged_build)
+        self._log("restart", node.name, by=by, staged_build=node.staged_build, staged_kind=node.staged_kind)
         for vm in self.vms.values():
             if vm.owner == node.name:  # not drained: roles fail over the hard way
                 self._vm_moved(vm, self._any_up_node(exclude=node.name) or node.name, failed=True)
@@ -408,7 +420,7 @@ class SimCluster:
         self._refresh_storage_health()
         if not node.returns:
             return
-        if node.staged_build:
+        if node.staged_build and node.staged_kind == "feature":
             # setup's offline phases: several restarts with no WinRM in between, then the first boot of the new
             # build; to the outside one long Down (reference/anchors.md §3)
             restarts, total = self.d.feature_update_restarts, self.d.feature_update_restart_minutes * 60
@@ -424,7 +436,7 @@ class SimCluster:
 
     def _boot(self, node: Node) -> None:
         if node.staged_build:
-            old, node.build, node.staged_build = node.build, node.staged_build, None
+            old, node.build, node.staged_build, node.staged_kind = node.build, node.staged_build, None, ""
             self._log("build", node.name, old=old, new=node.build)
         readiness = self.readiness[node.name]
         if readiness.pending_features:  # InstallPending features complete at boot
@@ -442,34 +454,46 @@ class SimCluster:
             # Pre-21H2 behaviour (knob): the drives rejoin as soon as the node is back, and repair starts now.
             self._drives_return(node)
 
-    # --- the feature update (setup.exe's down-level phase in a scheduled task) --------------------------------
-    def register_feature_update(self, name: str, setup_path: str, *, by: str) -> FeatureUpdateTask:
+    # --- updates installed by a scheduled task: the feature update (setup.exe's down-level phase) and the
+    # cumulative update (wusa.exe <msu> /quiet /norestart); the restart is the orchestrator's to decide ----------
+    def register_update(self, name: str, task_name: str, path: str, *, by: str) -> UpdateTask:
         node = self.node(name)
-        if node.task is None or node.task.state != ScheduledTaskState.Running:
-            node.task = FeatureUpdateTask(setup_path=setup_path)
-            self._log("task_registered", node.name, by=by, setup_path=setup_path)
-        return node.task
+        task = node.tasks.get(task_name)
+        if task is None or task.state != ScheduledTaskState.Running:
+            node.tasks[task_name] = task = UpdateTask(kind=TASK_KINDS[task_name], path=path)
+            self._log("task_registered", node.name, by=by, task=task_name, path=path)
+        return task
 
-    def start_feature_update(self, name: str, *, by: str) -> None:
+    def start_update(self, name: str, task_name: str, *, by: str) -> None:
         node = self.node(name)
-        task = node.task
-        if task is None:
-            raise Refused(f"No MSFT_ScheduledTask objects found with property 'TaskName' equal to "
-                          f"'{FEATURE_UPDATE_TASK}'.", 2, node.name, "start-task")
+        task = node.tasks[task_name]
         if task.state == ScheduledTaskState.Running:
             return
         task.state = ScheduledTaskState.Running
         task.last_run_time = self.now()
         task.last_result = SCHED_S_TASK_RUNNING
-        self._log("install", node.name, status="Running", by=by)
-        fault = self.strikes(node.name, FaultKind.install_fails)
-        minutes = self.install_minutes(node.name)
+        self._log("install", node.name, status="Running", by=by, update=task.kind)
         run = task.last_run_time
+        if task.kind == "feature":
+            fault = self.strikes(node.name, FaultKind.install_fails)
+            minutes, code, at = self.install_minutes(node.name), SETUP_FAILED_ROLLED_BACK, None
+        else:
+            fault = self.strikes(node.name, FaultKind.lcu_fails)
+            minutes, code = self.d.lcu_install_minutes, ERROR_INSTALL_FAILURE
+            if node.number != "25398":
+                fault, code, at = None, WU_E_NOT_APPLICABLE, 0.02  # a 23H2 package on a 22H2 node
+            elif node.ubr >= int(self.lcu_build.split(".")[3]):
+                fault, code, at = None, WU_S_ALREADY_INSTALLED, 0.1
+            else:
+                code, at = (code, None) if fault else (ERROR_SUCCESS_REBOOT_REQUIRED, None)
         if fault:
             self._after(minutes * 60 * fault.at_percent / 100,
-                        lambda: self._install_ended(node, SETUP_FAILED_ROLLED_BACK, run), "install-fail")
+                        lambda: self._install_ended(node, task_name, code, run), "install-fail")
+        elif task.kind == "feature":
+            self._after(minutes * 60, lambda: self._install_ended(node, task_name, 0, run), "install-done")
         else:
-            self._after(minutes * 60, lambda: self._install_ended(node, 0, run), "install-done")
+            self._after(minutes * 60 * (at or 1), lambda: self._install_ended(node, task_name, code, run),
+                        "install-done")
 
     def install_minutes(self, name: str) -> float:
         """Setup's down-level phase on this node: install_minutes plus a share of the spread that is fixed per
@@ -477,26 +501,36 @@ class SimCluster:
         share = int(hashlib.sha256(name.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
         return self.d.install_minutes + self.d.install_spread_minutes * share
 
-    def stop_feature_update(self, name: str, *, by: str) -> None:
-        """Stop-ScheduledTask: setup is killed in its down-level phase; nothing is staged."""
-        node = self.node(name)
-        if node.task is not None and node.task.state == ScheduledTaskState.Running:
-            node.task.state = ScheduledTaskState.Ready
-            node.task.last_result = SCHED_S_TASK_TERMINATED
-            node.task.last_run_time = None
-            self._log("install", node.name, status="Stopped", by=by)
+    @property
+    def lcu_build(self) -> str:
+        return self.scenario.cluster.lcu_build
 
-    def _install_ended(self, node: Node, code: int, run: float | None) -> None:
-        assert node.task is not None
-        if node.task.last_run_time != run or node.task.state != ScheduledTaskState.Running:
+    def stop_update(self, name: str, task_name: str, *, by: str) -> None:
+        """Stop-ScheduledTask: the installer is killed in its first phase; nothing is staged."""
+        node = self.node(name)
+        task = node.tasks.get(task_name)
+        if task is not None and task.state == ScheduledTaskState.Running:
+            task.state = ScheduledTaskState.Ready
+            task.last_result = SCHED_S_TASK_TERMINATED
+            task.last_run_time = None
+            self._log("install", node.name, status="Stopped", by=by, update=task.kind)
+
+    def _install_ended(self, node: Node, task_name: str, code: int, run: float | None) -> None:
+        task = node.tasks[task_name]
+        if task.last_run_time != run or task.state != ScheduledTaskState.Running:
             return  # this run was stopped
-        node.task.state = ScheduledTaskState.Ready
-        node.task.last_result = code
-        ok = code in self.knobs.setup_success_codes
-        if ok:
-            spec = next(n for n in self.scenario.cluster.nodes if n.name == node.name)
-            node.staged_build = spec.media_build or self.target_build
-        self._log("install", node.name, status="Completed" if ok else "Failed", code=code)
+        task.state = ScheduledTaskState.Ready
+        task.last_result = code
+        if task.kind == "feature":
+            ok = code in self.knobs.setup_success_codes
+            if ok:
+                spec = next(n for n in self.scenario.cluster.nodes if n.name == node.name)
+                node.staged_build, node.staged_kind = spec.media_build or self.target_build, "feature"
+        else:
+            ok = code in (0, ERROR_SUCCESS_REBOOT_REQUIRED, WU_S_ALREADY_INSTALLED)
+            if code in (0, ERROR_SUCCESS_REBOOT_REQUIRED):
+                node.staged_build, node.staged_kind = self.lcu_build, "cumulative"
+        self._log("install", node.name, status="Completed" if ok else "Failed", code=code, update=task.kind)
 
     def run_node_script(self, name: str, path: str, phase: str, *, by: str) -> None:
         """A Pre/PostUpdateScript on the node: it succeeds unless a *_script_fails fault strikes."""

@@ -27,10 +27,10 @@ from hciupgrade.psenums import (
     parse,
 )
 from hciupgrade.sim.cluster import (
+    CUMULATIVE_UPDATE_TASK,
     ERROR_CLUSTER_SPACE_DEGRADED,
     FEATURE_UPDATE_TASK,
     MARKER_KEY,
-    FeatureUpdateTask,
     Node,
     Refused,
     SimCluster,
@@ -518,22 +518,24 @@ def restart_computer(inv: Invocation) -> list[Out]:
     return []
 
 
-def scheduled_task(inv: Invocation) -> Out:
-    task = inv.sim.nodes[inv.node].task
-    assert task is not None
+TASK_DESCRIPTIONS = {"feature": "hci-upgrade: Windows setup, down-level phase",
+                     "cumulative": "hci-upgrade: cumulative update (wusa.exe /quiet /norestart)"}
+
+
+def scheduled_task(inv: Invocation, name: str) -> Out:
+    task = inv.sim.nodes[inv.node].tasks[name]
     return Out(cim_types("Root/Microsoft/Windows/TaskScheduler", "MSFT_ScheduledTask"),
-               {"TaskName": FEATURE_UPDATE_TASK, "TaskPath": "\\", "State": int(task.state),
-                "Description": "hci-upgrade: Windows setup, down-level phase"},
+               {"TaskName": name, "TaskPath": "\\", "State": int(task.state),
+                "Description": TASK_DESCRIPTIONS[task.kind]},
                extended={"State": task.state}, to_string="")
 
 
-def _task(inv: Invocation) -> FeatureUpdateTask | None:
-    """The task the call names, or None after writing the non-terminating error the ScheduledTasks module writes
-    for a task that does not exist (a CIM query that found nothing)."""
+def _task(inv: Invocation) -> str | None:
+    """The name of the task the call names, or None after writing the non-terminating error the ScheduledTasks
+    module writes for a task that does not exist (a CIM query that found nothing)."""
     name = str(inv.params.get("TaskName", ""))
-    task = inv.sim.nodes[inv.node].task
-    if name == FEATURE_UPDATE_TASK and task is not None:
-        return task
+    if name in inv.sim.nodes[inv.node].tasks:
+        return name
     inv.errors.append(ErrorOut(
         f"No MSFT_ScheduledTask objects found with property 'TaskName' equal to '{name}'.  Verify the value of "
         "the property and retry.", f"CmdletizationQuery_NotFound_TaskName,{inv.command}", "ObjectNotFound",
@@ -543,31 +545,35 @@ def _task(inv: Invocation) -> FeatureUpdateTask | None:
 
 @cmdlet("Get-ScheduledTask", "TaskName TaskPath", positional=("TaskName",))
 def get_scheduled_task(inv: Invocation) -> list[Out]:
-    return [scheduled_task(inv)] if _task(inv) else []
+    name = _task(inv)
+    return [scheduled_task(inv, name)] if name else []
 
 
 @cmdlet("Start-ScheduledTask", "TaskName TaskPath", positional=("TaskName",))
 def start_scheduled_task(inv: Invocation) -> list[Out]:
-    if _task(inv):
-        inv.sim.start_feature_update(inv.node, by=inv.caller)
+    name = _task(inv)
+    if name:
+        inv.sim.start_update(inv.node, name, by=inv.caller)
     return []
 
 
 @cmdlet("Stop-ScheduledTask", "TaskName TaskPath", positional=("TaskName",))
 def stop_scheduled_task(inv: Invocation) -> list[Out]:
-    if _task(inv):
-        inv.sim.stop_feature_update(inv.node, by=inv.caller)
+    name = _task(inv)
+    if name:
+        inv.sim.stop_update(inv.node, name, by=inv.caller)
     return []
 
 
 @cmdlet("Get-ScheduledTaskInfo", "TaskName TaskPath", positional=("TaskName",))
 def get_scheduled_task_info(inv: Invocation) -> list[Out]:
-    task = _task(inv)
-    if task is None:
+    name = _task(inv)
+    if name is None:
         return []
+    task = inv.sim.nodes[inv.node].tasks[name]
     last_run = inv.sim.clock.datetime_at(task.last_run_time) if task.last_run_time is not None else None
     return [Out(cim_types("Root/Microsoft/Windows/TaskScheduler", "MSFT_TaskDynamicInfo"),
-                {"TaskName": FEATURE_UPDATE_TASK, "TaskPath": "\\", "LastTaskResult": task.last_result,
+                {"TaskName": name, "TaskPath": "\\", "LastTaskResult": task.last_result,
                  "LastRunTime": last_run.strftime("%Y-%m-%dT%H:%M:%S") if last_run else None,
                  "NumberOfMissedRuns": 0}, to_string="")]
 
@@ -590,9 +596,16 @@ def packaged(filename: str):
 
 @packaged("Register-FeatureUpdateTask.ps1")
 def register_feature_update_task(inv: Invocation) -> list[Out]:
-    setup_path = str(inv.params.get("SetupPath", ""))
-    inv.sim.register_feature_update(inv.node, setup_path, by=inv.caller)
-    return [scheduled_task(inv)]
+    name = str(inv.params.get("TaskName") or FEATURE_UPDATE_TASK)
+    inv.sim.register_update(inv.node, name, str(inv.params.get("SetupPath", "")), by=inv.caller)
+    return [scheduled_task(inv, name)]
+
+
+@packaged("Register-CumulativeUpdateTask.ps1")
+def register_cumulative_update_task(inv: Invocation) -> list[Out]:
+    name = str(inv.params.get("TaskName") or CUMULATIVE_UPDATE_TASK)
+    inv.sim.register_update(inv.node, name, str(inv.params.get("PackagePath", "")), by=inv.caller)
+    return [scheduled_task(inv, name)]
 
 
 def invoke_script(sim: SimCluster, node: str, caller: str, text: str, raw: list[tuple[str | None, Any]],

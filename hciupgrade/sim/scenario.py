@@ -41,6 +41,8 @@ class NodeSpec(Strict):
     state: Literal["Up", "Paused"] = "Up"
     media_build: str | None = Field(None, description="the build of the setup media on this node (default: "
                                                        "the cluster's target_build)")
+    build: str | None = Field(None, pattern=r"^10\.0\.\d{5}\.\d+$",
+                              description="this node's build now (default: the cluster's build)")
     """A node that starts Paused was paused by someone else (an operator): the orchestrator must not resume it."""
 
     @field_validator("name")
@@ -62,6 +64,7 @@ class Durations(Strict):
                                                                 "much more, fixed per node (45-90 min by default)")
     reboot_minutes: float = Field(10, gt=0, description="a plain restart (no staged feature update), until WinRM "
                                                         "is back")
+    lcu_install_minutes: float = Field(20, gt=0, description="the cumulative update's install (wusa.exe)")
     feature_update_restarts: int = Field(3, ge=1, le=10, description="restarts setup's offline phases take")
     feature_update_restart_minutes: float = Field(
         40, gt=0, description="the restart that installs the feature update, all its restarts, until WinRM is back")
@@ -74,6 +77,7 @@ class Durations(Strict):
 class FaultKind(StrEnum):
     drain_fails = "drain_fails"  # a VM that will not live-migrate: DrainStatus Failed
     install_fails = "install_fails"  # setup's down-level phase fails (LastTaskResult 0xC1900101)
+    lcu_fails = "lcu_fails"  # the cumulative update's wusa.exe fails (0x80070643)
     no_return = "no_return"  # the node does not come back from its reboot
     repair_stalls = "repair_stalls"  # the resync stops making progress
     winrm_refused = "winrm_refused"  # the node's WinRM port is closed from the start
@@ -85,7 +89,8 @@ class Fault(Strict):
     node: str
     kind: FaultKind
     vm: str | None = Field(None, description="drain_fails: the VM that will not move (default: the node's first)")
-    at_percent: float = Field(40, ge=0, lt=100, description="repair_stalls / install_fails: where it stops")
+    at_percent: float = Field(40, ge=0, lt=100, description="repair_stalls / install_fails / lcu_fails: where it "
+                                                            "stops")
     times: int | None = Field(None, ge=1, description="drain_fails / install_fails / *_script_fails: how many "
                                                       "times it strikes (default: every time)")
 
@@ -165,6 +170,7 @@ class ClusterSpec(Strict):
     volumes: list[VolumeSpec] = Field(min_length=1)
     build: str = "10.0.20349.2966"
     target_build: str = "10.0.25398.1486"
+    lcu_build: str = Field("10.0.25398.1913", description="the build the staged 23H2 cumulative update installs")
     functional_level: int = 11
     pool_version: int = 27
 
@@ -175,7 +181,7 @@ class ClusterSpec(Strict):
             raise ValueError("a cluster name is 1 to 15 letters, digits or dashes")
         return v
 
-    @field_validator("build", "target_build")
+    @field_validator("build", "target_build", "lcu_build")
     @classmethod
     def _build(cls, v: str) -> str:
         if not re.match(r"^10\.0\.\d{5}\.\d+$", v):
