@@ -287,3 +287,59 @@ class ClusterClient:
         except NodeUnreachable:
             pass
         self.session(node).reset()
+
+    # --- the post-OS steps -----------------------------------------------------------------------------------
+    def functional_level(self) -> int:
+        return int(self.query(Cmdlet("Get-Cluster"))[0]["ClusterFunctionalLevel"])
+
+    def functional_level_whatif(self) -> None:
+        """Update-ClusterFunctionalLevel -WhatIf: fails (CmdletFailed) when the level could not be raised now."""
+        self.query(Cmdlet("Update-ClusterFunctionalLevel", {"WhatIf": SWITCH, **STOP}))
+
+    def raise_functional_level(self) -> int:
+        """Irreversible: Update-ClusterFunctionalLevel -Force (no prompt a remote session could not answer)."""
+        objects = self.query(Cmdlet("Update-ClusterFunctionalLevel", {"Force": SWITCH, **STOP}))
+        return int(objects[0]["ClusterFunctionalLevel"]) if objects else self.functional_level()
+
+    def pool(self) -> tuple[str, int]:
+        """The S2D pool's FriendlyName and raw Version (the checker wants 28 or more)."""
+        call = Cmdlet("Get-StoragePool", {"IsPrimordial": False, **STOP})
+        obj = self.query(call)[0]
+        return str(obj["FriendlyName"]), int(obj["Version"])
+
+    def update_pool(self, name: str) -> None:
+        """Irreversible: Update-StoragePool -Confirm:$false."""
+        self.query(Cmdlet("Update-StoragePool", {"FriendlyName": name, "Confirm": False, **STOP}))
+
+    def vms(self, node: str) -> list[dict[str, Any]]:
+        """The VMs on a node (Get-VM there): Name, State, Version."""
+        return self.session(node).run(Cmdlet("Get-VM")).objects
+
+    def vm_call(self, node: str, cmdlet: str, vm: str, **extra: Any) -> None:
+        """Stop-VM, Start-VM or Update-VMVersion of one VM on its node; a failure is terminating."""
+        if cmdlet not in ("Stop-VM", "Start-VM", "Update-VMVersion"):
+            raise ValueError(cmdlet)
+        self.session(node).run(Cmdlet(cmdlet, {"Name": vm, **extra, **STOP}))
+
+    def storage_replica(self) -> bool:
+        """Whether Storage Replica groups exist (Get-SRGroup); a cluster without the feature has none."""
+        try:
+            return bool(self.query(Cmdlet("Get-SRGroup")))
+        except CmdletFailed as e:
+            if e.has_error_id("CommandNotFoundException"):
+                return False
+            raise
+
+    def validate(self) -> list[dict[str, Any]]:
+        """Test-Cluster's per-test results (packaged Invoke-ClusterValidation.ps1): Category, Test, Result."""
+        for name in self.sessions:
+            try:
+                return self.sessions[name].run(PackagedScript("Invoke-ClusterValidation.ps1"), timeout=1800).objects
+            except NodeUnreachable:
+                continue
+        raise NodeUnreachable(self.name, "no node of the cluster answered for Test-Cluster")
+
+    def registry_value(self, node: str, key: str, name: str) -> Any:
+        """A registry value on the node, or None when the key or the value does not exist."""
+        result = self.session(node).run(Cmdlet("Get-ItemProperty", {"Path": key, "Name": name}))
+        return result.objects[0].get(name) if result.objects else None

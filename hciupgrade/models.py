@@ -271,6 +271,15 @@ class RunOptions(Strict):
     retry_delay_seconds: float = Field(10, ge=0, description="wall seconds between those retries")
     lock_lease_seconds: float = Field(120, ge=60, le=86400,
                                       description="Prefect lease: how long a killed run's lock outlives it")
+    vm_version_update: list[str] = Field(
+        default_factory=list, alias="VmVersionUpdate",
+        description="post-upgrade: the VMs whose configuration version to update; each is shut down, updated and "
+                    "started, so name only VMs that are allowed downtime")
+    vm_version_update_all: bool = Field(False, alias="VmVersionUpdateAll",
+                                        description="post-upgrade: every VM (an explicit opt-in to their downtime)")
+    approval_timeout_minutes: float = Field(
+        240, gt=0, alias="ApprovalTimeoutMinutes",
+        description="on a Prefect server: how long an approval may take; after it nothing irreversible has happened")
 
     @field_validator("node_order")
     @classmethod
@@ -326,6 +335,21 @@ class RunOptions(Strict):
     def failed_nodes_allowed(self, nodes: int) -> int:
         """CAU's default: about a third of the nodes (range 0 to N-1)."""
         return self.max_failed_nodes if self.max_failed_nodes is not None else nodes // 3
+
+
+IRREVERSIBLE = ("functional-level", "storage-pool", "vm-versions")
+IrreversibleStep = Literal["functional-level", "storage-pool", "vm-versions"]
+
+
+class Approval(Strict):
+    """An operator's approval of irreversible steps: who, why, which steps, where it was given. Recorded in the
+    run record and the artifacts."""
+
+    approver: str = Field(min_length=1, description="who approves (a name or an account)")
+    reason: str = Field(min_length=1, description="why: a change ticket, a maintenance window")
+    steps: list[IrreversibleStep] = Field(default_factory=lambda: list(IRREVERSIBLE),
+                                          description="which irreversible steps are approved")
+    source: Literal["cli", "prefect-ui", "options"] = "cli"
 
 
 class NodeOutcome(Strict):

@@ -13,7 +13,7 @@ from hciupgrade.gates import storage_busy
 from hciupgrade.models import RunOptions
 from hciupgrade.positions import held_by
 from hciupgrade.psenums import NodeState
-from hciupgrade.remote import NodeUnreachable, RemoteError
+from hciupgrade.remote import Cmdlet, NodeUnreachable, RemoteError
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,21 @@ def check(client: ClusterClient, options: RunOptions, owned: set[str]) -> Prefli
     remaining = voting - (1 if voting == len(pre.nodes) else 0) + (1 if witness else 0)
     add(Finding("quorum with one node away", remaining > votes / 2,
                 f"{remaining} of {votes} votes remain while a node is away (witness: {witness or 'none'})"))
+    if options.restart_only is None:
+        prerequisites(client, [n for n in client.sessions if pre.reachable.get(n)], pre)
+    if options.update == "cumulative":
+        pre.scan = package_scan(client, options, builds)
+        missing = [row.node for row in pre.scan if row.error]
+        packages = {row.offered for row in pre.scan if row.offered}
+        add(Finding("the same update package on every node", not missing and len(packages) <= 1,
+                    f"{options.update_package}: " + (f"missing on {', '.join(missing)}" if missing else
+                                                     "one package" if len(packages) <= 1 else
+                                                     "different files: " + ", ".join(sorted(packages)))))
+        return pre
     pre.scan = scan(client, options, builds)
+    missing = [row.node for row in pre.scan if row.error and row.node in builds]
+    add(Finding("setup media on every node", not missing,
+                f"{options.setup_path}: " + (f"unreadable on {', '.join(missing)}" if missing else "found")))
     offered = {row.offered for row in pre.scan if row.offered}
     add(Finding("same feature update offered to every node", len(offered) <= 1,
                 f"offered: {', '.join(sorted(offered)) or 'nothing'}", blocking=False))
@@ -117,6 +131,57 @@ def check(client: ClusterClient, options: RunOptions, owned: set[str]) -> Prefli
         add(Finding("media reaches the target build", False,
                     f"the media offers {', '.join(sorted(offered))}, below {options.target_build}"))
     return pre
+
+
+REBOOT_PENDING = r"HKLM:\SOFTWARE\Microsoft\Windows\CurrentVersion\Component Based Servicing\RebootPending"
+AU_POLICY = r"HKLM:\SOFTWARE\Policies\Microsoft\Windows\WindowsUpdate\AU"
+AU_AUTO_INSTALL = 4  # AUOptions: download and install on a schedule (and restart)
+
+
+def prerequisites(client: ClusterClient, nodes: list[str], pre: Preflight) -> None:
+    """The update's prerequisites on every node that answers, each with its fix (reference/domain.md §1.2, O1-O2):
+    WinRM and remoting answer (the reachability finding), the Remote Shutdown firewall rules, no restart
+    pending, automatic updates that do not install and restart on their own."""
+    firewall, pending, auto = [], [], []
+    for node in nodes:
+        session = client.session(node)
+        try:
+            rules = session.run(Cmdlet("Get-NetFirewallRule", {"DisplayGroup": "Remote Shutdown"})).objects
+            if not rules or any(str(r.get("Enabled")) != "True" for r in rules):
+                firewall.append(node)
+            if session.run(Cmdlet("Test-Path", {"Path": REBOOT_PENDING})).objects[:1] == [True]:
+                pending.append(node)
+            if client.registry_value(node, AU_POLICY, "AUOptions") == AU_AUTO_INSTALL:
+                auto.append(node)
+        except RemoteError as e:
+            pre.findings.append(Finding(f"prerequisites on {node}", False, f"could not be read: {e}"))
+    add = pre.findings.append
+    add(Finding("Remote Shutdown firewall rules enabled", not firewall,
+                "on every node" if not firewall else f"disabled on {', '.join(firewall)}: run "
+                "Enable-NetFirewallRule -DisplayGroup 'Remote Shutdown' there"))
+    add(Finding("no restart pending", not pending,
+                "none" if not pending else f"{', '.join(pending)} wait for a restart: restart them one at a time "
+                "first (hci-upgrade upgrade with restart_only)"))
+    add(Finding("automatic updates do not install on their own", not auto,
+                "no node installs and restarts by itself" if not auto else f"{', '.join(auto)} install updates "
+                "automatically (AUOptions 4): set the Windows Update policy to notify (2) for the upgrade"))
+
+
+def package_scan(client: ClusterClient, options: RunOptions, builds: dict[str, str]) -> list[ScanRow]:
+    """The cumulative update staged on each node, identified by its SHA-256 (the same file on every node)."""
+    rows = []
+    for name in client.sessions:
+        if name not in builds:
+            rows.append(ScanRow(name, None, None, "not reachable"))
+            continue
+        call = Cmdlet("Get-FileHash", {"Path": options.update_package, "Algorithm": "SHA256"})
+        result = client.session(name).run(call)
+        if result.objects:
+            rows.append(ScanRow(name, builds[name], "sha256 " + str(result.objects[0]["Hash"])[:12]))
+        else:
+            rows.append(ScanRow(name, builds[name], None,
+                                result.errors[0].message if result.errors else "no such file"))
+    return rows
 
 
 def _holder(client: ClusterClient, node: str) -> str:

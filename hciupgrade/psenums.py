@@ -147,6 +147,18 @@ class CauRunState(enum.IntEnum):
     RunFailed = 2
 
 
+class VMState(enum.IntEnum):
+    """Microsoft.HyperV.PowerShell.VMState (the values Get-VM reports most; [INFER] from Msvm_ComputerSystem)."""
+
+    Other = 1
+    Running = 2
+    Off = 3
+    Stopping = 4
+    Saved = 6
+    Paused = 9
+    Starting = 10
+
+
 class ReadinessStatus(enum.IntEnum):
     """EnvironmentReadinessTestResult.Status. SUCCESS=0 and FAILURE=1 are seen; WARNING/ERROR [UNVERIFIED]."""
 
@@ -180,6 +192,7 @@ TYPE_NAMES: dict[type[enum.IntEnum], str] = {
     ProvisioningType: "Microsoft.PowerShell.Cmdletization.GeneratedTypes.VirtualDisk.ProvisioningType",
     ScheduledTaskState: "Microsoft.PowerShell.Cmdletization.GeneratedTypes.ScheduledTask.StateEnum",
     CauRunState: "Microsoft.ClusterAwareUpdating.RunState",
+    VMState: "Microsoft.HyperV.PowerShell.VMState",
     ReadinessStatus: "Microsoft.EnvironmentReadiness.Client.Models.TestStatus",
     ReadinessSeverity: "Microsoft.EnvironmentReadiness.Client.Models.ResultSeverity",
 }

@@ -74,8 +74,10 @@ def engine(sim: SimCluster, hooks: dict[str, Hook] | None = None, **options: Any
         credential=CredentialRef(username=SIM_USER, password_env="UNUSED"))
     client = ClusterClient(inventory, SecretStr("unused"),
                            sessions={x: Session(sim, x, hooks or {}) for x in sim.nodes})
-    opts = RunOptions(**{"poll_seconds": 30, "gate_timeout_minutes": 20, "target_build": sim.target_build,
-                         **options})
+    defaults = {"poll_seconds": 30, "gate_timeout_minutes": 20}
+    if options.get("update") != "cumulative":
+        defaults["target_build"] = sim.target_build
+    opts = RunOptions(**{**defaults, **options})
     recorder = RunRecorder(new_run_id(), sim.name, time_factor=FACTOR)
     return RollingUpgrade(client, opts, recorder, Steps(client, opts, ClusterClock(FACTOR)))
 

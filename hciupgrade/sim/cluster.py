@@ -41,6 +41,9 @@ ERROR_CLUSTER_NODE_NOT_PAUSED = 5058
 ERROR_CLUSTER_NODE_DOWN = 5050
 ERROR_CLUSTER_NODE_DRAIN_IN_PROGRESS = 5962
 ERROR_CLUSTER_SPACE_DEGRADED = 5987
+ERROR_CLUSTER_UPGRADE_INCOMPLETE = 5977  # [INFER] a node not Up or not on the new OS: the level cannot be raised
+TARGET_FUNCTIONAL_LEVEL = 12  # 23H2 (the environment checker's rule)
+TARGET_VM_VERSION = "12.0"  # [INFER] the highest VM configuration version a 23H2 host supports
 SETUP_FAILED_ROLLED_BACK = 0xC1900101  # setup.exe: "the installation failed ... rolled back"
 SCHED_S_TASK_RUNNING = 0x41301
 SCHED_S_TASK_TERMINATED = 0x41306
@@ -84,6 +87,8 @@ class Vm:
     memory_gb: float
     dynamic_memory: bool
     state: str = "Online"  # cluster group state name
+    version: str = "10.0"  # the VM configuration version (Windows Server 2022 / 22H2)
+    running: bool = True  # Hyper-V's view: Running or Off
 
 
 @dataclass
@@ -531,6 +536,60 @@ class SimCluster:
             if code in (0, ERROR_SUCCESS_REBOOT_REQUIRED):
                 node.staged_build, node.staged_kind = self.lcu_build, "cumulative"
         self._log("install", node.name, status="Completed" if ok else "Failed", code=code, update=task.kind)
+
+    # --- the post-OS steps: irreversible, each one logged with who asked ------------------------------------------
+    def functional_level_blockers(self) -> list[str]:
+        """Why Update-ClusterFunctionalLevel would fail now: every node must be Up and on the new OS."""
+        return [f"node {n.name} is {n.state.name}" for n in self.nodes.values() if n.state != NodeState.Up] + \
+            [f"node {n.name} runs {n.build}" for n in self.nodes.values() if n.number != "25398"]
+
+    def raise_functional_level(self, *, by: str) -> None:
+        blockers = self.functional_level_blockers()
+        if blockers:
+            raise Refused("The cluster functional level cannot be updated: " + "; ".join(blockers) + ".",
+                          ERROR_CLUSTER_UPGRADE_INCOMPLETE, None, "update-functional-level")
+        if self.functional_level < TARGET_FUNCTIONAL_LEVEL:
+            old, self.functional_level = self.functional_level, TARGET_FUNCTIONAL_LEVEL
+            self._log("functional_level", None, by=by, old=old, new=self.functional_level)
+
+    def update_pool(self, *, by: str) -> None:
+        if self.strikes(next(iter(self.nodes)), FaultKind.pool_update_refused) is not None:
+            raise Refused("The storage pool could not be upgraded: the pool is not healthy or a node is not up "
+                          "to date.", 1, None, "update-pool")
+        if self.pool_version < self.knobs.pool_version_after:
+            old, self.pool_version = self.pool_version, self.knobs.pool_version_after
+            self._log("pool_version", None, by=by, old=old, new=self.pool_version)
+
+    def stop_vm(self, name: str, *, by: str) -> Vm:
+        vm = self.vms[name]
+        if vm.running:
+            if self.strikes(vm.owner, FaultKind.vm_shutdown_fails) is not None:
+                self._log("vm", vm.owner, vm=vm.name, status="ShutdownFailed", by=by)
+                raise Refused(f"'{vm.name}' failed to shut down. The guest did not respond to the shutdown "
+                              "request in time.", 0x8007045B, vm.owner, "stop-vm")
+            vm.running, vm.state = False, "Offline"
+            self._log("vm", vm.owner, vm=vm.name, status="Off", by=by)
+        return vm
+
+    def start_vm(self, name: str, *, by: str) -> Vm:
+        vm = self.vms[name]
+        if not vm.running:
+            vm.running, vm.state = True, "Online"
+            self._log("vm", vm.owner, vm=vm.name, status="Running", by=by)
+        return vm
+
+    def update_vm_version(self, name: str, *, by: str) -> Vm:
+        vm = self.vms[name]
+        if vm.running:
+            raise Refused(f"Cannot upgrade the configuration version of '{vm.name}' because it is not in a valid "
+                          "state: the virtual machine must be turned off.", 0x80070005, vm.owner, "update-vm")
+        if any(n.number != "25398" for n in self.nodes.values()):
+            raise Refused(f"Cannot upgrade the configuration version of '{vm.name}': every host must run the "
+                          "new operating system.", 5977, vm.owner, "update-vm")
+        if vm.version != TARGET_VM_VERSION:
+            old, vm.version = vm.version, TARGET_VM_VERSION
+            self._log("vm_version", vm.owner, vm=vm.name, old=old, new=vm.version, by=by)
+        return vm
 
     def run_node_script(self, name: str, path: str, phase: str, *, by: str) -> None:
         """A Pre/PostUpdateScript on the node: it succeeds unless a *_script_fails fault strikes."""

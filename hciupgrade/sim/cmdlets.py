@@ -380,6 +380,38 @@ def get_cluster(inv: Invocation) -> list[Out]:
                  "MaximumParallelMigrations": 1}, to_string=sim.name)]
 
 
+NON_INTERACTIVE = ErrorOut("PowerShell is in NonInteractive mode. Read and Prompt functionality is not available.",
+                          "HostFunctionNotImplemented", "NotImplemented",
+                          exception_type="System.Management.Automation.Host.HostException")
+
+
+@cmdlet("Update-ClusterFunctionalLevel", "Force", positional=())
+def update_cluster_functional_level(inv: Invocation) -> list[Out]:
+    """Irreversible. -WhatIf tests whether it would succeed and changes nothing; without -Force it prompts, which
+    a remote session cannot answer."""
+    require_cluster_node(inv)
+    sim = inv.sim
+    if "WhatIf" in inv.params:
+        blockers = sim.functional_level_blockers()
+        if blockers:
+            raise Refused("The cluster functional level cannot be updated: " + "; ".join(blockers) + ".", 5977,
+                          None, "update-functional-level")
+        return []
+    if "Force" not in inv.params:
+        raise Terminating(NON_INTERACTIVE)
+    sim.raise_functional_level(by=inv.caller)
+    return get_cluster(inv)
+
+
+@cmdlet("Get-ClusterNodeSupportedVersion", "", positional=())
+def get_cluster_node_supported_version(inv: Invocation) -> list[Out]:
+    require_cluster_node(inv)
+    return [Out([f"{CLUSTER_NS}.ClusterNodeSupportedVersion", "System.Object"],
+                {"NodeName": n.name, "ClusterFunctionalLevel": 12 if n.number == "25398" else 11,
+                 "ClusterUpgradeVersion": 3 if n.number == "25398" else 1}, to_string=n.name)
+            for n in inv.sim.nodes.values()]
+
+
 # --- Storage ---------------------------------------------------------------------------------------------------
 STORAGE_NS = "ROOT/Microsoft/Windows/Storage"
 
@@ -446,6 +478,31 @@ def get_storage_pool(inv: Invocation) -> list[Out]:
     return out
 
 
+@cmdlet("Update-StoragePool", "FriendlyName UniqueId Name PassThru", positional=("FriendlyName",))
+def update_storage_pool(inv: Invocation) -> list[Out]:
+    """Irreversible. Prompts unless -Confirm:$false."""
+    sim = inv.sim
+    name = str(inv.params.get("FriendlyName") or inv.params.get("Name") or "")
+    if name != f"S2D on {sim.name}":
+        inv.errors.append(ErrorOut(f"No MSFT_StoragePool objects found with property 'FriendlyName' equal to "
+                                   f"'{name}'.  Verify the value of the property and retry.",
+                                   "CmdletizationQuery_NotFound_FriendlyName,Update-StoragePool", "ObjectNotFound",
+                                   target=name, exception_type="Microsoft.PowerShell.Cmdletization.Cim."
+                                                               "CimJobException"))
+        return []
+    if "WhatIf" in inv.params:
+        return []
+    if inv.params.get("Confirm") is not False:
+        raise Terminating(NON_INTERACTIVE)
+    try:
+        sim.update_pool(by=inv.caller)
+    except Refused as refused:
+        raise Terminating(ErrorOut(refused.args[0], "StorageWMI 1,Update-StoragePool", "NotSpecified",
+                                   target=name, exception_type="Microsoft.Management.Infrastructure.CimException",
+                                   hresult=-2146233088)) from None
+    return [p for p in get_storage_pool(inv) if not p.props["IsPrimordial"]] if "PassThru" in inv.params else []
+
+
 # --- the node itself -------------------------------------------------------------------------------------------
 CURRENT_VERSION_KEY = r"HKLM:\SOFTWARE\Microsoft\Windows NT\CurrentVersion"
 
@@ -467,6 +524,8 @@ def registry_values(inv: Invocation, path: str) -> dict[str, Any] | None:
         return {"ProductName": "Azure Stack HCI", "DisplayVersion": "23H2" if node.number == "25398" else "22H2",
                 "CurrentBuildNumber": node.number, "CurrentBuild": node.number, "UBR": node.ubr,
                 "EditionID": "ServerAzureStackHCICor", "InstallationType": "Server Core"}
+    if key == AU_KEY.lower():
+        return {"AUOptions": 4 if _spec(inv).auto_update == "install" else 2, "NoAutoUpdate": 0}
     if key == MARKER_KEY.lower():
         marker = inv.sim.nodes[inv.node].marker
         return dict(marker) if marker else None
@@ -699,6 +758,118 @@ def _named_node(inv: Invocation, name: str) -> Node:
                                    target=name, exception_type=f"{CLUSTER_NS}.ClusterCmdletException")) from None
 
 
+# --- Hyper-V: the VMs of the node the call runs on -----------------------------------------------------------
+HYPERV = "Microsoft.HyperV.PowerShell"
+
+
+def _vm_out(sim: SimCluster, vm: Any) -> Out:
+    from hciupgrade.psenums import VMState
+
+    return Out([f"{HYPERV}.VirtualMachine", f"{HYPERV}.VirtualMachineBase", "System.Object"],
+               {"Name": vm.name, "State": VMState.Running if vm.running else VMState.Off, "Version": vm.version,
+                "ComputerName": vm.owner, "Generation": 2, "IsClustered": True,
+                "MemoryAssigned": int(vm.memory_gb * 1024**3) if vm.running else 0}, to_string=vm.name)
+
+
+def _local_vms(inv: Invocation) -> list[Any]:
+    wanted = names_param(inv)
+    vms = [vm for vm in inv.sim.vms.values() if vm.owner == inv.node]
+    if wanted is None:
+        return vms
+    found = [vm for vm in vms if vm.name in wanted]
+    for name in set(wanted) - {vm.name for vm in found}:
+        inv.errors.append(ErrorOut(f"Hyper-V was unable to find a virtual machine with name \"{name}\".",
+                                   f"InvalidParameter,{HYPERV}.Commands.{inv.command.replace('-', '')}Command",
+                                   "InvalidArgument", target=name,
+                                   exception_type=f"{HYPERV}.VirtualizationException"))
+    return found
+
+
+@cmdlet("Get-VM", "Name ComputerName", positional=("Name",))
+def get_vm(inv: Invocation) -> list[Out]:
+    return [_vm_out(inv.sim, vm) for vm in _local_vms(inv)]
+
+
+def _vm_action(inv: Invocation, action: Callable[[str], Any]) -> list[Out]:
+    out = []
+    for vm in _local_vms(inv):
+        try:
+            out.append(_vm_out(inv.sim, action(vm.name)))
+        except Refused as refused:
+            raise Terminating(ErrorOut(refused.args[0], f"OperationFailed,{HYPERV}.Commands."
+                                                        f"{inv.command.replace('-', '')}Command",
+                                       "NotSpecified", target=vm.name,
+                                       exception_type=f"{HYPERV}.VirtualizationException",
+                                       hresult=hresult_of(refused.code))) from None
+    return out if "Passthru" in inv.params or "PassThru" in inv.params else []
+
+
+@cmdlet("Stop-VM", "Name Force TurnOff Save Passthru", positional=("Name",))
+def stop_vm(inv: Invocation) -> list[Out]:
+    return _vm_action(inv, lambda name: inv.sim.stop_vm(name, by=inv.caller))
+
+
+@cmdlet("Start-VM", "Name Passthru", positional=("Name",))
+def start_vm(inv: Invocation) -> list[Out]:
+    return _vm_action(inv, lambda name: inv.sim.start_vm(name, by=inv.caller))
+
+
+@cmdlet("Update-VMVersion", "Name Force Passthru", positional=("Name",))
+def update_vm_version(inv: Invocation) -> list[Out]:
+    if "Force" not in inv.params and "WhatIf" not in inv.params:
+        raise Terminating(NON_INTERACTIVE)
+    if "WhatIf" in inv.params:
+        return []
+    return _vm_action(inv, lambda name: inv.sim.update_vm_version(name, by=inv.caller))
+
+
+@cmdlet("Get-SRGroup", "Name ComputerName", positional=("Name",))
+def get_sr_group(inv: Invocation) -> list[Out]:
+    if not inv.sim.knobs.storage_replica:
+        return []
+    return [Out(cim_types("root/Microsoft/Windows/StorageReplica", "MSFT_WvrReplicationGroup"),
+                {"Name": f"rg-{inv.node}", "ComputerName": inv.node, "ReplicationMode": 1,
+                 "ReplicationStatus": "ContinuouslyReplicating"}, to_string="")]
+
+
+@packaged("Invoke-ClusterValidation.ps1")
+def invoke_cluster_validation(inv: Invocation) -> list[Out]:
+    """Test-Cluster's per-test results, as the packaged script projects them from the validation data XML."""
+    require_cluster_node(inv)
+    sim = inv.sim
+    inv.sim._log("validation", None, by=inv.caller)
+    warnings = set(sim.knobs.validation_warnings)
+    rows = []
+    for category, tests in VALIDATION_TESTS.items():
+        for test in tests:
+            if category == "Storage Spaces Direct" and any(n.state != NodeState.Up for n in sim.nodes.values()):
+                result = "Failed"
+            elif category == "Storage" and any(d.health != HealthStatus.Healthy for d in sim.disks.values()):
+                result = "Warning"
+            elif category == "Cluster Configuration" and test == "Validate Cluster Functional Level" \
+                    and sim.functional_level < 12:
+                result = "Warning"
+            else:
+                result = "Warning" if test in warnings else "Success"
+            rows.append(Out(["System.Management.Automation.PSCustomObject", "System.Object"], {},
+                            extended={"Category": category, "Test": test, "Result": result}))
+    return rows
+
+
+VALIDATION_TESTS = {
+    "Cluster Configuration": ["List Cluster Core Groups", "Validate Cluster Functional Level",
+                              "Validate Resource Status", "Validate Quorum Configuration"],
+    "Hyper-V Configuration": ["List Hyper-V Virtual Machine Information", "Validate Compatibility of Virtual "
+                              "Fibre Channel SANs for Hyper-V"],
+    "Inventory": ["List BIOS Information", "List Operating System Information", "List Software Updates"],
+    "Network": ["Validate Network Communication", "Validate Windows Firewall Configuration"],
+    "Storage Spaces Direct": ["Verify Node and Disk Configuration", "List Storage Pools",
+                              "Validate Storage Spaces Persistent Reservation"],
+    "System Configuration": ["Validate Active Directory Configuration", "Validate All Drivers Signed",
+                             "Validate Same Processor Architecture"],
+}
+
+
 # --- Cluster-Aware Updating, quorum, media ------------------------------------------------------------------------
 CAU_NS = "Microsoft.ClusterAwareUpdating"
 
@@ -890,7 +1061,45 @@ def test_path(inv: Invocation) -> list[Out]:
     path = str(inv.params.get("Path") or inv.params.get("LiteralPath") or "")
     if path.lower().endswith("vid\\parameters"):
         return [_readiness(inv).vid_key]  # type: ignore[list-item]
+    if path.lower() == REBOOT_PENDING_KEY.lower():
+        return [_spec(inv).reboot_pending]  # type: ignore[list-item]
+    if path.lower().endswith(".msu"):
+        return [not _spec(inv).package_missing]  # type: ignore[list-item]
     return [True]  # type: ignore[list-item]
+
+
+REBOOT_PENDING_KEY = r"HKLM:\SOFTWARE\Microsoft\Windows\CurrentVersion\Component Based Servicing\RebootPending"
+AU_KEY = r"HKLM:\SOFTWARE\Policies\Microsoft\Windows\WindowsUpdate\AU"
+
+
+def _spec(inv: Invocation) -> Any:
+    return next(n for n in inv.sim.scenario.cluster.nodes if n.name == inv.node)
+
+
+@cmdlet("Get-NetFirewallRule", "DisplayGroup Name DisplayName Enabled", positional=("Name",))
+def get_net_firewall_rule(inv: Invocation) -> list[Out]:
+    group = str(inv.params.get("DisplayGroup", ""))
+    if group != "Remote Shutdown":
+        return []
+    enabled = "True" if _spec(inv).remote_shutdown_rule else "False"
+    return [Out(cim_types("root/StandardCimv2", "MSFT_NetFirewallRule"),
+                {"Name": name, "DisplayName": name, "DisplayGroup": group, "Enabled": enabled, "Direction": 1},
+                to_string="") for name in ("WMI-RemoteShutdown-In-TCP", "WMI-RemoteShutdown-In-TCP-NoScope")]
+
+
+@cmdlet("Get-FileHash", "Path LiteralPath Algorithm", positional=("Path",))
+def get_file_hash(inv: Invocation) -> list[Out]:
+    path = str(inv.params.get("Path") or inv.params.get("LiteralPath") or "")
+    spec = _spec(inv)
+    if spec.package_missing:
+        inv.errors.append(ErrorOut(f"Cannot find path '{path}' because it does not exist.",
+                                   "FileNotFound,Microsoft.PowerShell.Commands.GetFileHashCommand", "ObjectNotFound",
+                                   target=path, exception_type="System.Management.Automation.ItemNotFoundException"))
+        return []
+    content = spec.package_build or inv.sim.lcu_build
+    return [Out(["Microsoft.Powershell.Utility.FileHash", "System.Object"],
+                {"Algorithm": "SHA256", "Hash": hashlib.sha256(content.encode()).hexdigest().upper(), "Path": path},
+                to_string="")]
 
 
 def no_such_service(inv: Invocation, name: str) -> None:

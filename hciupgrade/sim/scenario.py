@@ -43,6 +43,13 @@ class NodeSpec(Strict):
                                                        "the cluster's target_build)")
     build: str | None = Field(None, pattern=r"^10\.0\.\d{5}\.\d+$",
                               description="this node's build now (default: the cluster's build)")
+    package_build: str | None = Field(None, description="the build of the cumulative update staged on this node "
+                                                        "(default: the cluster's lcu_build)")
+    package_missing: bool = Field(False, description="the cumulative update is not staged on this node")
+    remote_shutdown_rule: bool = Field(True, description="the firewall rule group 'Remote Shutdown' is enabled")
+    reboot_pending: bool = Field(False, description="a restart is pending (Component Based Servicing)")
+    auto_update: Literal["notify", "install"] = Field(
+        "notify", description="the Windows Update policy: install means updates install (and restart) on their own")
     """A node that starts Paused was paused by someone else (an operator): the orchestrator must not resume it."""
 
     @field_validator("name")
@@ -78,6 +85,8 @@ class FaultKind(StrEnum):
     drain_fails = "drain_fails"  # a VM that will not live-migrate: DrainStatus Failed
     install_fails = "install_fails"  # setup's down-level phase fails (LastTaskResult 0xC1900101)
     lcu_fails = "lcu_fails"  # the cumulative update's wusa.exe fails (0x80070643)
+    pool_update_refused = "pool_update_refused"  # Update-StoragePool fails (any node names the cluster's pool)
+    vm_shutdown_fails = "vm_shutdown_fails"  # a VM owned by this node does not shut down (Stop-VM fails)
     no_return = "no_return"  # the node does not come back from its reboot
     repair_stalls = "repair_stalls"  # the resync stops making progress
     winrm_refused = "winrm_refused"  # the node's WinRM port is closed from the start
@@ -108,6 +117,13 @@ class Knobs(Strict):
     cau_run_state: Literal["RunNotInProgress", "RunInProgress", "RunFailed"] = Field(
         "RunNotInProgress", description="what Get-CauRun reports (a CAU run left behind blocks the upgrade)")
     witness: Literal["Cloud Witness", "File Share Witness", "none"] = "Cloud Witness"
+    pool_version_after: int = Field(29, ge=28, description="the pool Version (raw CIM value) Update-StoragePool "
+                                                           "sets; 22H2 pools are below 28 [UNVERIFIED values]")
+    storage_replica: bool = Field(False, description="Storage Replica is configured (Get-SRGroup returns groups): "
+                                                     "each node needs a second restart after the update")
+    validation_warnings: list[str] = Field(
+        default_factory=lambda: ["Validate Windows Firewall Configuration"],
+        description="Test-Cluster tests that end in a warning (a real cluster usually has a few)")
     cluster_down_error: Literal["ClusterEndpointNotRegistered", "ClusterRpcConnection"] = Field(
         "ClusterEndpointNotRegistered",
         description="what a failover-cluster cmdlet answers on a node whose cluster service is not running")
