@@ -39,6 +39,8 @@ def demo(
     scenario: Annotated[Optional[Path], typer.Option(help="scenario file (YAML); default: the 4-node demo")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print the outcome as JSON")] = False,
     events: Annotated[Optional[Path], typer.Option(help="write the simulator's event log (JSON Lines) here")] = None,
+    full: Annotated[bool, typer.Option("--full", help="the whole path: feature update, cumulative update, post-OS "
+                                                      "steps (approved as the demo's operator), readiness")] = False,
 ) -> None:
     """Upgrade a simulated 22H2 cluster to 23H2 through the Prefect flow, over real PowerShell remoting."""
     try:
@@ -68,6 +70,9 @@ def demo(
         with embedded_settings():
             state = rolling_upgrade(inventory=str(inventory), options=options, run_id=run_id, return_state=True)
         view.stop(thread)
+        finished = None
+        if full and state.is_completed():
+            finished = _finish_demo(inventory, options, console)
         if events:
             harness.write_events(events)
     outcome = next((e["outcome"] for e in map(json.loads, record.read_text().splitlines())
@@ -84,6 +89,66 @@ def demo(
         if not json_out:
             console.print(f"[red]Upgrade failed:[/] {outcome and outcome.get('error')}")
         raise typer.Exit(1)
+    if full:
+        raise typer.Exit(finished or 0)
+
+
+def _finish_demo(inventory: Path, options: Any, console: Console) -> int:
+    """The rest of the path on the demo's cluster: the cumulative update and the post-OS steps (approved as the
+    demo's operator, recorded as such), then readiness; returns the exit code."""
+    import getpass
+
+    from flows.finish import finish
+    from flows.locking import embedded_settings
+    from flows.readiness import readiness
+    from hciupgrade.models import Approval
+    from hciupgrade.readiness.summary import decide
+
+    approval = Approval(approver=getpass.getuser(), reason="hci-upgrade demo --full", source="cli")
+    console.print("Cumulative update, then the post-OS steps (approved for the demo)...")
+    with embedded_settings():
+        state = finish(inventory=str(inventory), options=options, approval=approval, wait_for_approval=False,
+                       return_state=True)
+    result = state.result(raise_on_failure=False)
+    if not isinstance(result, dict):
+        console.print(f"[red]Finishing failed:[/] {result}")
+        return 1
+    _print_finish(result, console)
+    with embedded_settings():
+        ready = readiness(inventory=str(inventory))
+    import pandas as pd
+
+    df = pd.DataFrame(ready["records"])
+    table = decide(df).reset_index() if not df.empty else df
+    console.print(_frame_table(table, "Readiness for the solution upgrade"))
+    blocked = df.empty or not bool(table["ready"].all())
+    return 1 if blocked else 0
+
+
+def _frame_table(df: Any, title: str) -> Table:
+    table = Table(title=title, box=box.SIMPLE_HEAD)
+    for column in df.columns:
+        table.add_column(str(column))
+    for row in df.astype(str).itertuples(index=False):
+        table.add_row(*row)
+    return table
+
+
+def _print_finish(result: dict, console: Console) -> None:
+    from hciupgrade.postupgrade import Levels, levels_table, validation_summary
+
+    post = result.get("post_upgrade") or result
+    before = Levels(**post["before"]) if post.get("before") else None
+    after = Levels(**post["after"]) if post.get("after") else None
+    console.print(_frame_table(levels_table(before, after), "Before and after"))
+    if post.get("validation"):
+        console.print(_frame_table(validation_summary(post["validation"]), "Test-Cluster"))
+    for finding in post.get("findings", []):
+        if not finding["ok"]:
+            console.print(f"[yellow]{finding['check']}[/]: {finding['detail']}")
+    if post.get("awaiting_approval"):
+        console.print(f"[yellow]Awaiting approval:[/] {', '.join(post['awaiting_approval'])}: run again with "
+                      "--approve --reason TEXT (or approve in the Prefect UI)")
 
 
 sim_app = typer.Typer(no_args_is_help=True, help="The simulated cluster.")
@@ -183,6 +248,63 @@ def upgrade(
         if outcome and outcome.get("error"):
             console.print(f"[red]Stopped:[/] {outcome['error']}")
     raise typer.Exit(0 if outcome and outcome["succeeded"] and state.is_completed() else 1)
+
+
+EXIT_AWAITING_APPROVAL = 3
+
+
+@app.command("finish")
+def finish_cmd(
+    inventory: Annotated[Path, typer.Option(help="inventory file (YAML)")],
+    cluster: Annotated[Optional[str], typer.Option(help="the cluster (optional with one cluster)")] = None,
+    options: Annotated[Optional[Path], typer.Option(help="run options (YAML), with CAU's names")] = None,
+    approve: Annotated[bool, typer.Option("--approve", help="approve the irreversible steps (functional level, "
+                                                            "storage pool, listed VM versions)")] = False,
+    reason: Annotated[Optional[str], typer.Option(help="why (a change ticket): required with --approve")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print the outcome as JSON")] = False,
+) -> None:
+    """The cumulative update on every node, then the post-OS steps. Exit 0 when done, 1 when it failed, 2 for bad
+    input, 3 when the irreversible steps await an approval (run again with --approve --reason)."""
+    import getpass
+
+    from hciupgrade.models import Approval, InputError, load_inventory, load_options
+
+    try:
+        target = load_inventory(inventory).cluster(cluster)
+        run_options = load_options(options)
+        run_options.check_against(target)
+        target.credential.resolve(secret_block=lambda name: "")
+        if approve and not (reason or "").strip():
+            raise InputError("--reason: an approval needs a reason (a change ticket, a window), e.g. --reason "
+                             "CHG-1234")
+    except InputError as e:
+        err.print(f"[red]{e}[/]")
+        raise typer.Exit(2) from None
+    except Exception as e:  # noqa: BLE001 - a credential problem is bad input too
+        err.print(f"[red]{e}[/]")
+        raise typer.Exit(2) from None
+    approval = Approval(approver=getpass.getuser(), reason=reason.strip(), source="cli") if approve and reason \
+        else None
+    from flows.finish import finish
+    from flows.locking import embedded_settings
+
+    console = err if json_out else make_console()
+    with embedded_settings():
+        state = finish(inventory=str(inventory), cluster=target.name, options=run_options, approval=approval,
+                       wait_for_approval=False, return_state=True)
+    result = state.result(raise_on_failure=False)
+    if not isinstance(result, dict):
+        if json_out:
+            print(json.dumps({"succeeded": False, "error": str(result)}, indent=2))
+        else:
+            console.print(f"[red]Stopped:[/] {result}")
+        raise typer.Exit(1)
+    if json_out:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        _print_finish(result, console)
+    post = result["post_upgrade"]
+    raise typer.Exit(0 if post["succeeded"] else EXIT_AWAITING_APPROVAL if post["awaiting_approval"] else 1)
 
 
 def _outcome(record: Path) -> dict | None:

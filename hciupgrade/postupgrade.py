@@ -153,7 +153,8 @@ class PostUpgrade:
             raise StopPostUpgrade("verify: " + "; ".join(problems + low) + " (run `hci-upgrade finish` to install "
                                   "the cumulative update, or finish the feature update first)")
         for key, name, want in REGISTRY_VALUES:
-            off = [n for n in self.client.sessions if self.client.registry_value(n, key, name) != want]
+            found = {n: self.client.registry_value(n, key, name) for n in self.client.sessions}
+            off = [f"{n} ({'missing' if v is None else v})" for n, v in found.items() if v != want]
             self.add(f"{name} = {want}", not off, "on every node" if not off else
                      f"not {want} on {', '.join(off)}: set it again (readiness --remediate registry) and restart "
                      "those nodes", blocking=False)

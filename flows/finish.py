@@ -1,0 +1,149 @@
+"""Finishing the procedure as Prefect flows: the cumulative update (the rolling flow again, with update=cumulative),
+the post-OS steps with their approval, and the whole path as one parent flow whose stages are subflow runs.
+
+The approval of what is irreversible comes one of two ways. In embedded mode (the CLI, where nobody can reach a
+UI) it is the `approval` parameter (`--approve --reason`). On a Prefect server the flow pauses with a typed input,
+which the UI shows as a form; after ApprovalTimeoutMinutes the run fails and nothing irreversible has happened.
+Either way the approval (who, why, which steps, where) is in the run record and the artifacts.
+"""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.flow_runs import pause_flow_run
+from prefect.input import RunInput
+from pydantic import Field
+
+from flows.locking import cluster_lock, embedded
+from flows.readiness import readiness
+from flows.rolling_upgrade import UpgradeFailed, load_secret, prefect_engine, rolling_upgrade, run_engine
+from hciupgrade.cluster import ClusterClient
+from hciupgrade.models import Approval, RunOptions, load_inventory
+from hciupgrade.postupgrade import PostUpgrade, PostUpgradeOutcome, levels_table, validation_summary
+from hciupgrade.records import RunRecorder, new_run_id
+
+AWAITING_APPROVAL = "awaiting approval"
+
+
+class ApprovalInput(RunInput):
+    """The form the Prefect UI shows when the post-OS steps wait for an approval."""
+
+    approver: str = Field(min_length=1, description="your name or account")
+    reason: str = Field(min_length=1, description="why: the change ticket or the maintenance window")
+    functional_level: bool = Field(False, description="raise the cluster functional level (irreversible)")
+    storage_pool: bool = Field(False, description="update the storage pool version (irreversible)")
+    vm_versions: bool = Field(False, description="update the listed VMs' configuration versions (irreversible, "
+                                                 "each VM is shut down)")
+
+    def approval(self) -> Approval | None:
+        steps = [s for s, on in (("functional-level", self.functional_level), ("storage-pool", self.storage_pool),
+                                 ("vm-versions", self.vm_versions)) if on]
+        return Approval(approver=self.approver, reason=self.reason, steps=steps, source="prefect-ui") if steps \
+            else None
+
+
+def ask_in_the_ui(timeout_minutes: float):  # noqa: ANN201 - returns PostUpgrade's Approve callable
+    def approve(steps: list[str], plan: str) -> Approval | None:
+        logger = get_run_logger()
+        logger.warning("waiting for an approval of: %s", ", ".join(steps))
+        form = ApprovalInput.with_initial_data(
+            description=f"### Approve the irreversible post-OS steps\n{plan}\n\nTick what you approve.",
+            functional_level="functional-level" in steps, storage_pool="storage-pool" in steps,
+            vm_versions="vm-versions" in steps)
+        answer = pause_flow_run(wait_for_input=form, timeout=int(timeout_minutes * 60), poll_interval=5)
+        approval = answer.approval()
+        if approval is None:
+            logger.warning("%s approved none of the steps (%s)", answer.approver, answer.reason)
+        return approval
+
+    return approve
+
+
+@flow(name="post-upgrade", flow_run_name="post-upgrade-{cluster}", log_prints=True)
+def post_upgrade(inventory: str, cluster: str | None = None, options: RunOptions | None = None,
+                 approval: Approval | None = None, wait_for_approval: bool | None = None,
+                 run_id: str | None = None) -> dict:
+    """The post-OS steps of one cluster. `wait_for_approval` (default: on a Prefect server) pauses for the UI's
+    form; with `approval` given, that is the approval; with neither, the irreversible steps wait."""
+    options = options or RunOptions()
+    target = load_inventory(inventory).cluster(cluster)
+    options.check_against(target)
+    if wait_for_approval is None:
+        wait_for_approval = approval is None and not embedded()
+    client = ClusterClient(target, target.credential.resolve(secret_block=load_secret))
+    recorder = RunRecorder(run_id or new_run_id(), target.name, time_factor=target.time_factor)
+
+    def given(steps: list[str], plan: str) -> Approval | None:
+        return approval
+
+    def restart(nodes: list[str]) -> bool:
+        restart_options = options.model_copy(update={"restart_only": nodes})
+        return run_engine(*prefect_engine(target, restart_options)).succeeded
+
+    try:
+        with cluster_lock(target.name, lease_seconds=options.lock_lease_seconds):
+            approve = ask_in_the_ui(options.approval_timeout_minutes) if wait_for_approval else given
+            outcome = PostUpgrade(client, options, recorder, approve, restart).run()
+    finally:
+        client.close()
+    publish(outcome)
+    if not outcome.succeeded:
+        get_run_logger().error("post-upgrade of %s: %s", target.name, outcome.error)
+        if not outcome.awaiting_approval or outcome.vms and any(v.result == "failed" for v in outcome.vms):
+            raise UpgradeFailed(outcome.error)
+    return outcome.model_dump(mode="json")
+
+
+def publish(outcome: PostUpgradeOutcome) -> None:
+    key = f"post-upgrade-{outcome.cluster.lower()}"
+    table = levels_table(outcome.before, outcome.after)
+    if not table.empty:
+        create_table_artifact(table.to_dict(orient="records"), key=f"{key}-levels",
+                              description="Functional level, pool version, builds and VM versions before and after")
+    if outcome.validation:
+        create_table_artifact(validation_summary(outcome.validation).astype(str).to_dict(orient="records"),
+                              key=f"{key}-validation", description="Test-Cluster, per category")
+    lines = [f"# Post-OS steps of {outcome.cluster}: "
+             f"{'done' if outcome.succeeded else AWAITING_APPROVAL if outcome.awaiting_approval else 'FAILED'}", ""]
+    if outcome.approval:
+        a = outcome.approval
+        lines += [f"**Approved** by {a.approver} ({a.source}): {a.reason}. Steps: {', '.join(a.steps)}.", ""]
+    if outcome.awaiting_approval:
+        lines += [f"**Awaiting approval:** {', '.join(outcome.awaiting_approval)}", ""]
+    if outcome.error:
+        lines += [f"**Stopped:** {outcome.error}", ""]
+    lines += [f"- {'ok' if f['ok'] else 'BLOCKS' if f['blocking'] else 'warning'}: {f['check']}: {f['detail']}"
+              for f in outcome.findings]
+    create_markdown_artifact("\n".join(lines), key=f"{key}-summary")
+
+
+@flow(name="finish", flow_run_name="finish-{cluster}", log_prints=True)
+def finish(inventory: str, cluster: str | None = None, options: RunOptions | None = None,
+           approval: Approval | None = None, wait_for_approval: bool | None = None) -> dict:
+    """The cumulative update on every node (rolling, through the same engine and gates), then the post-OS steps."""
+    options = options or RunOptions()
+    lcu = rolling_upgrade(inventory=inventory, cluster=cluster, options=lcu_options(options))
+    post = post_upgrade(inventory=inventory, cluster=cluster, options=options, approval=approval,
+                        wait_for_approval=wait_for_approval)
+    return {"cumulative_update": lcu, "post_upgrade": post}
+
+
+def lcu_options(options: RunOptions) -> RunOptions:
+    data = options.model_dump(by_alias=False, exclude={"target_build", "update"})
+    return RunOptions(**data, update="cumulative")
+
+
+@flow(name="full-upgrade", flow_run_name="full-upgrade-{cluster}", log_prints=True)
+def full_upgrade(inventory: str, cluster: str | None = None, options: RunOptions | None = None,
+                 approval: Approval | None = None, wait_for_approval: bool | None = None) -> dict:
+    """The whole path for one cluster, each stage a subflow run: feature update, cumulative update, post-OS steps,
+    readiness. Every stage starts by reading the cluster, so a rerun (a later window, after an approval) resumes
+    at the stage where it stopped: finished nodes and raised levels are skipped."""
+    options = options or RunOptions()
+    target = load_inventory(inventory).cluster(cluster)
+    feature = rolling_upgrade(inventory=inventory, cluster=target.name, options=options)
+    rest = finish(inventory=inventory, cluster=target.name, options=options, approval=approval,
+                  wait_for_approval=wait_for_approval)
+    ready = readiness(inventory=inventory, clusters=[target.name])
+    return {"feature_update": feature, **rest, "readiness": ready}

@@ -1,0 +1,120 @@
+"""The finishing flows end to end, through the real pypsrp client and the fake WinRM endpoints: `hci-upgrade finish`
+with and without its approval flag, and the post-upgrade flow paused on a Prefect server for a typed approval,
+approved through Prefect's API, or left to time out with nothing irreversible done."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from hciupgrade.models import RunOptions
+from hciupgrade.sim.scenario import make_scenario
+from tests.conftest import CLI, serve_cluster
+
+FAST = 5000
+AFTER_FEATURE_UPDATE = "10.0.25398.1486"
+
+
+def finished_scenario(build: str = AFTER_FEATURE_UPDATE):
+    return make_scenario(nodes=3, vms_per_node=1, time_factor=FAST, build=build)
+
+
+def events_of(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_finish_waits_for_its_approval_then_raises_the_levels_with_it(tmp_path):
+    extra = {"PREFECT_HOME": str(tmp_path / "prefect"), "COLUMNS": "200"}
+    with serve_cluster(finished_scenario(), tmp_path, extra) as (inventory, env, events):
+        waiting = subprocess.run([*CLI, "finish", "--inventory", str(inventory)], capture_output=True, text=True,
+                                 env=env, timeout=600)
+        no_reason = subprocess.run([*CLI, "finish", "--inventory", str(inventory), "--approve"],
+                                   capture_output=True, text=True, env=env, timeout=120)
+        approved = subprocess.run([*CLI, "finish", "--inventory", str(inventory), "--approve", "--reason",
+                                   "CHG-42", "--json"], capture_output=True, text=True, env=env, timeout=600)
+        log = events_of(events)
+    assert waiting.returncode == 3, waiting.stdout[-3000:] + waiting.stderr[-3000:]
+    assert "Awaiting approval: functional-level, storage-pool" in waiting.stdout
+    lcu = [e for e in log if e["kind"] == "build"]
+    assert sorted(e["node"] for e in lcu) == ["node1", "node2", "node3"] and {e["new"] for e in lcu} == \
+        {"10.0.25398.1913"}
+    assert no_reason.returncode == 2 and "--reason" in no_reason.stderr
+    assert approved.returncode == 0, approved.stdout[-3000:] + approved.stderr[-3000:]
+    post = json.loads(approved.stdout)["post_upgrade"]
+    assert post["approval"]["approver"] == getpass.getuser() and post["approval"]["reason"] == "CHG-42"
+    assert post["after"]["functional_level"] == 12 and post["after"]["pool_version"] >= 28
+    assert [e["kind"] for e in log if e["kind"] in ("functional_level", "pool_version")] == \
+        ["functional_level", "pool_version"]
+    assert sum(1 for e in log if e["kind"] == "build") == 3  # the second run found every node done
+
+
+@pytest.fixture
+def served(prefect_server, tmp_path):
+    """A simulated cluster served in this process; the flows talk to the test's Prefect server."""
+    from hciupgrade.sim.harness import SimHarness
+
+    with SimHarness(finished_scenario(build="10.0.25398.1913")) as h:
+        inventory = tmp_path / "inv.yaml"
+        h.inventory().write(inventory)
+        os.environ.update(h.environment())
+        yield h, inventory
+
+
+def resume_when_paused(answer: dict, found: list) -> threading.Thread:
+    """Wait for the post-upgrade flow run to pause, then resume it with `answer` through Prefect's API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
+    from prefect.flow_runs import resume_flow_run
+
+    def run() -> None:
+        deadline = time.monotonic() + 120
+        with get_client(sync_client=True) as client:
+            while time.monotonic() < deadline:
+                runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
+                    type=FlowRunFilterStateType(any_=[StateType.PAUSED]))))
+                if runs:
+                    found.append(runs[0])
+                    resume_flow_run(runs[0].id, run_input=answer)
+                    return
+                time.sleep(0.5)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_on_a_server_the_flow_pauses_for_a_typed_approval_and_runs_only_what_was_approved(served):
+    from flows.finish import post_upgrade
+
+    harness, inventory = served
+    found: list = []
+    answer = {"approver": "alice", "reason": "CHG-7", "functional_level": True, "storage_pool": False,
+              "vm_versions": False}
+    thread = resume_when_paused(answer, found)
+    state = post_upgrade(inventory=str(inventory), options=RunOptions(), wait_for_approval=True, return_state=True)
+    thread.join(timeout=5)
+    assert found, "the flow run never paused"
+    result = state.result(raise_on_failure=False)
+    assert result["approval"] == {"approver": "alice", "reason": "CHG-7", "steps": ["functional-level"],
+                                  "source": "prefect-ui"}
+    assert harness.sim.functional_level == 12 and harness.sim.pool_version == 27
+    assert result["awaiting_approval"] == ["storage-pool"]
+
+
+def test_an_approval_that_times_out_leaves_nothing_irreversible_done(served):
+    from flows.finish import post_upgrade
+
+    harness, inventory = served
+    state = post_upgrade(inventory=str(inventory), options=RunOptions(ApprovalTimeoutMinutes=0.05),
+                         wait_for_approval=True, return_state=True)
+    assert state.is_failed()
+    assert harness.sim.functional_level == 11 and harness.sim.pool_version == 27
+    assert not any(e["kind"] in ("functional_level", "pool_version") for e in harness.events())
