@@ -307,6 +307,64 @@ def finish_cmd(
     raise typer.Exit(0 if post["succeeded"] else EXIT_AWAITING_APPROVAL if post["awaiting_approval"] else 1)
 
 
+@app.command("offline")
+def offline_cmd(
+    inventory: Annotated[Path, typer.Option(help="inventory file (YAML)")],
+    cluster: Annotated[Optional[str], typer.Option(help="the cluster (optional with one cluster)")] = None,
+    options: Annotated[Optional[Path], typer.Option(help="run options (YAML)")] = None,
+    approve: Annotated[bool, typer.Option("--approve", help="approve the downtime: every VM and the cluster stop")]
+    = False,
+    reason: Annotated[Optional[str], typer.Option(help="why (a change ticket, the window): required")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print the outcome as JSON")] = False,
+) -> None:
+    """The fast offline path for a window that allows downtime: every VM shut down, the cluster stopped, every
+    node updated at once (feature update, cumulative update), everything started again. Exit 0 when done, 1 when
+    it failed (the cluster is brought back as far as it can, and the output says what is left), 2 for bad input."""
+    import getpass
+
+    from hciupgrade.models import Approval, InputError, load_inventory, load_options
+
+    try:
+        target = load_inventory(inventory).cluster(cluster)
+        run_options = load_options(options)
+        run_options.check_against(target)
+        target.credential.resolve(secret_block=lambda name: "")
+        if not approve or not (reason or "").strip():
+            raise InputError("--approve --reason: the offline path takes the whole cluster down; it runs only with "
+                             "an approval and its reason, e.g. --approve --reason 'CHG-1234 window Sat 02:00'")
+    except InputError as e:
+        err.print(f"[red]{e}[/]")
+        raise typer.Exit(2) from None
+    except Exception as e:  # noqa: BLE001 - a credential problem is bad input too
+        err.print(f"[red]{e}[/]")
+        raise typer.Exit(2) from None
+    from flows.locking import embedded_settings
+    from flows.offline import offline_upgrade
+
+    approval = Approval(approver=getpass.getuser(), reason=str(reason).strip(), steps=["offline"], source="cli")
+    console = err if json_out else make_console()
+    console.print(f"Offline upgrade of [bold]{target.name}[/], approved by {approval.approver}: {approval.reason}")
+    with embedded_settings():
+        state = offline_upgrade(inventory=str(inventory), cluster=target.name, options=run_options,
+                                approval=approval, wait_for_approval=False, return_state=True)
+    result = state.result(raise_on_failure=False)
+    if json_out:
+        print(json.dumps(result if isinstance(result, dict) else {"succeeded": False, "error": str(result)},
+                         indent=2))
+    elif isinstance(result, dict):
+        console.print(_frame_table(_builds_frame(result), "Offline upgrade"))
+    else:
+        console.print(f"[red]Stopped:[/] {result}")
+    raise typer.Exit(0 if isinstance(result, dict) and result.get("succeeded") else 1)
+
+
+def _builds_frame(result: dict) -> Any:
+    import pandas as pd
+
+    return pd.DataFrame([{"node": n, "before": b, "after": result["builds_after"].get(n, "")}
+                         for n, b in result["builds_before"].items()])
+
+
 def _outcome(record: Path) -> dict | None:
     if not record.exists():
         return None

@@ -343,3 +343,25 @@ class ClusterClient:
         """A registry value on the node, or None when the key or the value does not exist."""
         result = self.session(node).run(Cmdlet("Get-ItemProperty", {"Path": key, "Name": name}))
         return result.objects[0].get(name) if result.objects else None
+
+    # --- the whole cluster at once: the offline path -----------------------------------------------------------
+    def csvs(self) -> list[dict[str, Any]]:
+        """The cluster shared volumes: Name ("Cluster Virtual Disk (Volume01)") and State."""
+        return self.query(Cmdlet("Get-ClusterSharedVolume"))
+
+    def set_csv(self, name: str, online: bool) -> None:
+        self.query(Cmdlet("Start-ClusterResource" if online else "Stop-ClusterResource", {"Name": name, **STOP}))
+
+    def stop_cluster(self) -> None:
+        """Stop-Cluster -Force: the cluster service stops on every node; roles, CSVs and the pool go offline."""
+        self.query(Cmdlet("Stop-Cluster", {"Force": SWITCH, **STOP}))
+
+    def start_cluster(self, node: str) -> None:
+        """Start-Cluster, run on a node and naming it (the cluster name resolves only when the cluster runs)."""
+        self.session(node).run(Cmdlet("Start-Cluster", {"Name": node, **STOP}), timeout=600)
+
+    def set_cluster_service(self, node: str, startup: str) -> None:
+        """Set-Service -Name ClusSvc -StartupType Disabled|Automatic on the node."""
+        if startup not in ("Disabled", "Automatic"):
+            raise ValueError(startup)
+        self.session(node).run(Cmdlet("Set-Service", {"Name": "ClusSvc", "StartupType": startup, **STOP}))

@@ -338,7 +338,8 @@ class RunOptions(Strict):
 
 
 IRREVERSIBLE = ("functional-level", "storage-pool", "vm-versions")
-IrreversibleStep = Literal["functional-level", "storage-pool", "vm-versions"]
+# what an approval can cover: the irreversible steps, and the downtime of the offline path
+ApprovedStep = Literal["functional-level", "storage-pool", "vm-versions", "offline"]
 
 
 class Approval(Strict):
@@ -347,8 +348,9 @@ class Approval(Strict):
 
     approver: str = Field(min_length=1, description="who approves (a name or an account)")
     reason: str = Field(min_length=1, description="why: a change ticket, a maintenance window")
-    steps: list[IrreversibleStep] = Field(default_factory=lambda: list(IRREVERSIBLE),
-                                          description="which irreversible steps are approved")
+    steps: list[ApprovedStep] = Field(default_factory=lambda: list(IRREVERSIBLE),
+                                      description="which irreversible steps (or the offline path's downtime) are "
+                                                  "approved")
     source: Literal["cli", "prefect-ui", "options"] = "cli"
 
 

@@ -118,3 +118,20 @@ def test_an_approval_that_times_out_leaves_nothing_irreversible_done(served):
     assert state.is_failed()
     assert harness.sim.functional_level == 11 and harness.sim.pool_version == 27
     assert not any(e["kind"] in ("functional_level", "pool_version") for e in harness.events())
+
+
+def test_the_offline_command_needs_its_approval_and_then_updates_every_node_at_once(tmp_path):
+    extra = {"PREFECT_HOME": str(tmp_path / "prefect"), "COLUMNS": "200"}
+    scenario = make_scenario(nodes=3, vms_per_node=1, time_factor=FAST)
+    with serve_cluster(scenario, tmp_path, extra) as (inventory, env, events):
+        refused = subprocess.run([*CLI, "offline", "--inventory", str(inventory)], capture_output=True, text=True,
+                                 env=env, timeout=120)
+        done = subprocess.run([*CLI, "offline", "--inventory", str(inventory), "--approve", "--reason", "CHG-9",
+                               "--json"], capture_output=True, text=True, env=env, timeout=600)
+        log = events_of(events)
+    assert refused.returncode == 2 and "--approve --reason" in refused.stderr
+    assert not any(e["kind"] == "cluster" for e in log[:5])
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    assert set(result["builds_after"].values()) == {"10.0.25398.1913"}
+    assert [e["status"] for e in log if e["kind"] == "cluster"] == ["Stopped", "Started"]

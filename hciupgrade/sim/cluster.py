@@ -59,14 +59,19 @@ ERROR_INSTALL_FAILURE = 0x80070643
 MARKER_KEY = r"HKLM:\SOFTWARE\hci-upgrade"  # the orchestrator's mark on a node it paused (Suspend-NodeForUpgrade.ps1)
 
 # --- node lifecycle --------------------------------------------------------------------------------------------
-# (state, event) -> new state. Events: pause, resume, restart (the OS goes down), boot (WinRM back, cluster
-# service joining). The join is special (below): the node comes back Paused if it was paused before the restart.
+# (state, event) -> new state, the cluster's view of a node. Events: pause, resume, restart (the OS goes down),
+# boot (the OS is back and the cluster service joins), stop (Stop-Cluster), start (Start-Cluster). The join is
+# special (below): the node comes back Paused if it was paused before the restart. A node whose cluster service
+# is stopped or Disabled stays Down while its OS (and WinRM) runs: `os_running` is the OS, `state` the cluster's.
 NODE_TRANSITIONS: dict[tuple[NodeState, str], NodeState] = {
     (NodeState.Up, "pause"): NodeState.Paused,
     (NodeState.Paused, "resume"): NodeState.Up,
     (NodeState.Up, "restart"): NodeState.Down,
     (NodeState.Paused, "restart"): NodeState.Down,
     (NodeState.Down, "boot"): NodeState.Joining,
+    (NodeState.Up, "stop"): NodeState.Down,
+    (NodeState.Paused, "stop"): NodeState.Down,
+    (NodeState.Down, "start"): NodeState.Joining,
 }
 
 
@@ -119,6 +124,8 @@ class Node:
     tasks: dict[str, UpdateTask] = field(default_factory=dict)
     returns: bool = True  # False: the node never comes back from its next restart
     marker: dict[str, str] | None = None  # values under MARKER_KEY in the node's registry
+    os_running: bool = True  # the OS runs (WinRM can answer), whatever the cluster service does
+    clussvc_startup: str = "Automatic"  # the cluster service's StartupType (Set-Service clussvc)
 
     @property
     def number(self) -> str:
@@ -178,6 +185,8 @@ class SimCluster:
         self._timers: list[_Timer] = []
         self._firing_at: float | None = None
         self._seq = itertools.count()
+        self.cluster_running = True
+        self.csv_online: dict[str, bool] = {v.name: True for v in spec.volumes}
         self.functional_level = spec.functional_level
         self.pool_version = spec.pool_version
         self.target_build = spec.target_build
@@ -259,7 +268,7 @@ class SimCluster:
     def reachable(self, name: str) -> bool:
         """Whether the node's WinRM endpoint accepts connections now."""
         node = self.nodes[name]
-        return node.winrm_up and node.state != NodeState.Down
+        return node.winrm_up and node.os_running
 
     def strikes(self, node: str, kind: FaultKind) -> Any:
         """The fault of this kind on `node` if it strikes now (a fault with `times` strikes that often)."""
@@ -416,12 +425,14 @@ class SimCluster:
         node = self.node(name)
         node.was_paused_at_restart = node.state == NodeState.Paused
         self._log("restart", node.name, by=by, staged_build=node.staged_build, staged_kind=node.staged_kind)
-        for vm in self.vms.values():
-            if vm.owner == node.name:  # not drained: roles fail over the hard way
-                self._vm_moved(vm, self._any_up_node(exclude=node.name) or node.name, failed=True)
-        self._move(node, "restart", by)
-        if node.away_since is None:
-            self._drives_leave(node)
+        node.os_running = False
+        if node.state != NodeState.Down:  # a node of a stopped cluster is Down already
+            for vm in self.vms.values():
+                if vm.owner == node.name:  # not drained: roles fail over the hard way
+                    self._vm_moved(vm, self._any_up_node(exclude=node.name) or node.name, failed=True)
+            self._move(node, "restart", by)
+            if node.away_since is None:
+                self._drives_leave(node)
         self._refresh_storage_health()
         if not node.returns:
             return
@@ -449,6 +460,10 @@ class SimCluster:
             readiness.missing_features[:] = [f for f in readiness.missing_features if f not in done]
             readiness.pending_features.clear()
             self._log("features_installed", node.name, features=sorted(done), at="boot")
+        node.os_running = True
+        if not self.cluster_running or node.clussvc_startup == "Disabled":
+            self._log("os_up", node.name, cluster_service="stopped")  # WinRM answers; the cluster has it Down
+            return
         self._move(node, "boot", "system")
         self._after(self.d.join_seconds, lambda: self._joined(node), "joined")
 
@@ -537,6 +552,58 @@ class SimCluster:
                 node.staged_build, node.staged_kind = self.lcu_build, "cumulative"
         self._log("install", node.name, status="Completed" if ok else "Failed", code=code, update=task.kind)
 
+    # --- the whole cluster: the offline path (Stop-Cluster, Start-Cluster, CSVs, the cluster service) -----------
+    def set_csv(self, disk: str, online: bool, *, by: str) -> None:
+        if online and not self.cluster_running:
+            raise Refused(f"The cluster resource 'Cluster Virtual Disk ({disk})' could not be brought online: "
+                          "the cluster service is not running.", 5050, None, "csv-online")
+        if self.csv_online[disk] != online:
+            self.csv_online[disk] = online
+            if not online:  # what runs on the volume stops with it
+                for vm in self.vms.values():
+                    if vm.running:
+                        vm.running, vm.state = False, "Failed"
+                        self._log("vm", vm.owner, vm=vm.name, status="Crashed", by=by, reason=f"{disk} offline")
+            self._log("csv", None, disk=disk, online=online, by=by)
+
+    def stop_cluster(self, *, by: str) -> None:
+        """Stop-Cluster: the cluster service stops on every node; roles, CSVs and the pool go offline."""
+        if not self.cluster_running:
+            return
+        for disk in self.csv_online:
+            self.set_csv(disk, False, by=by)
+        self.cluster_running = False
+        for node in self.nodes.values():
+            node.away_since = None  # nothing writes while the whole cluster is stopped: no resync to come
+            if node.state in (NodeState.Up, NodeState.Paused):
+                self._move(node, "stop", by)
+        self._log("cluster", None, status="Stopped", by=by)
+        self._refresh_storage_health()
+
+    def start_cluster(self, *, by: str) -> None:
+        """Start-Cluster: the cluster service starts on every node whose OS runs and whose service is not
+        Disabled; it needs a majority of the votes (nodes, and the witness)."""
+        ready = [n for n in self.nodes.values() if n.os_running and n.clussvc_startup != "Disabled"]
+        votes = len(self.nodes) + (0 if self.knobs.witness == "none" else 1)
+        if len(ready) + (0 if self.knobs.witness == "none" else 1) <= votes / 2:
+            raise Refused("The cluster could not be started: quorum was not achieved "
+                          f"({len(ready)} of {len(self.nodes)} nodes can start).", 5925, None, "start-cluster")
+        if not self.cluster_running:
+            self.cluster_running = True
+            self._log("cluster", None, status="Started", by=by)
+        for node in ready:
+            if node.state == NodeState.Down:
+                node.was_paused_at_restart = False
+                self._move(node, "start", by)
+                self._after(self.d.join_seconds, lambda node=node: self._joined(node), "joined")
+        self._refresh_storage_health()
+
+    def set_cluster_service(self, name: str, startup: str, *, by: str) -> None:
+        node = self.node(name)
+        if node.clussvc_startup != startup:
+            node.clussvc_startup = startup
+            self._log("service", node.name, name="ClusSvc", startup=startup, by=by)
+
     # --- the post-OS steps: irreversible, each one logged with who asked ------------------------------------------
     def functional_level_blockers(self) -> list[str]:
         """Why Update-ClusterFunctionalLevel would fail now: every node must be Up and on the new OS."""
@@ -573,6 +640,9 @@ class SimCluster:
 
     def start_vm(self, name: str, *, by: str) -> Vm:
         vm = self.vms[name]
+        if not vm.running and (not self.cluster_running or not all(self.csv_online.values())):
+            raise Refused(f"'{vm.name}' failed to start: its storage is not available (the cluster or its volumes "
+                          "are offline).", 0x80070015, vm.owner, "start-vm")
         if not vm.running:
             vm.running, vm.state = True, "Online"
             self._log("vm", vm.owner, vm=vm.name, status="Running", by=by)
@@ -645,7 +715,9 @@ class SimCluster:
         away = [n for n in self.nodes.values() if n.away_since is not None]
         for disk in self.disks.values():
             repairing = any(j.disk == disk.name and j.state == JobState.Running for j in self.jobs)
-            if away:
+            if not self.cluster_running:  # the pool is a clustered resource: offline with the cluster
+                new = (HealthStatus.Unknown, (OperationalStatus.Detached,))
+            elif away:
                 new = (HealthStatus.Warning, (OperationalStatus.Degraded,))
             elif repairing:
                 new = (HealthStatus.Warning, (OperationalStatus.InService,))

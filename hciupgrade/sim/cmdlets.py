@@ -412,6 +412,70 @@ def get_cluster_node_supported_version(inv: Invocation) -> list[Out]:
             for n in inv.sim.nodes.values()]
 
 
+def _cluster_refusal(inv: Invocation, refused: Refused) -> Terminating:
+    return Terminating(ErrorOut(refused.args[0], f"{inv.command},{command_class(inv.command)}", "InvalidOperation",
+                                exception_type=f"{CLUSTER_NS}.ClusterCmdletException",
+                                hresult=hresult_of(refused.code)))
+
+
+@cmdlet("Stop-Cluster", "Name Force Wait", positional=("Name",))
+def stop_cluster(inv: Invocation) -> list[Out]:
+    require_cluster_node(inv)
+    if "Force" not in inv.params:
+        raise Terminating(NON_INTERACTIVE)
+    inv.sim.stop_cluster(by=inv.caller)
+    return []
+
+
+@cmdlet("Start-Cluster", "Name IgnorePersistentState Wait", positional=("Name",))
+def start_cluster(inv: Invocation) -> list[Out]:
+    try:
+        inv.sim.start_cluster(by=inv.caller)
+    except Refused as refused:
+        raise _cluster_refusal(inv, refused) from None
+    return [Out([f"{CLUSTER_NS}.Cluster", f"{CLUSTER_NS}.ClusterObject", "System.Object"],
+                {"Name": inv.sim.name}, to_string=inv.sim.name)]
+
+
+def _csv_name(disk: str) -> str:
+    return f"Cluster Virtual Disk ({disk})"
+
+
+@cmdlet("Get-ClusterSharedVolume", "Name", positional=("Name",))
+def get_cluster_shared_volume(inv: Invocation) -> list[Out]:
+    require_cluster_node(inv)
+    owner = next((n.name for n in inv.sim.nodes.values() if n.state == NodeState.Up), inv.node)
+    return [Out([f"{CLUSTER_NS}.ClusterSharedVolume", f"{CLUSTER_NS}.ClusterObject", "System.Object"],
+                {"Name": _csv_name(disk), "State": "Online" if online else "Offline", "OwnerNode": owner},
+                to_string=_csv_name(disk)) for disk, online in inv.sim.csv_online.items()]
+
+
+def _csv_resource(inv: Invocation, online: bool) -> list[Out]:
+    require_cluster_node(inv)
+    name = str(inv.params.get("Name", ""))
+    disk = next((d for d in inv.sim.csv_online if _csv_name(d) == name), None)
+    if disk is None:
+        raise Terminating(ErrorOut(f"The resource '{name}' was not found.",
+                                   f"ClusterObjectNotFound,{command_class(inv.command)}", "ObjectNotFound",
+                                   target=name, exception_type=f"{CLUSTER_NS}.ClusterCmdletException"))
+    try:
+        inv.sim.set_csv(disk, online, by=inv.caller)
+    except Refused as refused:
+        raise _cluster_refusal(inv, refused) from None
+    return [Out([f"{CLUSTER_NS}.ClusterResource", f"{CLUSTER_NS}.ClusterObject", "System.Object"],
+                {"Name": name, "State": "Online" if online else "Offline"}, to_string=name)]
+
+
+@cmdlet("Stop-ClusterResource", "Name Wait IgnoreLocked", positional=("Name",))
+def stop_cluster_resource(inv: Invocation) -> list[Out]:
+    return _csv_resource(inv, False)
+
+
+@cmdlet("Start-ClusterResource", "Name Wait IgnoreLocked", positional=("Name",))
+def start_cluster_resource(inv: Invocation) -> list[Out]:
+    return _csv_resource(inv, True)
+
+
 # --- Storage ---------------------------------------------------------------------------------------------------
 STORAGE_NS = "ROOT/Microsoft/Windows/Storage"
 
@@ -1132,4 +1196,10 @@ def start_service(inv: Invocation) -> list[Out]:
 
 @cmdlet("Set-Service", "Name StartupType", positional=("Name",))
 def set_service(inv: Invocation) -> list[Out]:
+    name = str(inv.params.get("Name"))
+    if name.lower() not in {s.lower() for s in KNOWN_SERVICES}:
+        no_such_service(inv, name)
+        return []
+    if name.lower() == "clussvc" and inv.params.get("StartupType") is not None:
+        inv.sim.set_cluster_service(inv.node, str(inv.params["StartupType"]), by=inv.caller)
     return []

@@ -1,0 +1,97 @@
+"""The fast offline path as a Prefect flow, behind an approval of the downtime: every node's install and restart
+is a task run, submitted at once (Prefect's task concurrency), under the cluster lock. The approval is the
+`approval` parameter in embedded mode (`hci-upgrade offline --approve --reason`), a typed pause on a server."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.flow_runs import pause_flow_run
+from prefect.input import RunInput
+from pydantic import Field
+
+from flows.locking import cluster_lock, embedded
+from flows.rolling_upgrade import UpgradeFailed, load_secret
+from hciupgrade.clock import ClusterClock
+from hciupgrade.cluster import ClusterClient
+from hciupgrade.models import Approval, RunOptions, load_inventory
+from hciupgrade.offline import OfflineOutcome, OfflineUpgrade
+from hciupgrade.records import RunRecorder, new_run_id
+
+ACTIONS: dict[str, Callable[[str], Any]] = {}  # the live action of a phase, looked up by the task
+
+
+class DowntimeApproval(RunInput):
+    """The form the Prefect UI shows before the offline path takes the cluster down."""
+
+    approver: str = Field(min_length=1, description="your name or account")
+    reason: str = Field(min_length=1, description="why: the change ticket or the maintenance window")
+    take_the_cluster_down: bool = Field(False, description="stop every VM and the cluster, update every node at once")
+
+
+@task(name="offline-node", task_run_name="{phase}-{node}", cache_policy=NO_CACHE)
+def node_action(key: str, phase: str, node: str) -> Any:
+    return ACTIONS[key](node)
+
+
+def prefect_parallel(run_id: str):  # noqa: ANN201 - an hciupgrade.offline.Parallel
+    def parallel(phase: str, action: Callable[[str], Any], nodes: list[str]) -> dict[str, Any]:
+        key = f"{run_id}/{phase}"
+        ACTIONS[key] = action
+        try:
+            futures = {node: node_action.submit(key, phase, node) for node in nodes}
+            # a failed task run gives back its exception, which the offline path reads per node
+            return {node: future.result(raise_on_failure=False) for node, future in futures.items()}
+        finally:
+            ACTIONS.pop(key, None)
+
+    return parallel
+
+
+@flow(name="offline-upgrade", flow_run_name="offline-{cluster}", log_prints=True)
+def offline_upgrade(inventory: str, cluster: str | None = None, options: RunOptions | None = None,
+                    approval: Approval | None = None, wait_for_approval: bool | None = None) -> dict:
+    options = options or RunOptions()
+    target = load_inventory(inventory).cluster(cluster)
+    options.check_against(target)
+    recorder = RunRecorder(new_run_id(), target.name, time_factor=target.time_factor)
+    if approval is None and (wait_for_approval if wait_for_approval is not None else not embedded()):
+        answer = pause_flow_run(wait_for_input=DowntimeApproval.with_initial_data(
+            description=f"### Take **{target.name}** down?\nEvery VM is shut down, the cluster stopped, every node "
+                        "updated at once and restarted, then everything started again."),
+            timeout=int(options.approval_timeout_minutes * 60), poll_interval=5)
+        if answer.take_the_cluster_down:
+            approval = Approval(approver=answer.approver, reason=answer.reason, steps=["offline"],
+                                source="prefect-ui")
+    if approval is None or "offline" not in approval.steps:
+        recorder.emit(None, "approval", "failed", steps=["offline"], error="the downtime was not approved")
+        raise UpgradeFailed(f"the offline path of {target.name} was not approved: nothing was changed")
+    recorder.emit(None, "approval", "succeeded", approver=approval.approver, reason=approval.reason,
+                  steps=approval.steps, source=approval.source)
+    client = ClusterClient(target, target.credential.resolve(secret_block=load_secret))
+    try:
+        with cluster_lock(target.name, lease_seconds=options.lock_lease_seconds):
+            outcome = OfflineUpgrade(client, options, recorder, ClusterClock(target.time_factor),
+                                     prefect_parallel(recorder.run_id)).run()
+    finally:
+        client.close()
+    publish(outcome, approval)
+    if not outcome.succeeded:
+        get_run_logger().error("offline upgrade of %s: %s", target.name, outcome.error)
+        raise UpgradeFailed(outcome.error)
+    return outcome.model_dump(mode="json")
+
+
+def publish(outcome: OfflineOutcome, approval: Approval) -> None:
+    lines = [f"# Offline upgrade of {outcome.cluster}: {'done' if outcome.succeeded else 'FAILED'}", "",
+             f"Approved by {approval.approver} ({approval.source}): {approval.reason}.", "",
+             "| node | before | after |", "|---|---|---|"]
+    lines += [f"| {n} | {b} | {outcome.builds_after.get(n, '')} |" for n, b in outcome.builds_before.items()]
+    if outcome.error:
+        lines += ["", f"**Stopped:** {outcome.error}"]
+    lines += ["", "Phases done: " + ", ".join(outcome.phases)]
+    create_markdown_artifact("\n".join(lines), key=f"offline-{outcome.cluster.lower()}")
