@@ -135,3 +135,41 @@ def test_the_offline_command_needs_its_approval_and_then_updates_every_node_at_o
     result = json.loads(done.stdout)
     assert set(result["builds_after"].values()) == {"10.0.25398.1913"}
     assert [e["status"] for e in log if e["kind"] == "cluster"] == ["Stopped", "Started"]
+
+
+def test_an_approver_who_ticks_nothing_refuses_and_nothing_irreversible_happens(served):
+    from flows.finish import post_upgrade
+
+    harness, inventory = served
+    found: list = []
+    thread = resume_when_paused({"approver": "bob", "reason": "not tonight", "functional_level": False,
+                                 "storage_pool": False, "vm_versions": False}, found)
+    state = post_upgrade(inventory=str(inventory), options=RunOptions(), wait_for_approval=True, return_state=True)
+    thread.join(timeout=5)
+    result = state.result(raise_on_failure=False)
+    assert found and result["approval"] is None
+    assert result["awaiting_approval"] == ["functional-level", "storage-pool"]
+    assert harness.sim.functional_level == 11 and harness.sim.pool_version == 27
+
+
+def test_the_whole_path_as_one_parent_flow_resumes_where_it_stopped(prefect_server, tmp_path):
+    from flows.finish import full_upgrade
+    from hciupgrade.models import Approval
+    from hciupgrade.sim.harness import SimHarness
+
+    with SimHarness(make_scenario(nodes=2, vms_per_node=1, time_factor=FAST)) as harness:
+        inventory = tmp_path / "inv.yaml"
+        harness.inventory().write(inventory)
+        os.environ.update(harness.environment())
+        options = RunOptions(poll_seconds=10, retry_delay_seconds=0.05)
+        waiting = full_upgrade(inventory=str(inventory), options=options, wait_for_approval=False)
+        assert waiting["post_upgrade"]["awaiting_approval"] == ["functional-level", "storage-pool"]
+        assert {n.build for n in harness.sim.nodes.values()} == {"10.0.25398.1913"}
+        restarts = sum(1 for e in harness.events() if e["kind"] == "restart")
+        done = full_upgrade(inventory=str(inventory), options=options,
+                            approval=Approval(approver="carol", reason="CHG-77"))
+        assert done["post_upgrade"]["succeeded"]
+        assert sum(1 for e in harness.events() if e["kind"] == "restart") == restarts  # nothing done twice
+        assert [n["result"] for n in done["feature_update"]["nodes"]] == ["skipped", "skipped"]
+        frame = done["readiness"]["records"]
+        assert not [r for r in frame if r["severity"] == "CRITICAL" and r["status"] != "SUCCESS"]
