@@ -4,7 +4,7 @@ remoting against the simulated cluster, which runs in its own process as a real 
 Prints: wall time, the one-time start-up (Prefect's embedded server, the fake endpoints), the simulated work on the
 critical path (drain, install, reboot, resync: cluster time / time factor), the orchestration overhead per node
 ((wall - start-up - simulated work) / nodes), and the median and 95th percentile of one remote call. The last line
-is one JSON object. Run: .venv/bin/python benchmarks/rolling_upgrade.py [--scenario FILE]
+is one JSON object. Run: .venv/bin/python benchmarks/rolling_upgrade.py [--scenario FILE] [--transport T]
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
-def serve(scenario_path: str | None, conn) -> None:  # noqa: ANN001 - a multiprocessing connection
+def serve(scenario_path: str | None, transport: str, conn) -> None:  # noqa: ANN001 - a multiprocessing connection
     from hciupgrade.sim.harness import SimHarness
     from hciupgrade.sim.scenario import builtin_scenario, load_scenario
 
     scenario = load_scenario(scenario_path) if scenario_path else builtin_scenario()
-    with SimHarness(scenario) as harness:
+    with SimHarness(scenario, transport=transport) as harness:  # type: ignore[arg-type]
         conn.send((harness.inventory().model_dump(mode="json"), harness.password))
         conn.recv()  # until the orchestrator is done
         conn.send(harness.events())
@@ -75,10 +75,13 @@ def critical_path_work(events: list[dict], time_factor: float) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--scenario", help="scenario file (default: the demo)")
+    parser.add_argument("--transport", default="negotiate", choices=["negotiate", "https", "basic"],
+                        help="how the simulated nodes listen (default: Negotiate with message encryption, as a real "
+                             "node)")
     args = parser.parse_args()
     t0 = time.perf_counter()
     parent, child = mp.Pipe()
-    proc = mp.get_context("spawn").Process(target=serve, args=(args.scenario, child), daemon=True)
+    proc = mp.get_context("spawn").Process(target=serve, args=(args.scenario, args.transport, child), daemon=True)
     proc.start()
     inventory_data, password = parent.recv()
     from prefect import flow
@@ -116,14 +119,16 @@ def main() -> int:
     p50 = statistics.median(calls) * 1000
     p95 = calls[int(0.95 * (len(calls) - 1))] * 1000
     overhead = (wall - startup - work) / nodes
-    print(f"upgrade: {'completed' if state.is_completed() else 'FAILED'} on {nodes} nodes")
+    print(f"upgrade: {'completed' if state.is_completed() else 'FAILED'} on {nodes} nodes, transport "
+          f"{args.transport}")
     print(f"wall time                 {wall:8.2f} s   (the upgrade flow alone: {run_wall:.2f} s)")
     print(f"start-up (Prefect, sim)   {startup:8.2f} s")
     print(f"simulated work (critical) {work:8.2f} s   (x{cluster.time_factor:g}: "
           f"{work * cluster.time_factor / 3600:.1f} h of cluster time)")
     print(f"overhead per node         {overhead:8.2f} s   (target < 0.5)")
     print(f"remote call               p50 {p50:.1f} ms, p95 {p95:.1f} ms over {len(calls)} calls (target p50 < 20)")
-    print(json.dumps({"wall_s": round(wall, 3), "startup_s": round(startup, 3), "simulated_work_s": round(work, 3),
+    print(json.dumps({"transport": args.transport, "wall_s": round(wall, 3), "startup_s": round(startup, 3),
+                      "simulated_work_s": round(work, 3),
                       "overhead_per_node_s": round(overhead, 3), "remote_call_p50_ms": round(p50, 2),
                       "remote_call_p95_ms": round(p95, 2)}))
     return 0 if state.is_completed() else 1

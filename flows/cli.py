@@ -27,6 +27,8 @@ from hciupgrade.sim.scenario import ScenarioError, builtin_scenario, load_scenar
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Upgrade Azure Stack HCI clusters from 22H2 to 23H2, node by node, as Prefect flows.")
 err = Console(stderr=True)
+TRANSPORT_HELP = ("how the simulated nodes listen: negotiate (NTLM with WinRM message encryption over HTTP, as a "
+                  "real node), https (Negotiate over TLS, a throwaway CA), basic (plain HTTP, for debugging)")
 
 
 @app.callback()
@@ -41,6 +43,7 @@ def demo(
     events: Annotated[Optional[Path], typer.Option(help="write the simulator's event log (JSON Lines) here")] = None,
     full: Annotated[bool, typer.Option("--full", help="the whole path: feature update, cumulative update, post-OS "
                                                       "steps (approved as the demo's operator), readiness")] = False,
+    transport: Annotated[str, typer.Option(help=TRANSPORT_HELP)] = "negotiate",
 ) -> None:
     """Upgrade a simulated 22H2 cluster to 23H2 through the Prefect flow, over real PowerShell remoting."""
     try:
@@ -55,7 +58,8 @@ def demo(
 
     console = err if json_out else make_console()
     run_id = new_run_id()
-    with SimHarness(chosen) as harness, tempfile.TemporaryDirectory() as tmp:
+    _check_transport(transport)
+    with SimHarness(chosen, transport=transport) as harness, tempfile.TemporaryDirectory() as tmp:  # type: ignore[arg-type]
         inventory = Path(tmp) / "inventory.yaml"
         harness.inventory().write(inventory)
         os.environ.update(harness.environment())
@@ -151,6 +155,14 @@ def _print_finish(result: dict, console: Console) -> None:
                       "--approve --reason TEXT (or approve in the Prefect UI)")
 
 
+def _check_transport(transport: str) -> None:
+    from hciupgrade.sim.harness import TRANSPORTS
+
+    if transport not in TRANSPORTS:
+        err.print(f"[red]--transport: {transport!r} is not one of {', '.join(TRANSPORTS)}[/]")
+        raise typer.Exit(2)
+
+
 sim_app = typer.Typer(no_args_is_help=True, help="The simulated cluster.")
 app.add_typer(sim_app, name="sim")
 
@@ -160,9 +172,11 @@ def sim_serve(
     inventory_out: Annotated[Path, typer.Option(help="write the cluster's inventory (YAML) here")],
     scenario: Annotated[Optional[Path], typer.Option(help="scenario file (YAML); default: the 4-node demo")] = None,
     events: Annotated[Optional[Path], typer.Option(help="append the event log (JSON Lines) here as it happens")] = None,
+    transport: Annotated[str, typer.Option(help=TRANSPORT_HELP)] = "negotiate",
 ) -> None:
     """Run a simulated cluster as its own process, as a real one outlives the orchestrator. The password comes
     from HCI_UPGRADE_SIM_PASSWORD, which the inventory names; stop with Ctrl-C or SIGTERM."""
+    _check_transport(transport)
     import signal
 
     from hciupgrade.sim.harness import PASSWORD_ENV, SimHarness
@@ -177,7 +191,7 @@ def sim_serve(
         err.print(f"[red]{PASSWORD_ENV} is not set[/]: export a password for the simulated nodes first, e.g. "
                   f"export {PASSWORD_ENV}=$(openssl rand -base64 18)")
         raise typer.Exit(2)
-    harness = SimHarness(chosen, password=password)
+    harness = SimHarness(chosen, password=password, transport=transport)  # type: ignore[arg-type]
     if events:
         events.write_text("")
         sink = open(events, "a")

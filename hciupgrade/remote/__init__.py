@@ -4,6 +4,7 @@ from hciupgrade.remote.calls import SWITCH, Call, Cmdlet, PackagedScript, Pipeli
 from hciupgrade.remote.errors import (
     AuthFailed,
     CallTimedOut,
+    CertificateRejected,
     CmdletFailed,
     ErrorInfo,
     NodeUnreachable,
@@ -13,6 +14,6 @@ from hciupgrade.remote.errors import (
 from hciupgrade.remote.session import NodeSession, Result
 
 __all__ = [
-    "SWITCH", "Call", "Cmdlet", "PackagedScript", "Pipeline", "AuthFailed", "CallTimedOut", "CmdletFailed",
-    "ErrorInfo", "NodeUnreachable", "RemoteError", "RemotingError", "NodeSession", "Result",
+    "SWITCH", "Call", "Cmdlet", "PackagedScript", "Pipeline", "AuthFailed", "CallTimedOut", "CertificateRejected",
+    "CmdletFailed", "ErrorInfo", "NodeUnreachable", "RemoteError", "RemotingError", "NodeSession", "Result",
 ]

@@ -57,6 +57,10 @@ class RemotingError(RemoteError):
     """Any other WinRM/PSRP failure."""
 
 
+class CertificateRejected(RemotingError):
+    """The node's HTTPS certificate did not validate (wrong name, unknown CA, expired). Retrying will not help."""
+
+
 class CmdletFailed(RemoteError):
     """The call ran and reported errors; `errors` holds them, terminating ones first."""
 

@@ -10,6 +10,7 @@ on a rebooted host (best effort); nothing is thread-safe (a lock per node).
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections import deque
@@ -28,6 +29,7 @@ from hciupgrade.remote.calls import SWITCH, Call, Cmdlet, PackagedScript, Pipeli
 from hciupgrade.remote.errors import (
     AuthFailed,
     CallTimedOut,
+    CertificateRejected,
     CmdletFailed,
     ErrorInfo,
     NodeUnreachable,
@@ -94,6 +96,13 @@ def error_info(err: Any, terminating: bool) -> ErrorInfo:
         terminating=terminating,
         activity=getattr(err, "activity", None) or None,
     )
+
+
+def _tls_reason(error: Exception) -> str:
+    """The verification failure from an SSLError's text (no URL, no credential): what an operator must fix."""
+    match = re.search(r"certificate verify failed: ([^(\]'\")]+)", str(error))
+    reason = match.group(1).strip().rstrip(".") if match else type(error).__name__
+    return f"{reason}; check the certificate's names and transport.cert_validation (the CA bundle)"
 
 
 class NodeSession:
@@ -175,6 +184,10 @@ class NodeSession:
                 if e.code == 0x80338029:
                     raise NodeUnreachable(self.node, f"operation timed out (WSMan fault {e.code:#x})") from None
                 raise RemotingError(self.node, f"WSMan fault {e.code}: {e.reason}") from None
+            except requests.exceptions.SSLError as e:
+                self.reset()
+                raise CertificateRejected(self.node, "TLS: the node's certificate was refused: "
+                                          + _tls_reason(e)) from None
             except requests.exceptions.RequestException as e:  # refused, reset, timed out, cut mid-answer
                 self.reset()
                 raise NodeUnreachable(self.node, f"{type(e).__name__}: connection failed") from None

@@ -8,25 +8,46 @@ from __future__ import annotations
 
 import json
 import secrets
+import tempfile
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from hciupgrade.models import ClusterInventory, CredentialRef, Inventory, NodeEndpoint, Transport
 from hciupgrade.sim.cluster import SimCluster
 from hciupgrade.sim.scenario import Scenario
+from hciupgrade.sim.tls import ThrowawayCA
 from hciupgrade.sim.winrm import FakeWinRM
+from hciupgrade.sim.wsauth import Authenticator
 
 SIM_USER = "hciadmin"
 PASSWORD_ENV = "HCI_UPGRADE_SIM_PASSWORD"
 
 
+SimTransport = Literal["negotiate", "https", "basic"]
+TRANSPORTS: tuple[SimTransport, ...] = ("negotiate", "https", "basic")
+
+
 class SimHarness:
-    def __init__(self, scenario: Scenario, *, password: str | None = None, tick: float = 0.002) -> None:
+    """`transport`: what a real node's listener does, Negotiate with message encryption over HTTP (the default), or
+    Negotiate over HTTPS with a certificate from a throwaway CA; or Basic over plain HTTP, for debugging."""
+
+    def __init__(self, scenario: Scenario, *, password: str | None = None, tick: float = 0.002,
+                 transport: SimTransport = "negotiate") -> None:
         self.scenario = scenario
         self.sim = SimCluster(scenario)
         self.password = password or secrets.token_urlsafe(18)
-        self.endpoints = {name: FakeWinRM(self.sim, name, SIM_USER, self.password) for name in self.sim.nodes}
+        self.transport = transport
+        self._files = tempfile.TemporaryDirectory(prefix="hci-sim-")
+        folder = Path(self._files.name)
+        user_file = folder / "ntlm-users"
+        user_file.write_text(f":{SIM_USER}:{self.password}\n")
+        user_file.chmod(0o600)
+        auth = Authenticator("basic" if transport == "basic" else "negotiate", SIM_USER, self.password,
+                             user_file, encrypt=transport == "negotiate")
+        self.ca = ThrowawayCA(folder / "ca") if transport == "https" else None
+        tls = self.ca.issue("endpoint", ["127.0.0.1", "localhost"]).server_context() if self.ca else None
+        self.endpoints = {name: FakeWinRM(self.sim, name, auth, tls=tls) for name in self.sim.nodes}
         self._tick = tick
         self._stop = threading.Event()
         self._driver: threading.Thread | None = None
@@ -52,6 +73,7 @@ class SimHarness:
             self._driver.join(timeout=2)
         for endpoint in self.endpoints.values():
             endpoint.stop()
+        self._files.cleanup()
 
     def _drive(self) -> None:
         while not self._stop.wait(self._tick):
@@ -70,12 +92,21 @@ class SimHarness:
                     with self.sim.lock:
                         self.sim._log("endpoint", name, status="closed")
 
+    def client_transport(self) -> Transport:
+        """How a client reaches these endpoints: what the inventory says."""
+        if self.transport == "basic":
+            return Transport(scheme="http", auth="basic")
+        if self.transport == "https":
+            assert self.ca is not None
+            return Transport(scheme="https", auth="negotiate", cert_validation=str(self.ca.path))
+        return Transport(scheme="http", auth="negotiate")
+
     def inventory(self) -> Inventory:
-        """The inventory an operator would write for this cluster: loopback, HTTP, Basic, password by env var."""
+        """The inventory an operator would write for this cluster: loopback, the transport, password by env var."""
         return Inventory(clusters=[ClusterInventory(
             name=self.sim.name,
             nodes=[NodeEndpoint(name=name, address="127.0.0.1", port=ep.port) for name, ep in self.endpoints.items()],
-            transport=Transport(scheme="http", auth="basic"),
+            transport=self.client_transport(),
             credential=CredentialRef(username=SIM_USER, password_env=PASSWORD_ENV),
             time_factor=self.scenario.time_factor,
         )])

@@ -1,7 +1,8 @@
 """A fake WinRM endpoint for one simulated node: WS-Management over HTTP, PSRP through psrpcore's server side.
 
 This is the thin I/O around the simulator. It speaks just enough WS-Management for pypsrp's RunspacePool and
-PowerShell (Create, Command, Send, Receive with long-poll, Signal, Delete, Get), authenticates with Basic, and
+PowerShell (Create, Command, Send, Receive with long-poll, Signal, Delete, Get), authenticates as a Windows
+listener does (Negotiate with message encryption over HTTP, or over HTTPS; Basic for debugging: wsauth.py), and
 dispatches each pipeline to sim/cmdlets.py. It listens on loopback only and refuses anything else.
 
 Traps it handles (reference/remoting.md §3, §6): the ServerPipeline must exist before its CreatePipeline fragment
@@ -13,10 +14,10 @@ sockets, not just stop accepting.
 from __future__ import annotations
 
 import base64
-import hmac
 import random
 import re
 import socket
+import ssl
 import threading
 import time
 import uuid
@@ -46,6 +47,7 @@ from hciupgrade.sim.pstypes import (
     normalise_param,
     to_ps,
 )
+from hciupgrade.sim.wsauth import Authenticator, Refusal
 
 NS = {
     "s": "http://www.w3.org/2003/05/soap-envelope",
@@ -100,15 +102,16 @@ class Shell:
 class FakeWinRM:
     """One node's endpoint. `start()` opens the port (the same one after a reboot), `stop()` closes it hard."""
 
-    def __init__(self, sim: SimCluster, node: str, username: str, password: str, *,
-                 host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, sim: SimCluster, node: str, auth: Authenticator, *, host: str = "127.0.0.1", port: int = 0,
+                 tls: ssl.SSLContext | None = None) -> None:
         if not is_loopback(host):
             raise ValueError(f"the fake WinRM endpoint listens on loopback only, not {host!r}")
         self.sim = sim
         self.node = node
         self.host = host
         self.port = port
-        self._credentials = f"{username}:{password}".encode()
+        self.auth = auth
+        self.tls = tls
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self.shells: dict[str, Shell] = {}
@@ -129,6 +132,8 @@ class FakeWinRM:
             self.port = _free_port(self.host)
         server = _Server((self.host, self.port), _Handler)
         server.endpoint = self
+        if self.tls is not None:
+            server.socket = self.tls.wrap_socket(server.socket, server_side=True)
         self.port = server.server_address[1]
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
@@ -148,18 +153,6 @@ class FakeWinRM:
         for shell in shells:
             with shell.lock:
                 shell.lock.notify_all()
-
-    def authorised(self, header: str | None) -> bool:
-        if not header or not header.startswith("Basic "):
-            return False
-        try:
-            given = base64.b64decode(header[6:], validate=True)
-        except ValueError:
-            return False
-        return hmac.compare_digest(given, self._credentials)
-
-    def caller(self, header: str) -> str:
-        return base64.b64decode(header[6:]).decode().split(":", 1)[0]
 
     # --- WS-Management operations ---------------------------------------------------------------------------
     def handle(self, envelope: ET.Element, caller: str, client: socket.socket) -> ET.Element | None:
@@ -366,8 +359,8 @@ def _seconds(duration: str) -> float:
 
 
 def _peer_gone(sock: socket.socket) -> bool:
-    try:
-        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    try:  # the raw TCP stream (an SSLSocket refuses peeking): end of stream means the client hung up
+        return socket.socket.recv(sock, 1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
     except BlockingIOError:
         return False
     except OSError:
@@ -413,8 +406,14 @@ class _Server(ThreadingHTTPServer):
 
 
 class _Handler(BaseHTTPRequestHandler):
+    """One TCP connection: its authentication (and encryption context) lives as long as the connection."""
+
     protocol_version = "HTTP/1.1"
     server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        self.gate = self.server.endpoint.auth.new_connection()
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -426,36 +425,47 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(0.05)
         length = int(self.headers.get("Content-Length", "0"))
         raw = self.rfile.read(length) if length else b""
-        auth = self.headers.get("Authorization")
-        if not endpoint.authorised(auth):
-            self.send_response(401)
-            self.send_header("WWW-Authenticate", 'Basic realm="WSMAN"')
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+        verdict = self.gate.receive(dict(self.headers.items()), raw)
+        if isinstance(verdict, Refusal):
+            self._refuse(verdict)
             return
-        if not raw:
-            self._reply(200, b"")
+        if not verdict.body:
+            self._reply(200, b"", verdict.headers)
             return
-        envelope = ET.fromstring(raw)
+        envelope = ET.fromstring(verdict.body)
         message_id = envelope.findtext("s:Header/a:MessageID", "", NS)
         action = envelope.findtext("s:Header/a:Action", "", NS)
         try:
-            result = endpoint.handle(envelope, endpoint.caller(auth or ""), self.connection)
+            result = endpoint.handle(envelope, verdict.caller, self.connection)
         except WSManFault as fault:
-            self._reply(500, _fault(message_id, fault, endpoint.node))
+            self._reply(500, _fault(message_id, fault, endpoint.node), verdict.headers)
             return
         except ConnectionAbortedError:
             self.close_connection = True
             return
-        self._reply(200, _envelope(action + "Response", message_id, result))
+        self._reply(200, _envelope(action + "Response", message_id, result), verdict.headers)
 
-    def _reply(self, status: int, payload: bytes) -> None:
+    def _refuse(self, refusal: Refusal) -> None:
+        try:
+            self.send_response(refusal.status)
+            for name, value in refusal.headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        except OSError:
+            pass
+        self.close_connection = refusal.close
+
+    def _reply(self, status: int, payload: bytes, headers: dict[str, str] | None = None) -> None:
+        content_type, body = self.gate.send(payload)
         try:
             self.send_response(status)
-            self.send_header("Content-Type", "application/soap+xml;charset=UTF-8")
-            self.send_header("Content-Length", str(len(payload)))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(payload)
+            self.wfile.write(body)
         except OSError:
             self.close_connection = True
 
