@@ -10,8 +10,10 @@ import threading
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
-# Prefect reads its settings at import: keep its console quiet unless asked, before anything imports it.
-os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+# Prefect reads its settings at import, so before anything imports it: the run's story (INFO) goes to Prefect's
+# API, where the UI shows it; the console shows warnings only, unless asked.
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
@@ -261,10 +263,13 @@ def upgrade(
         console.print(summary_table(record, run_id))
         if outcome and outcome.get("error"):
             console.print(f"[red]Stopped:[/] {outcome['error']}")
+    if outcome and outcome.get("window_ended"):
+        raise typer.Exit(EXIT_WINDOW_ENDED)
     raise typer.Exit(0 if outcome and outcome["succeeded"] and state.is_completed() else 1)
 
 
 EXIT_AWAITING_APPROVAL = 3
+EXIT_WINDOW_ENDED = 4  # StopAfter passed: stopped cleanly between nodes; run again in the next window
 
 
 @app.command("finish")

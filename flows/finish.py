@@ -15,7 +15,7 @@ from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 from pydantic import Field
 
-from flows.locking import cluster_lock, embedded
+from flows.locking import cluster_lock, embedded, narrate_to_run_log, run_name
 from flows.readiness import readiness
 from flows.rolling_upgrade import UpgradeFailed, load_secret, prefect_engine, rolling_upgrade, run_engine
 from hciupgrade.cluster import ClusterClient
@@ -60,7 +60,7 @@ def ask_in_the_ui(timeout_minutes: float):  # noqa: ANN201 - returns PostUpgrade
     return approve
 
 
-@flow(name="post-upgrade", flow_run_name="post-upgrade-{cluster}", log_prints=True)
+@flow(name="post-upgrade", flow_run_name=run_name("post-upgrade"), log_prints=True)
 def post_upgrade(inventory: str, cluster: str | None = None, options: RunOptions | None = None,
                  approval: Approval | None = None, wait_for_approval: bool | None = None,
                  run_id: str | None = None) -> dict:
@@ -73,6 +73,7 @@ def post_upgrade(inventory: str, cluster: str | None = None, options: RunOptions
         wait_for_approval = approval is None and not embedded()
     client = ClusterClient(target, target.credential.resolve(secret_block=load_secret))
     recorder = RunRecorder(run_id or new_run_id(), target.name, time_factor=target.time_factor)
+    narrate_to_run_log(recorder)
 
     def given(steps: list[str], plan: str) -> Approval | None:
         return approval
@@ -118,12 +119,14 @@ def publish(outcome: PostUpgradeOutcome) -> None:
     create_markdown_artifact("\n".join(lines), key=f"{key}-summary")
 
 
-@flow(name="finish", flow_run_name="finish-{cluster}", log_prints=True)
+@flow(name="finish", flow_run_name=run_name("finish"), log_prints=True)
 def finish(inventory: str, cluster: str | None = None, options: RunOptions | None = None,
            approval: Approval | None = None, wait_for_approval: bool | None = None) -> dict:
     """The cumulative update on every node (rolling, through the same engine and gates), then the post-OS steps."""
     options = options or RunOptions()
     lcu = rolling_upgrade(inventory=inventory, cluster=cluster, options=lcu_options(options))
+    if lcu.get("window_ended"):  # the window closed during the cumulative update: the post-OS steps wait
+        return {"cumulative_update": lcu, "post_upgrade": None}
     post = post_upgrade(inventory=inventory, cluster=cluster, options=options, approval=approval,
                         wait_for_approval=wait_for_approval)
     return {"cumulative_update": lcu, "post_upgrade": post}
@@ -134,7 +137,7 @@ def lcu_options(options: RunOptions) -> RunOptions:
     return RunOptions(**data, update="cumulative")
 
 
-@flow(name="full-upgrade", flow_run_name="full-upgrade-{cluster}", log_prints=True)
+@flow(name="full-upgrade", flow_run_name=run_name("full-upgrade"), log_prints=True)
 def full_upgrade(inventory: str, cluster: str | None = None, options: RunOptions | None = None,
                  approval: Approval | None = None, wait_for_approval: bool | None = None) -> dict:
     """The whole path for one cluster, each stage a subflow run: feature update, cumulative update, post-OS steps,
@@ -143,7 +146,11 @@ def full_upgrade(inventory: str, cluster: str | None = None, options: RunOptions
     options = options or RunOptions()
     target = load_inventory(inventory).cluster(cluster)
     feature = rolling_upgrade(inventory=inventory, cluster=target.name, options=options)
+    if feature.get("window_ended"):  # the next window's run resumes here
+        return {"feature_update": feature}
     rest = finish(inventory=inventory, cluster=target.name, options=options, approval=approval,
                   wait_for_approval=wait_for_approval)
+    if rest["post_upgrade"] is None:
+        return {"feature_update": feature, **rest}
     ready = readiness(inventory=inventory, clusters=[target.name])
     return {"feature_update": feature, **rest, "readiness": ready}

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from prefect import get_client
 from prefect.concurrency.sync import concurrency
@@ -75,3 +76,44 @@ def cluster_lock(cluster: str, *, lease_seconds: float, timeout_seconds: float =
         with concurrency(name, occupy=1, strict=True, lease_duration=lease_seconds,
                          timeout_seconds=timeout_seconds, raise_on_lease_renewal_failure=False):
             yield
+
+
+def run_name(prefix: str):  # noqa: ANN201 - a Prefect flow_run_name callable
+    """A flow run's name with the cluster's name resolved from the inventory when the `cluster` parameter is left
+    out (one cluster in the inventory), so that no run is ever named "upgrade-None"."""
+
+    def name() -> str:
+        from prefect.runtime import flow_run
+
+        from hciupgrade.models import InputError, load_inventory
+
+        parameters = flow_run.parameters
+        cluster = parameters.get("cluster") or parameters.get("clusters")
+        if isinstance(cluster, list):
+            cluster = ",".join(cluster)
+        if not cluster:
+            try:
+                clusters = load_inventory(parameters["inventory"]).clusters
+                cluster = ",".join(c.name for c in clusters)
+            except (InputError, KeyError):
+                cluster = "inventory"
+        return f"{prefix}-{cluster}"
+
+    return name
+
+
+def narrate_to_run_log(recorder: Any) -> None:
+    """Every record event worth a line goes to the flow run's log in Prefect (the CLI's console stays quiet:
+    its console handler shows warnings only)."""
+    from prefect import get_run_logger
+
+    from hciupgrade.narration import describe
+
+    logger = get_run_logger()
+
+    def listener(event: dict[str, Any]) -> None:
+        line = describe(event)
+        if line is not None:
+            logger.log(*line)
+
+    recorder.listeners.append(listener)

@@ -14,7 +14,7 @@ from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 from pydantic import Field
 
-from flows.locking import cluster_lock, embedded
+from flows.locking import cluster_lock, embedded, narrate_to_run_log, run_name
 from flows.rolling_upgrade import UpgradeFailed, load_secret
 from hciupgrade.clock import ClusterClock
 from hciupgrade.cluster import ClusterClient
@@ -52,13 +52,14 @@ def prefect_parallel(run_id: str):  # noqa: ANN201 - an hciupgrade.offline.Paral
     return parallel
 
 
-@flow(name="offline-upgrade", flow_run_name="offline-{cluster}", log_prints=True)
+@flow(name="offline-upgrade", flow_run_name=run_name("offline"), log_prints=True)
 def offline_upgrade(inventory: str, cluster: str | None = None, options: RunOptions | None = None,
                     approval: Approval | None = None, wait_for_approval: bool | None = None) -> dict:
     options = options or RunOptions()
     target = load_inventory(inventory).cluster(cluster)
     options.check_against(target)
     recorder = RunRecorder(new_run_id(), target.name, time_factor=target.time_factor)
+    narrate_to_run_log(recorder)
     if approval is None and (wait_for_approval if wait_for_approval is not None else not embedded()):
         answer = pause_flow_run(wait_for_input=DowntimeApproval.with_initial_data(
             description=f"### Take **{target.name}** down?\nEvery VM is shut down, the cluster stopped, every node "

@@ -10,6 +10,7 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from flows.locking import run_name
 from flows.rolling_upgrade import load_secret, prefect_engine, run_engine
 from hciupgrade.cluster import ClusterClient
 from hciupgrade.models import RunOptions, load_inventory
@@ -66,7 +67,7 @@ def markdown_report(df: pd.DataFrame, notes: dict[str, dict[str, str]]) -> str:
     return "\n".join(lines)
 
 
-@flow(name="readiness", flow_run_name="readiness-{clusters}")
+@flow(name="readiness", flow_run_name=run_name("readiness"))
 def readiness(inventory: str, clusters: list[str] | None = None, install_module: bool = False,
               remediate_steps: list[str] | None = None, out_dir: str | None = None,
               restart_options: dict | None = None) -> dict:

@@ -13,8 +13,9 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
+from prefect.states import Completed
 
-from flows.locking import cluster_lock
+from flows.locking import cluster_lock, narrate_to_run_log, run_name
 from hciupgrade.clock import ClusterClock
 from hciupgrade.cluster import ClusterClient
 from hciupgrade.engine import RollingUpgrade
@@ -40,6 +41,7 @@ def prefect_engine(target: ClusterInventory, options: RunOptions, run_id: str | 
     artifact. The caller runs it inside a flow and closes the client."""
     client = ClusterClient(target, target.credential.resolve(secret_block=load_secret))
     recorder = RunRecorder(run_id or new_run_id(), target.name, time_factor=target.time_factor)
+    narrate_to_run_log(recorder)
     step = node_step.with_options(retries=options.task_retries, retry_delay_seconds=options.retry_delay_seconds)
     key = f"upgrade-{target.name.lower()}"
     progress = create_progress_artifact(0.0, key=key, description=f"Rolling upgrade of {target.name}")
@@ -56,6 +58,10 @@ def run_engine(engine: RollingUpgrade, client: ClusterClient, *, dry_run: bool =
     RUNS[engine.recorder.run_id] = engine
     try:
         outcome, _ = engine.run(dry_run=dry_run)
+    except BaseException:  # cancelled: its summary still replaces the previous run's in the UI
+        if engine.cancelled is not None:
+            publish(engine.recorder, engine.cancelled)
+        raise
     finally:
         RUNS.pop(engine.recorder.run_id, None)
         client.close()
@@ -63,7 +69,7 @@ def run_engine(engine: RollingUpgrade, client: ClusterClient, *, dry_run: bool =
     return outcome
 
 
-@flow(name="rolling-upgrade", flow_run_name="upgrade-{cluster}", log_prints=True)
+@flow(name="rolling-upgrade", flow_run_name=run_name("upgrade"), log_prints=True)
 def rolling_upgrade(inventory: str, cluster: str | None = None, options: RunOptions | None = None,
                     run_id: str | None = None, dry_run: bool = False) -> dict:
     options = options or RunOptions()
@@ -72,6 +78,9 @@ def rolling_upgrade(inventory: str, cluster: str | None = None, options: RunOpti
     for warning in target.warnings():
         get_run_logger().warning(warning)
     outcome = run_engine(*prefect_engine(target, options, run_id), dry_run=dry_run)
+    if outcome.window_ended:  # the window's end is not a failure: a state of its own, and the next run continues
+        get_run_logger().warning("%s", outcome.error)
+        return Completed(name="WindowEnded", message=outcome.error, data=outcome.model_dump(mode="json"))
     if not outcome.succeeded:
         get_run_logger().error("Upgrade of %s failed: %s", target.name, outcome.error)
         raise UpgradeFailed(outcome.error)
@@ -86,7 +95,9 @@ def publish(recorder: RunRecorder, outcome: RunOutcome) -> None:
         table = node_summary(events, recorder.run_id).round(1)
         create_table_artifact(table.fillna("").astype(str).to_dict(orient="records"), key=f"{key}-nodes",
                               description=f"Per-node result of run {outcome.run_id} (phases in cluster minutes)")
-    lines = [f"# Rolling upgrade of {outcome.cluster}: {'succeeded' if outcome.succeeded else 'FAILED'}",
+    verdict = "succeeded" if outcome.succeeded else "CANCELLED" if (outcome.error or "").startswith("cancelled") \
+        else "FAILED"
+    lines = [f"# Rolling upgrade of {outcome.cluster}: {verdict}",
              f"Run `{outcome.run_id}`.", ""]
     if outcome.error:
         lines += [f"**Stopped:** {outcome.error}", ""]

@@ -198,6 +198,11 @@ class ClusterClient:
                 counts[group["OwnerNode"]] += 1
         return counts
 
+    def groups_on(self, node: str) -> list[tuple[str, str]]:
+        """The VM roles a node still owns, with their state (what a failed drain left behind)."""
+        return [(str(g["Name"]), str(g.get("State"))) for g in self.query(Cmdlet("Get-ClusterGroup"))
+                if str(g.get("GroupType")) == "VirtualMachine" and g.get("OwnerNode") == node]
+
     def os_build(self, node: str) -> str:
         """10.0.<CurrentBuildNumber>.<UBR> from the node's registry (reference/domain.md §4.2)."""
         call = Cmdlet("Get-ItemProperty", {"Path": CURRENT_VERSION_KEY, **STOP})

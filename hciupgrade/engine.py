@@ -79,6 +79,10 @@ class StopRun(Exception):
     """The run stops here: the reason is the run's error."""
 
 
+class WindowEnded(StopRun):
+    """StopAfter passed: the run stops between nodes, cleanly; the next window continues."""
+
+
 @dataclass
 class RollingUpgrade:
     client: ClusterClient
@@ -90,6 +94,11 @@ class RollingUpgrade:
     progress: Callable[[float], None] = lambda fraction: None
     owned: dict[str, str] = field(default_factory=dict)  # node -> the run whose mark it carries
     swallowed: dict[str, str] = field(default_factory=dict)  # node -> why a best-effort recovery failed
+    cancelled: RunOutcome | None = None  # the outcome recorded when the run was cancelled
+    window_ended: bool = False
+
+    def __post_init__(self) -> None:
+        self.steps.note = lambda node, text: self.recorder.emit(node, "note", "info", detail=text) and None
 
     @property
     def mode(self) -> Mode:
@@ -221,23 +230,29 @@ class RollingUpgrade:
                 failed = [o for o in outcomes.values() if o.counts_as_failed]
                 if failed:  # within MaxFailedNodes the run went on, but the cluster is not upgraded
                     raise StopRun("PartiallyFailed: " + "; ".join(o.error or o.node for o in failed))
+        except WindowEnded as stop:
+            failure, self.window_ended = str(stop), True
         except StopRun as stop:
             failure = str(stop)
         except (StepFailed, RemoteError) as e:
             failure = str(e)
         except BaseException as e:  # cancelled (SIGTERM from Prefect's runner, the UI, Ctrl-C): record, re-raise
-            self._finish(outcomes, f"cancelled ({type(e).__name__})", dry_run)
+            self.cancelled = self._finish(outcomes, f"cancelled ({type(e).__name__})", dry_run, status="cancelled")
             raise
         return self._finish(outcomes, failure, dry_run), pre
 
-    def _finish(self, outcomes: dict[str, NodeOutcome], failure: str | None, dry_run: bool) -> RunOutcome:
+    def _finish(self, outcomes: dict[str, NodeOutcome], failure: str | None, dry_run: bool,
+                status: str | None = None) -> RunOutcome:
         if failure is not None and self.owned:  # every node a run of ours left out of service, by name
             left = [f"{n} (paused by run {run}{'; ' + self.swallowed[n] if n in self.swallowed else ''})"
                     for n, run in sorted(self.owned.items())]
             failure += "; left paused or down by a run of ours: " + ", ".join(left)
         outcome = RunOutcome(run_id=self.recorder.run_id, cluster=self.client.name, succeeded=failure is None,
-                             nodes=list(outcomes.values()), error=failure, left_paused=sorted(self.owned))
-        self.recorder.emit(None, "run", "succeeded" if outcome.succeeded else "failed", error=failure,
+                             nodes=list(outcomes.values()), error=failure, left_paused=sorted(self.owned),
+                             window_ended=self.window_ended)
+        if self.window_ended:
+            status = "stopped"
+        self.recorder.emit(None, "run", status or ("succeeded" if outcome.succeeded else "failed"), error=failure,
                            dry_run=dry_run, paused_by_this_run=sorted(self.owned),
                            outcome=outcome.model_dump(mode="json"))
         return outcome
@@ -250,7 +265,9 @@ class RollingUpgrade:
             node, outcome = planned.node, outcomes[planned.node]
             elapsed = (time.monotonic() - started) * self.steps.clock.time_factor
             if self.options.stop_after is not None and elapsed > self.options.stop_after.total_seconds():
-                raise StopRun(f"StopAfter ({self.options.stop_after}) passed before {node}: stopped between nodes")
+                left = [p.node for p in plan[index:] if outcomes[p.node].result == "not-started"]
+                raise WindowEnded(f"StopAfter ({self.options.stop_after}) passed before {node}: stopped between "
+                                  f"nodes; left for the next window: {', '.join(left)}")
             if self.options.warn_after is not None and not warned and \
                     elapsed > self.options.warn_after.total_seconds():
                 warned = True

@@ -378,3 +378,5 @@ class RunOutcome(Strict):
     nodes: list[NodeOutcome]
     error: str | None = None
     left_paused: list[str] = Field(default_factory=list, description="nodes a run of ours left paused or down")
+    window_ended: bool = Field(False, description="StopAfter passed: stopped cleanly between nodes, to continue in "
+                                                  "the next window")

@@ -8,6 +8,7 @@ when the node restarts; the restart then runs setup's offline phases and the nod
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from hciupgrade.clock import ClusterClock
@@ -60,6 +61,7 @@ class Steps:
     client: ClusterClient
     options: RunOptions
     clock: ClusterClock
+    note: Callable[[str, str], None] = lambda node, text: None  # (node, what an operator reads in the run's log)
 
     @property
     def poll(self) -> float:
@@ -92,12 +94,16 @@ class Steps:
         is Up and paused by nobody: the node is Paused at once, then its roles move; poll DrainStatus.
         Idempotent: a node paused under our mark is not paused twice, a drain in progress is only watched. A
         failed or timed-out drain fails the node, or is forced when the operator allowed it."""
+        vms = self.client.roles_per_node().get(node, 0)
+        self.note(node, f"draining {node} ({vms} VM{'s' if vms != 1 else ''})")
         self._suspend(node, mark, force=False)
         info = self._wait_drained(node)
         if info is not None and info.drain_status == DrainStatus.Completed:
             return info
-        why = "DrainStatus Failed: a role could not be moved off the node" if info is not None else \
-            f"still draining after {self.options.drain_timeout_minutes:g} min"
+        stuck = self.client.groups_on(node)
+        where = f" ({', '.join(f'{g} is {s}' for g, s in stuck)} on {node})" if stuck else ""
+        why = f"DrainStatus Failed: a role could not be moved off the node{where}" if info is not None else \
+            f"still draining after {self.options.drain_timeout_minutes:g} min{where}"
         if self.options.drain_timeout_policy != "force-drain":
             raise StepFailed(node, "drain", why)
         self._suspend(node, mark, force=True)  # roles that cannot move are moved as failed: the operator allowed it
@@ -188,11 +194,16 @@ class Steps:
     def wait_storage(self, node: str, *, settled: bool) -> ClusterSnapshot:
         """Wait until no repair runs (settled=False) or storage is fully healthy again (settled=True)."""
         last: list[str] = []
+        told: set[str] = set()
 
         def probe() -> ClusterSnapshot | None:
             jobs = ClusterSnapshot((), (), tuple(self.client.storage_jobs()), None)
             if repair_running(jobs):  # one call a poll while a repair runs
                 last[:] = storage_busy(jobs)
+                progress = ", ".join(f"{j.name} {j.percent // 10 * 10}%" for j in jobs.jobs)
+                if progress not in told:  # a line a tenth of the way, not one a poll
+                    told.add(progress)
+                    self.note(node, "waiting for the repair: " + "; ".join(last))
                 return None
             if not settled:
                 return jobs
@@ -215,7 +226,9 @@ class Steps:
     def resume(self, node: str, mark: str) -> NodeInfo:
         """Resume-ClusterNode, only under our mark (which it then removes)."""
         try:
-            return self.client.resume_after_upgrade(node, mark, self.options.failback)
+            info = self.client.resume_after_upgrade(node, mark, self.options.failback)
+            self.note(node, f"resumed {node} (failback {self.options.failback})")
+            return info
         except CmdletFailed as e:
             if e.has_error_id(*NOT_OURS):
                 raise PausedByOther(node, "resume", e.errors[0].message) from None

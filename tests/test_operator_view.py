@@ -1,0 +1,86 @@
+"""What an operator sees: the run's story in Prefect's log, a run name that says which cluster, a window that
+ends without failing, and messages that name what to act on."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pytest
+
+from hciupgrade.narration import describe
+from hciupgrade.records import load_events
+from hciupgrade.sim.scenario import make_scenario
+from tests.test_safety import cluster, engine
+
+FAST = 5000
+
+
+def flow_run_logs(state) -> list[str]:  # noqa: ANN001
+    import logging
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    for handler in logging.getLogger("prefect.flow_runs").handlers:
+        handler.flush()  # the API handler sends in batches
+    time.sleep(1)
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_run(state.state_details.flow_run_id)
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run.id])))
+    return [flow_run.name] + [log.message for log in logs]
+
+
+def test_the_run_tells_its_story_in_prefects_log_under_the_clusters_name(run_upgrade):
+    run = run_upgrade(make_scenario(nodes=2, vms_per_node=2, time_factor=FAST), node_order=["node1", "node2"])
+    assert run.outcome["succeeded"]
+    name, *lines = flow_run_logs(run.state)
+    assert name == "upgrade-hci-demo"  # resolved from the inventory: never "upgrade-None"
+    text = "\n".join(lines)
+    for expected in ("plan, in this order: node1 upgrade (fresh), node2 upgrade (fresh)",
+                     "draining node1 (2 VMs)", "node1: installer exit code 0",
+                     "resumed node1 (failback Immediate)", "node1: upgraded: 10.0.20349.2966 -> 10.0.25398.1486",
+                     "preflight ok: no node paused by someone else"):
+        assert expected in text, expected
+    assert not any(line.startswith("node1: node1") for line in lines)
+
+
+def test_a_window_that_ends_stops_cleanly_between_nodes_and_the_next_run_continues(run_upgrade):
+    scenario = make_scenario(nodes=3, vms_per_node=1, time_factor=1000)  # a node takes over 90 cluster minutes
+    first = run_upgrade(scenario, node_order=["node1", "node2", "node3"], StopAfter=timedelta(minutes=60))
+    assert first.state.is_completed() and first.state.name == "WindowEnded"
+    assert first.outcome["window_ended"] and "left for the next window: node2, node3" in first.outcome["error"]
+    records = [json.loads(line) for line in first.record.read_text().splitlines()]
+    assert records[-1]["phase"] == "run" and records[-1]["status"] == "stopped"
+    assert [n["result"] for n in first.outcome["nodes"]] == ["upgraded", "not-started", "not-started"]
+
+
+def test_a_failed_drain_names_the_vms_that_would_not_move_and_where_they_are():
+    sim = cluster(nodes=3, faults=[{"node": "node2", "kind": "drain_fails"}])
+    outcome, _ = engine(sim, node_order=["node1", "node2", "node3"], max_failed_nodes=0,
+                        max_retries_per_node=1).run()
+    node2 = next(n for n in outcome.nodes if n.node == "node2")
+    assert "vm-node2-1 is Online on node2" in node2.error
+    assert not node2.error.startswith("node2: node2")
+
+
+def test_log_sentences_never_name_a_node_twice():
+    level, line = describe({"node": "hci-n1", "phase": "node", "status": "failed", "attempts": 1,
+                            "error": "hci-n1: drain: DrainStatus Failed"})
+    assert line == "hci-n1: failed after 1 attempt(s): drain: DrainStatus Failed"
+    assert describe({"node": "hci-n1", "phase": "note", "status": "info", "detail": "draining hci-n1 (3 VMs)"}) \
+        == (20, "draining hci-n1 (3 VMs)")
+
+
+@pytest.mark.parametrize("dry_run", [True])
+def test_the_dry_run_plan_agrees_with_the_preflight(dry_run):
+    sim = cluster(nodes=3, faults=[{"node": "node3", "kind": "winrm_refused"}])
+    with sim.lock:
+        sim.operator_pause("node2")
+    _, pre = engine(sim).run(dry_run=dry_run)
+    plan = {p.node: p for p in pre.plan}
+    assert plan["node2"].action == "refuse" and "paused by someone else" in plan["node2"].detail
+    assert plan["node3"].action == "refuse" and "not reachable" in plan["node3"].detail
+    assert plan["node1"].action == "upgrade"
+    assert load_events().empty is False
