@@ -138,10 +138,14 @@ class NodeSession:
         self._pool = pool
         return pool
 
-    def reset(self) -> None:
-        """Drop the pool and the WSMan object (after a reboot the shell is gone, and auth state is stale)."""
+    def reset(self, *, graceful: bool = True) -> None:
+        """Drop the pool and the WSMan object (after a reboot the shell is gone, and auth state is stale). Not
+        graceful after an interrupted call: the connection's state (and its encryption context) is unknown, so
+        nothing more is sent on it; the node drops the orphaned shell at its idle timeout."""
         pool, wsman = self._pool, self._wsman
         self._pool = self._wsman = None
+        if not graceful:
+            return
         if pool is not None:
             try:
                 pool.close()
@@ -194,6 +198,9 @@ class NodeSession:
             except (WinRMTransportError, WinRMError) as e:
                 self.reset()
                 raise RemotingError(self.node, f"{type(e).__name__}: {e}") from None
+            except BaseException:  # interrupted mid-call (a cancellation): the next call starts afresh
+                self.reset(graceful=False)
+                raise
             finally:
                 elapsed = time.perf_counter() - started
                 self.call_seconds.append(elapsed)
