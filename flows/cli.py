@@ -249,6 +249,7 @@ def upgrade(
 
     run_id = new_run_id()
     record = records_dir() / f"{run_id}.jsonl"
+    _announce(run_id, target.name)
     view = LiveView(record, console) if not json_out else None
     thread = view.start() if view else None
     with embedded_settings():
@@ -384,6 +385,17 @@ def _builds_frame(result: dict) -> Any:
                          for n, b in result["builds_before"].items()])
 
 
+def _announce(run_id: str, cluster: str) -> None:
+    """The run's first record event, written before Prefect starts (it takes seconds): `status` says
+    RunInProgress from the moment the command runs."""
+    import socket
+
+    from hciupgrade.records import RunRecorder
+
+    RunRecorder(run_id, cluster).emit(None, "run", "running", stage="starting", pid=os.getpid(),
+                                      host=socket.gethostname())
+
+
 def _outcome(record: Path) -> dict | None:
     if not record.exists():
         return None
@@ -444,9 +456,16 @@ def status(cluster: Annotated[str, typer.Argument(help="the cluster's name")]) -
         make_console().print(f"RunNotInProgress: no run of hci-upgrade on {cluster} is recorded")
         return
     console = make_console()
-    console.print(f"[bold]{current.state}[/]  run {current.run_id}  started {current.started:%Y-%m-%d %H:%M:%S} UTC"
+    from hciupgrade.reports import label
+
+    aside = label(events, current.run_id)
+    console.print(f"[bold]{current.state}[/]  run {current.run_id}{f' ({aside})' if aside else ''}  started "
+                  f"{current.started:%Y-%m-%d %H:%M:%S} UTC"
                   + (f"  result {current.result}" if current.result else "")
                   + (f"  current node {current.current_node}" if current.current_node else ""))
+    run_events = events[events["run_id"] == current.run_id]
+    for warning in run_events.loc[run_events["phase"] == "warn-after", "error"].dropna():
+        console.print(f"[yellow]warning:[/] {warning}")
     table = Table(box=box.SIMPLE_HEAD)
     for column in ("node", "step", "status", "at (UTC)"):
         table.add_column(column)

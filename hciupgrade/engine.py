@@ -252,8 +252,11 @@ class RollingUpgrade:
                              window_ended=self.window_ended)
         if self.window_ended:
             status = "stopped"
+        # refused: it failed before it touched anything (a blocked preflight, a run already in progress)
+        refused = failure is not None and status != "cancelled" and not self.owned and not any(
+            o.attempts for o in outcomes.values())
         self.recorder.emit(None, "run", status or ("succeeded" if outcome.succeeded else "failed"), error=failure,
-                           dry_run=dry_run, paused_by_this_run=sorted(self.owned),
+                           dry_run=dry_run, refused=refused, paused_by_this_run=sorted(self.owned),
                            outcome=outcome.model_dump(mode="json"))
         return outcome
 

@@ -21,11 +21,33 @@ class RunStatus:
     nodes: pd.DataFrame  # node, phase, status, at
 
 
+def aside_runs(runs: pd.DataFrame) -> set[str]:
+    """Runs that are not "the latest run" of a cluster: dry runs, and runs refused before they touched anything
+    (preflight blocked, a run already in progress). Their own records still show them, labelled."""
+    aside = set()
+    for column in ("dry_run", "refused"):
+        if column in runs:
+            aside |= set(runs.loc[runs[column].fillna(False).astype(bool), "run_id"])
+    return aside
+
+
 def latest_run(events: pd.DataFrame, cluster: str | None = None) -> str | None:
     runs = events[events["phase"] == "run"]
     if cluster is not None:
         runs = runs[runs["cluster"].str.lower() == cluster.lower()]
+    real = runs[~runs["run_id"].isin(aside_runs(runs))]
+    runs = real if not real.empty else runs
     return None if runs.empty else str(runs.sort_values("start")["run_id"].iloc[-1])
+
+
+def label(events: pd.DataFrame, run_id: str) -> str:
+    """"dry run", "refused" or "" for a run, from its records."""
+    runs = events[(events["phase"] == "run") & (events["run_id"] == run_id)]
+    if "dry_run" in runs and runs["dry_run"].fillna(False).astype(bool).any():
+        return "dry run"
+    if "refused" in runs and runs["refused"].fillna(False).astype(bool).any():
+        return "refused"
+    return ""
 
 
 def run_status(events: pd.DataFrame, cluster: str) -> RunStatus | None:

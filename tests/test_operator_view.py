@@ -84,3 +84,18 @@ def test_the_dry_run_plan_agrees_with_the_preflight(dry_run):
     assert plan["node3"].action == "refuse" and "not reachable" in plan["node3"].detail
     assert plan["node1"].action == "upgrade"
     assert load_events().empty is False
+
+
+def test_status_skips_dry_runs_and_refused_runs_and_labels_them():
+    from hciupgrade.reports import label, latest_run, run_status
+
+    sim = cluster(nodes=2)
+    real, _ = engine(sim).run()
+    dry, _ = engine(sim).run(dry_run=True)
+    with sim.lock:
+        sim.operator_pause("node1")
+    refused, _ = engine(sim).run()  # the preflight blocks: nothing touched
+    events = load_events()
+    assert latest_run(events, sim.name) == real.run_id
+    assert label(events, dry.run_id) == "dry run" and label(events, refused.run_id) == "refused"
+    assert run_status(events, sim.name).result == "succeeded"
