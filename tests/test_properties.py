@@ -43,17 +43,18 @@ class Operator:
     def __init__(self, sim: SimCluster, node: str, when: str, at_call: int) -> None:
         self.sim, self.node, self.when, self.at_call = sim, node, when, at_call
         self.calls = 0
-        self.paused = False
+        self.fired = False
+        self.paused = False  # whether the operator's pause happened (a node that is not Up cannot be paused)
 
     def before(self, call) -> None:  # noqa: ANN001
         self.calls += 1
         due = self.calls >= self.at_call if self.when == "at-call" else (
             isinstance(call, PackagedScript) and call.filename == "Suspend-NodeForUpgrade.ps1"
             and call.parameters.get("Name") == self.node)
-        if due and not self.paused:
-            self.paused = True
+        if due and not self.fired:
+            self.fired = True
             with self.sim.lock:
-                self.sim.operator_pause(self.node)
+                self.paused = self.sim.operator_pause(self.node)
 
 
 class Killable:
