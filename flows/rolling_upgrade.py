@@ -22,7 +22,7 @@ from hciupgrade.engine import RollingUpgrade
 from hciupgrade.models import ClusterInventory, RunOptions, RunOutcome, load_inventory
 from hciupgrade.records import RunRecorder, load_events, new_run_id, node_summary
 from hciupgrade.steps import Steps
-from tasks.node_steps import RUNS, node_step
+from tasks.node_steps import RUNS, TaskChain
 
 
 class UpgradeFailed(RuntimeError):
@@ -42,15 +42,15 @@ def prefect_engine(target: ClusterInventory, options: RunOptions, run_id: str | 
     client = ClusterClient(target, target.credential.resolve(secret_block=load_secret))
     recorder = RunRecorder(run_id or new_run_id(), target.name, time_factor=target.time_factor)
     narrate_to_run_log(recorder)
-    step = node_step.with_options(retries=options.task_retries, retry_delay_seconds=options.retry_delay_seconds)
     key = f"upgrade-{target.name.lower()}"
     progress = create_progress_artifact(0.0, key=key, description=f"Rolling upgrade of {target.name}")
     engine = RollingUpgrade(
         client, options, recorder, Steps(client, options, ClusterClock(target.time_factor)),
         lock=partial(cluster_lock, target.name, lease_seconds=options.lock_lease_seconds),
-        run_step=lambda name, node: step(recorder.run_id, name, node),
         progress=lambda fraction: update_progress_artifact(progress, 100.0 * fraction),
     )
+    chain = TaskChain(engine, target.name, target.time_factor)
+    engine.run_step, engine.run_phase = chain.step, chain.phase
     return engine, client
 
 

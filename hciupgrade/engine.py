@@ -91,11 +91,14 @@ class RollingUpgrade:
     steps: Steps
     lock: Callable[[], AbstractContextManager[Any]] = nullcontext
     run_step: Callable[[str, str], Any] | None = None  # (step, node) -> result; default: perform directly
+    # (name, what) -> what(): the flow makes reconcile, preflight, plan and each recovery a task run of its own
+    run_phase: Callable[[str, Callable[[], Any]], Any] = lambda name, what: what()
     progress: Callable[[float], None] = lambda fraction: None
     owned: dict[str, str] = field(default_factory=dict)  # node -> the run whose mark it carries
     swallowed: dict[str, str] = field(default_factory=dict)  # node -> why a best-effort recovery failed
     cancelled: RunOutcome | None = None  # the outcome recorded when the run was cancelled
     window_ended: bool = False
+    attempts: dict[str, int] = field(default_factory=dict)  # node -> its current attempt (task runs say which)
 
     def __post_init__(self) -> None:
         self.steps.note = lambda node, text: self.recorder.emit(node, "note", "info", detail=text) and None
@@ -209,13 +212,13 @@ class RollingUpgrade:
         failure: str | None = None
         pre = Preflight()
         try:
-            self.reconcile()
-            pre = check(self.client, self.options, set(self.owned))
+            self.run_phase("reconcile", self.reconcile)
+            pre = self.run_phase("preflight", lambda: check(self.client, self.options, set(self.owned)))
             for f in pre.findings:
                 self.recorder.emit(None, "preflight", "succeeded" if f.ok else "failed", check=f.check,
                                    detail=f.detail, blocking=f.blocking)
             try:  # a blocked run still shows its plan (the dry run), when the cluster answers for one
-                pre.plan = self.plan()
+                pre.plan = self.run_phase("plan", self.plan)
             except RemoteError:
                 if not pre.blocked:
                     raise
@@ -300,7 +303,7 @@ class RollingUpgrade:
         except NodeUnreachable:
             pass
         for attempt in range(1, self.options.max_retries_per_node + 1):
-            outcome.attempts = attempt
+            outcome.attempts = self.attempts[node] = attempt
             try:
                 with self.lock():
                     facts = self.facts(node)  # inside the lock: another run may have changed it meanwhile
@@ -332,11 +335,11 @@ class RollingUpgrade:
                 raise StopRun(f"{e}: the run stops here (the cluster is not safe to take a node out)") from None
             except StorageNotHealthy as e:
                 if node in self.owned:
-                    self.recover(node)  # it is on its new build: bringing it back only adds redundancy
+                    self._recover(node)  # it is on its new build: bringing it back only adds redundancy
                 self._storage_stop(node, outcome, e)
             except (StepFailed, RemoteError) as e:
                 outcome.error = str(e) if str(e).startswith(node) else f"{node}: {e}"
-                if not self.recover(node):
+                if not self._recover(node):
                     outcome.left_paused = True
                     why = f": {self.swallowed[node]}" if node in self.swallowed else ""
                     outcome.error += f" ({node} is left paused or down{why}; see to it by hand)"
@@ -385,6 +388,9 @@ class RollingUpgrade:
         outcome.result = "failed"
         self.recorder.emit(node, "node", "failed", result="failed", error=outcome.error, attempts=outcome.attempts,
                            build_before=outcome.build_before, left_paused=outcome.left_paused)
+
+    def _recover(self, node: str) -> bool:
+        return self.run_phase(f"recover-{node}", lambda: self.recover(node)) if node in self.owned else True
 
     def recover(self, node: str) -> bool:
         """After a failed step: resume the node if this run paused it (our mark on it) and it answers. True if

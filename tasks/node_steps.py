@@ -1,18 +1,26 @@
 """A node's upgrade step as a Prefect task: the Prefect wrapping (retries on a transient remoting failure, a task
-run per step and node in the UI) around hciupgrade.engine.perform. The live connections of a run are looked up
-in `RUNS`, which the flow fills for its duration, so the task's inputs stay plain names."""
+run per step and node in the UI) around hciupgrade.engine.perform; and the run's other phases (reconcile,
+preflight, plan, a node's recovery) as task runs of their own. The live connections of a run are looked up in
+`RUNS`, which the flow fills for its duration, so the tasks' inputs stay plain names.
+
+`TaskChain` submits each task run after the previous one (`wait_for`), so Prefect's run graph draws the upgrade as
+one chain, node after node; each task run is named after its step, node and attempt and tagged with both."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from prefect import task
+from prefect import allow_failure, task
 from prefect.cache_policies import NO_CACHE
+from prefect.futures import PrefectFuture
 
 from hciupgrade.engine import RollingUpgrade, perform
+from hciupgrade.models import RunOptions
 from hciupgrade.remote import NodeUnreachable, RemotingError
 
 RUNS: dict[str, RollingUpgrade] = {}
+PHASES: dict[str, Callable[[], Any]] = {}
 
 
 def transient(task, task_run, state) -> bool:  # noqa: ANN001 - Prefect's retry_condition_fn signature
@@ -26,3 +34,51 @@ def transient(task, task_run, state) -> bool:  # noqa: ANN001 - Prefect's retry_
 def node_step(run_id: str, step: str, node: str) -> Any:
     engine = RUNS[run_id]
     return perform(engine, step, node)
+
+
+@task(name="phase", task_run_name="{name}", cache_policy=NO_CACHE)
+def phase(key: str, name: str) -> Any:
+    return PHASES[key]()
+
+
+def step_timeout_minutes(options: RunOptions, step: str) -> float:
+    """The cluster minutes a step may take (its own wait's timeout), for the task run's backstop timeout."""
+    return {"gate": options.gate_timeout_minutes, "drain": 2 * options.drain_timeout_minutes,
+            "install": options.install_timeout_minutes, "reboot": options.restart_timeout_minutes,
+            "wait-back": options.restart_timeout_minutes, "wait-repair": options.repair_timeout_minutes,
+            "wait-storage": options.repair_timeout_minutes}.get(step, 30)
+
+
+class TaskChain:
+    """The engine's step and phase runners for a flow: each a task run submitted after the previous one."""
+
+    def __init__(self, engine: RollingUpgrade, cluster: str, time_factor: float) -> None:
+        self.engine, self.cluster, self.time_factor = engine, cluster, time_factor
+        self.last: PrefectFuture | None = None
+
+    def _submit(self, runner: Any, *args: Any) -> Any:
+        # allow_failure: a recovery (or the next attempt) follows a failed step, and the graph still links them
+        future = runner.submit(*args, wait_for=[allow_failure(self.last)] if self.last is not None else None)
+        self.last = future
+        return future.result()
+
+    def step(self, name: str, node: str) -> Any:
+        options = self.engine.options
+        attempt = self.engine.attempts.get(node, 1)
+        # a backstop above the step's own timeout: the step's own message is the one an operator should read
+        timeout = step_timeout_minutes(options, name) * 60 * 1.5 / self.time_factor + 120
+        runner = node_step.with_options(
+            task_run_name=f"{name}-{node}" + (f"-attempt-{attempt}" if attempt > 1 else ""),
+            tags=[f"cluster:{self.cluster}", f"node:{node}"], timeout_seconds=timeout,
+            retries=options.task_retries, retry_delay_seconds=options.retry_delay_seconds)
+        return self._submit(runner, self.engine.recorder.run_id, name, node)
+
+    def phase(self, name: str, what: Callable[[], Any]) -> Any:
+        key = f"{self.engine.recorder.run_id}/{name}"
+        PHASES[key] = what
+        try:
+            node = name.removeprefix("recover-") if name.startswith("recover-") else None
+            tags = [f"cluster:{self.cluster}"] + ([f"node:{node}"] if node else [])
+            return self._submit(phase.with_options(tags=tags), key, name)
+        finally:
+            PHASES.pop(key, None)

@@ -99,3 +99,23 @@ def test_status_skips_dry_runs_and_refused_runs_and_labels_them():
     assert latest_run(events, sim.name) == real.run_id
     assert label(events, dry.run_id) == "dry run" and label(events, refused.run_id) == "refused"
     assert run_status(events, sim.name).result == "succeeded"
+
+
+def test_the_run_graph_is_one_chain_of_named_and_tagged_task_runs(run_upgrade):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    scenario = make_scenario(nodes=2, vms_per_node=1, time_factor=FAST, faults=[
+        {"node": "node2", "kind": "install_fails", "times": 1}])
+    run = run_upgrade(scenario, node_order=["node1", "node2"])
+    assert run.outcome["succeeded"]
+    with get_client(sync_client=True) as client:
+        task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
+            id=FlowRunFilterId(any_=[run.state.state_details.flow_run_id])))
+    by_name = {t.name: t for t in task_runs}
+    assert {"reconcile", "preflight", "plan", "drain-node1", "install-node2", "recover-node2",
+            "install-node2-attempt-2"} <= set(by_name)
+    ids = {t.id for t in task_runs}
+    linked = [t for t in task_runs if any(getattr(i, "id", None) in ids for i in t.task_inputs.get("wait_for", []))]
+    assert len(linked) == len(task_runs) - 1  # one chain: every task run but the first waits for another
+    assert {"cluster:hci-demo", "node:node2"} <= set(by_name["install-node2-attempt-2"].tags)
