@@ -38,6 +38,10 @@ def embedded_settings() -> Iterator[None]:
         return
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
+    from flows.reaper import start_reaper
+
+    start_reaper()  # the temporary server must not outlive a killed CLI
+
     with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         yield
 

@@ -147,3 +147,23 @@ def test_two_runs_against_one_cluster_never_overlap(tmp_path, prefect_home):
     assert {e["node"] for e in log if e["kind"] == "build"} == {"node1", "node2", "node3"}
     winner = next(o for o in outcomes if o["succeeded"])
     assert check_invariants(log, scenario, winner, SIM_USER) == []
+
+
+def test_killing_the_cli_leaves_no_process_behind(tmp_path, prefect_home):
+    """SIGKILL of `hci-upgrade` alone (not its process group, as an operator or a supervisor does it): Prefect's
+    temporary server and anything else it started end too."""
+    from flows.reaper import _stat, descendants
+
+    options = {"NodeOrder": ["node1", "node2", "node3"], "poll_seconds": 5}
+    with served_cluster(tmp_path, prefect_home, options) as (upgrade, env, events, scenario):
+        run = subprocess.Popen(upgrade, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_event(events, {"kind": "install", "node": "node1", "status": "Running"})
+        children = descendants(run.pid)
+        assert children, "the CLI started no process (Prefect's temporary server)"
+        run.kill()
+        run.wait(timeout=10)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and any(_stat(p) and _stat(p)[1] == s for p, s in children.items()):
+            time.sleep(0.2)
+        left = [p for p, s in children.items() if _stat(p) and _stat(p)[1] == s]
+        assert left == [], f"left behind: {left}"
