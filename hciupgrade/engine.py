@@ -287,7 +287,7 @@ class RollingUpgrade:
                 if len(failed) > allowed:
                     raise StopRun(f"MaxFailedNodesExceeded: {len(failed)} node(s) failed or were refused "
                                   f"({', '.join(failed)}), {allowed} allowed; last: {outcome.error}")
-            self.progress((index + 1) / len(plan))
+            self.progress(0.99 * (index + 1) / len(plan))  # 100% only for a run that ends upgraded
         # the run ends with healthy storage, also when every node was done already (a rerun after a crash
         # during the last resync)
         try:
@@ -295,6 +295,8 @@ class RollingUpgrade:
                 self.steps.wait_storage("cluster", settled=True)
         except StorageNotHealthy as e:
             raise StopRun(f"storage: {e}".replace("cluster: wait-storage: ", "")) from None
+        if not failed:
+            self.progress(1.0)
 
     def _node(self, node: str, outcome: NodeOutcome) -> None:
         """One node: up to MaxRetriesPerNode attempts, each deciding again from the node's position."""

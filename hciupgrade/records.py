@@ -115,9 +115,11 @@ def node_summary(events: pd.DataFrame, run_id: str) -> pd.DataFrame:
     table = (table / 60).reindex(columns=[p for p in PHASES if p in table.columns])
     outcomes = run[run["phase"] == "node"].groupby("node").last()
     result = pd.DataFrame(index=outcomes.index)
-    for column in ("build_before", "build_after", "result", "error"):
+    for column in ("build_before", "build_after", "result"):
         result[column] = outcomes.get(column)
-    return result.join(table, how="left").reset_index()
+    result = result.join(table, how="left")
+    result["error"] = outcomes.get("error")  # last: the phases stay in view beside the builds
+    return result.reset_index()
 
 
 def owned_nodes(cluster: str, *, exclude_run: str | None = None, directory: Path | None = None) -> dict[str, str]:
