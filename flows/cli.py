@@ -584,12 +584,16 @@ def readiness_cmd(
                                         for v in row.tolist()])
         console.print(table)
     else:
-        console.print(cluster_table(df))
+        console.print(_frame_table(cluster_table(df).reset_index(), "Checks per cluster, by severity and status"))
+    shown_cluster = None
     for _, row in failures(df).iterrows():
+        if row["cluster"] != shown_cluster:  # the cluster's name once, above its findings
+            shown_cluster = row["cluster"]
+            console.print(f"[bold]{shown_cluster}[/]")
         _, text = guidance(str(row["name"]))
         colour = {"CRITICAL": "red", "WARNING": "yellow"}.get(str(row["severity"]), "white")
-        console.print(f"[{colour}]{row['severity']}[/] {row['cluster']} {row['node']}: {row['title']}: "
-                      f"{row['detail'] or row['remediation']}\n    fix: {text}")
+        console.print(f"  [{colour}]{row['severity']}[/] {row['node']}: {row['title']} ({row['name']}): "
+                      f"{row['detail'] or row['remediation']}\n      fix: {text}")
         pool = notes.get(str(row["cluster"]), {}).get("pool")
         if pool and "Storage" in str(row["name"]):
             console.print(f"    {pool}")

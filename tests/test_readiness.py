@@ -224,3 +224,16 @@ def test_bitlocker_is_resumed_after_the_upgrade_only_where_it_was_suspended():
     assert suspend_bitlocker(client, "node1").changed
     assert resume_bitlocker(client, "node1").changed and not resume_bitlocker(client, "node2").changed
     assert [e["status"] for e in sim.events if e["kind"] == "bitlocker"] == ["Suspended", "Resumed"]
+
+
+def test_the_cli_names_each_failing_check_with_its_cause_and_each_cluster_once(tmp_path):
+    env = {**os.environ, "HCI_UPGRADE_HOME": str(tmp_path), "COLUMNS": "200"}
+    two = [str(DATA / "a1_string_enums.json"), str(DATA / "mixed_per_node_and_aggregated.json")]
+    out = subprocess.run([*CLI, "readiness", "--results", two[0], "--results", two[1]], capture_output=True,
+                         text=True, env=env).stdout
+    assert "Checks per cluster, by severity and status" in out  # a table, not a DataFrame's repr
+    lines = out.splitlines()
+    headers = [line for line in lines if line.strip() in ("a1_string_enums", "mixed_per_node_and_aggregated")]
+    assert len(headers) == 2  # each cluster's name once, above its findings
+    findings = [line for line in lines if line.strip().startswith("CRITICAL")]
+    assert findings and all("(AzStackHci_" in line for line in findings)  # the check's own Name beside its title
