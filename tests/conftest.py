@@ -61,6 +61,7 @@ def run_upgrade(prefect_server, tmp_path: Path):
     from hciupgrade.sim.harness import SIM_USER, SimHarness
 
     def run(scenario, *, check: bool = True, **options: Any) -> UpgradeRun:
+        scenario = quick(scenario)
         defaults = {"poll_seconds": 10, "retry_delay_seconds": 0.05, "task_retries": 1, "gate_timeout_minutes": 5,
                     "target_build": scenario.cluster.target_build}
         opts = RunOptions(**{**defaults, **options})
@@ -88,6 +89,17 @@ def run_upgrade(prefect_server, tmp_path: Path):
 CLI = [sys.executable, "-c", "from flows.cli import app; app()"]
 
 
+def quick(scenario: Any) -> Any:
+    """A scenario with the default (realistic) durations made shorter where the tests only need the order of
+    things: no spread of setup's duration across nodes, a 10-minute feature-update restart."""
+    from hciupgrade.sim.scenario import Durations
+
+    if scenario.durations != Durations():
+        return scenario  # the test chose its durations
+    return scenario.model_copy(update={"durations": Durations(install_spread_minutes=0,
+                                                              feature_update_restart_minutes=10)})
+
+
 @contextmanager
 def serve_cluster(scenario: Any, tmp_path: Path, env_extra: dict[str, str]) -> Iterator[tuple[Path, dict, Path]]:
     """`hci-upgrade sim serve` in its own process, as a real cluster outlives the orchestrator; yields the
@@ -101,7 +113,7 @@ def serve_cluster(scenario: Any, tmp_path: Path, env_extra: dict[str, str]) -> I
     from hciupgrade.sim.harness import PASSWORD_ENV
 
     scenario_file, inventory, events = tmp_path / "s.yaml", tmp_path / "inv.yaml", tmp_path / "ev.jsonl"
-    scenario_file.write_text(yaml.safe_dump(scenario.model_dump(mode="json")))
+    scenario_file.write_text(yaml.safe_dump(quick(scenario).model_dump(mode="json")))
     env = {**os.environ, PASSWORD_ENV: "sim-secret-for-tests", "HCI_UPGRADE_HOME": str(tmp_path / "home"),
            **env_extra}
     env.pop("PREFECT_API_URL", None)  # the orchestrator runs Prefect in embedded mode, as on a laptop

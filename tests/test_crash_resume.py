@@ -30,7 +30,8 @@ def prefect_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def slow_drain_scenario():
     data = make_scenario(nodes=3, time_factor=1000).model_dump()
-    data["durations"] = {"live_migration_gb_per_s": 0.1, "install_minutes": 30, "reboot_minutes": 10}
+    data["durations"] = {"live_migration_gb_per_s": 0.1, "install_minutes": 30, "install_spread_minutes": 0,
+                         "reboot_minutes": 10, "feature_update_restart_minutes": 10}
     return parse_scenario(data)
 
 

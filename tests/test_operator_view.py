@@ -47,8 +47,8 @@ def test_the_run_tells_its_story_in_prefects_log_under_the_clusters_name(run_upg
 
 
 def test_a_window_that_ends_stops_cleanly_between_nodes_and_the_next_run_continues(run_upgrade):
-    scenario = make_scenario(nodes=3, vms_per_node=1, time_factor=1000)  # a node takes over 90 cluster minutes
-    first = run_upgrade(scenario, node_order=["node1", "node2", "node3"], StopAfter=timedelta(minutes=60))
+    scenario = make_scenario(nodes=3, vms_per_node=1, time_factor=1000)  # a node takes over an hour
+    first = run_upgrade(scenario, node_order=["node1", "node2", "node3"], StopAfter=timedelta(minutes=50))
     assert first.state.is_completed() and first.state.name == "WindowEnded"
     assert first.outcome["window_ended"] and "left for the next window: node2, node3" in first.outcome["error"]
     records = [json.loads(line) for line in first.record.read_text().splitlines()]
