@@ -221,20 +221,7 @@ def upgrade(
 ) -> None:
     """Upgrade one cluster of an inventory, node by node. Exit 0 when it ends upgraded, 1 when not, 2 for bad
     input. Run it again after a crash: it picks up where the cluster is."""
-    from hciupgrade.models import InputError, load_inventory, load_options
-
-    try:
-        inv = load_inventory(inventory)
-        target = inv.cluster(cluster)
-        run_options = load_options(options)
-        run_options.check_against(target)
-        target.credential.resolve(secret_block=lambda name: "")  # fail early on a missing environment variable
-    except InputError as e:
-        err.print(f"[red]{e}[/]")
-        raise typer.Exit(2) from None
-    except Exception as e:  # noqa: BLE001 - a credential problem is bad input too
-        err.print(f"[red]{e}[/]")
-        raise typer.Exit(2) from None
+    target, run_options = _inputs(inventory, cluster, options)
     for warning in target.warnings():
         err.print(f"[yellow]warning:[/] {warning}")
     console = err if json_out else make_console()
@@ -269,6 +256,25 @@ def upgrade(
     raise typer.Exit(0 if outcome and outcome["succeeded"] and state.is_completed() else 1)
 
 
+def _inputs(inventory: Path, cluster: str | None, options: Path | None,
+            require: str | None = None) -> tuple[Any, Any]:
+    """The cluster and its run options, checked before anything connects: bad input (a field, a missing
+    credential variable, `require`: a flag that must be given) exits 2 with its message."""
+    from hciupgrade.models import InputError, load_inventory, load_options
+
+    try:
+        target = load_inventory(inventory).cluster(cluster)
+        run_options = load_options(options)
+        run_options.check_against(target)
+        target.credential.resolve(secret_block=lambda name: "")  # fail early on a missing environment variable
+        if require:
+            raise InputError(require)
+    except Exception as e:  # noqa: BLE001 - an InputError or a credential problem: bad input either way
+        err.print(f"[red]{e}[/]")
+        raise typer.Exit(2) from None
+    return target, run_options
+
+
 EXIT_AWAITING_APPROVAL = 3
 EXIT_WINDOW_ENDED = 4  # StopAfter passed: stopped cleanly between nodes; run again in the next window
 
@@ -287,22 +293,11 @@ def finish_cmd(
     input, 3 when the irreversible steps await an approval (run again with --approve --reason)."""
     import getpass
 
-    from hciupgrade.models import Approval, InputError, load_inventory, load_options
+    from hciupgrade.models import Approval
 
-    try:
-        target = load_inventory(inventory).cluster(cluster)
-        run_options = load_options(options)
-        run_options.check_against(target)
-        target.credential.resolve(secret_block=lambda name: "")
-        if approve and not (reason or "").strip():
-            raise InputError("--reason: an approval needs a reason (a change ticket, a window), e.g. --reason "
-                             "CHG-1234")
-    except InputError as e:
-        err.print(f"[red]{e}[/]")
-        raise typer.Exit(2) from None
-    except Exception as e:  # noqa: BLE001 - a credential problem is bad input too
-        err.print(f"[red]{e}[/]")
-        raise typer.Exit(2) from None
+    reason_missing = approve and not (reason or "").strip()
+    target, run_options = _inputs(inventory, cluster, options, require="--reason: an approval needs a reason (a "
+                                  "change ticket, a window), e.g. --reason CHG-1234" if reason_missing else None)
     approval = Approval(approver=getpass.getuser(), reason=reason.strip(), source="cli") if approve and reason \
         else None
     from flows.finish import finish
@@ -342,22 +337,12 @@ def offline_cmd(
     it failed (the cluster is brought back as far as it can, and the output says what is left), 2 for bad input."""
     import getpass
 
-    from hciupgrade.models import Approval, InputError, load_inventory, load_options
+    from hciupgrade.models import Approval
 
-    try:
-        target = load_inventory(inventory).cluster(cluster)
-        run_options = load_options(options)
-        run_options.check_against(target)
-        target.credential.resolve(secret_block=lambda name: "")
-        if not approve or not (reason or "").strip():
-            raise InputError("--approve --reason: the offline path takes the whole cluster down; it runs only with "
-                             "an approval and its reason, e.g. --approve --reason 'CHG-1234 window Sat 02:00'")
-    except InputError as e:
-        err.print(f"[red]{e}[/]")
-        raise typer.Exit(2) from None
-    except Exception as e:  # noqa: BLE001 - a credential problem is bad input too
-        err.print(f"[red]{e}[/]")
-        raise typer.Exit(2) from None
+    approved = approve and (reason or "").strip()
+    target, run_options = _inputs(inventory, cluster, options, require=None if approved else (
+        "--approve --reason: the offline path takes the whole cluster down; it runs only with an approval and its "
+        "reason, e.g. --approve --reason 'CHG-1234 window Sat 02:00'"))
     from flows.locking import embedded_settings
     from flows.offline import offline_upgrade
 

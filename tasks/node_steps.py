@@ -3,8 +3,9 @@ run per step and node in the UI) around hciupgrade.engine.perform; and the run's
 preflight, plan, a node's recovery) as task runs of their own. The live connections of a run are looked up in
 `RUNS`, which the flow fills for its duration, so the tasks' inputs stay plain names.
 
-`TaskChain` submits each task run after the previous one (`wait_for`), so Prefect's run graph draws the upgrade as
-one chain, node after node; each task run is named after its step, node and attempt and tagged with both."""
+`TaskChain` runs each task run after the previous one (`wait_for` its state), so Prefect's run graph draws the
+upgrade as one chain, node after node; each task run is named after its step, node and attempt and tagged with
+both."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any
 
 from prefect import allow_failure, task
 from prefect.cache_policies import NO_CACHE
-from prefect.futures import PrefectFuture
+from prefect.client.schemas.objects import State
 
 from hciupgrade.engine import RollingUpgrade, perform
 from hciupgrade.models import RunOptions
@@ -54,13 +55,15 @@ class TaskChain:
 
     def __init__(self, engine: RollingUpgrade, cluster: str, time_factor: float) -> None:
         self.engine, self.cluster, self.time_factor = engine, cluster, time_factor
-        self.last: PrefectFuture | None = None
+        self.last: State | None = None
 
     def _submit(self, runner: Any, *args: Any) -> Any:
-        # allow_failure: a recovery (or the next attempt) follows a failed step, and the graph still links them
-        future = runner.submit(*args, wait_for=[allow_failure(self.last)] if self.last is not None else None)
-        self.last = future
-        return future.result()
+        # run in this thread (no pool hand-off); the previous task run's state in wait_for draws the edge, and
+        # allow_failure lets a recovery (or the next attempt) follow a failed step
+        state = runner(*args, wait_for=[allow_failure(self.last)] if self.last is not None else None,
+                       return_state=True)
+        self.last = state
+        return state.result()
 
     def step(self, name: str, node: str) -> Any:
         options = self.engine.options
