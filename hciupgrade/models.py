@@ -173,17 +173,23 @@ def format_validation(source: str, err: ValidationError, what: str = "") -> str:
     return "\n".join(lines)
 
 
+def read_yaml(path: str | Path, what: str, error: type[Exception] = None) -> object:  # type: ignore[assignment]
+    """A YAML file's data; a missing file or bad YAML raises `error` (InputError by default) naming the file."""
+    error = error or InputError
+    path = Path(path)
+    try:
+        return yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise error(f"{path}: no such {what} file") from None
+    except yaml.YAMLError as e:
+        raise error(f"{path}: not valid YAML: {e}") from None
+
+
 def load_options(path: str | Path | None) -> RunOptions:
     """Run options from a YAML file (CAU's names); every problem names the file and the field."""
     if path is None:
         return RunOptions()
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such options file") from None
-    except yaml.YAMLError as e:
-        raise InputError(f"{path}: not valid YAML: {e}") from None
+    data = read_yaml(path, "options")
     if data is not None and not isinstance(data, dict):
         raise InputError(f"{path}: run options are a mapping of names (MaxFailedNodes: 1, ...), not "
                          f"{type(data).__name__}")
@@ -194,13 +200,7 @@ def load_options(path: str | Path | None) -> RunOptions:
 
 
 def load_inventory(path: str | Path) -> Inventory:
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such inventory file") from None
-    except yaml.YAMLError as e:
-        raise InputError(f"{path}: not valid YAML: {e}") from None
+    data = read_yaml(path, "inventory")
     try:
         return Inventory.model_validate(data)
     except ValidationError as e:

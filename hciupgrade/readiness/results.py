@@ -110,10 +110,12 @@ def normalise(raw: dict[str, Any], source: str, node: str | None = None) -> dict
     }
 
 
-def _ends_open(text: str) -> bool:
-    """Whether JSON text ends inside a string, an object or an array (a file cut short)."""
-    depth, in_string, escaped = 0, False, False
+def _string_mask(text: str) -> tuple[list[bool], bool]:
+    """For each character of JSON text, whether it is read inside a string literal; and whether the text ends
+    inside one. The one walk both the cut-short check and the tolerant parser need."""
+    mask, in_string, escaped = [], False, False
     for ch in text:
+        mask.append(in_string)
         if in_string:
             if escaped:
                 escaped = False
@@ -123,11 +125,14 @@ def _ends_open(text: str) -> bool:
                 in_string = False
         elif ch == '"':
             in_string = True
-        elif ch in "[{":
-            depth += 1
-        elif ch in "]}":
-            depth -= 1
-    return in_string or depth > 0
+    return mask, in_string
+
+
+def _ends_open(text: str) -> bool:
+    """Whether JSON text ends inside a string, an object or an array (a file cut short)."""
+    mask, open_string = _string_mask(text)
+    depth = sum((ch in "[{") - (ch in "]}") for ch, inside in zip(text, mask, strict=True) if not inside)
+    return open_string or depth > 0
 
 
 def _tolerant_json(text: str) -> Any:
@@ -136,22 +141,9 @@ def _tolerant_json(text: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError:
         pass
-    out, in_string, escaped = [], False, False
-    for ch in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-            elif ch in "\r\n\t":
-                out.append({"\r": "\\r", "\n": "\\n", "\t": "\\t"}[ch])
-                continue
-        elif ch == '"':
-            in_string = True
-        out.append(ch)
-    return json.loads("".join(out))
+    escapes = {"\r": "\\r", "\n": "\\n", "\t": "\\t"}
+    mask, _ = _string_mask(text)
+    return json.loads("".join(escapes.get(ch, ch) if inside else ch for ch, inside in zip(text, mask, strict=True)))
 
 
 def _records_in(document: Any) -> list[Any]:

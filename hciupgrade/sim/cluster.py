@@ -317,15 +317,21 @@ class SimCluster:
                     "at this time.",
                     ERROR_CLUSTER_SPACE_DEGRADED, node.name, "suspend",
                 )
-            self._log("suspend", node.name, by=by, drain=drain, force_drain=force_drain,
-                      storage_busy=False, others_up=True)
-            self._move(node, "pause", by)
-            node.paused_by = by
-            if self.knobs.storage_maintenance_mode:
-                self._drives_leave(node)
+            self._pause(node, by, drain=drain, force_drain=force_drain, storage_busy=False, others_up=True)
+            return node
         if drain:
             self._start_drain(node, force=force_drain, by=by)
         return node
+
+    def _pause(self, node: Node, by: str, *, drain: bool, force_drain: bool, **checked: Any) -> None:
+        """An Up node becomes Paused by `by` (its drives into maintenance on 21H2+), then drains if asked."""
+        self._log("suspend", node.name, by=by, drain=drain, force_drain=force_drain, **checked)
+        self._move(node, "pause", by)
+        node.paused_by = by
+        if self.knobs.storage_maintenance_mode:
+            self._drives_leave(node)
+        if drain:
+            self._start_drain(node, force=force_drain, by=by)
 
     def _start_drain(self, node: Node, *, force: bool, by: str) -> None:
         node.drain_status = DrainStatus.InProgress
@@ -399,13 +405,7 @@ class SimCluster:
         node = self.node(name)
         if node.state != NodeState.Up:
             return False
-        self._log("suspend", node.name, by=by, drain=drain, force_drain=False, storage_busy=None, others_up=None)
-        self._move(node, "pause", by)
-        node.paused_by = by
-        if self.knobs.storage_maintenance_mode:
-            self._drives_leave(node)
-        if drain:
-            self._start_drain(node, force=False, by=by)
+        self._pause(node, by, drain=drain, force_drain=False, storage_busy=None, others_up=None)
         return True
 
     def mark_pause(self, name: str, values: dict[str, str], *, by: str) -> None:

@@ -11,10 +11,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from hciupgrade.models import format_validation
+from hciupgrade.models import format_validation, read_yaml
 
 NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,14}$")
 
@@ -247,14 +246,7 @@ class ScenarioError(ValueError):
 
 
 def load_scenario(path: str | Path) -> Scenario:
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ScenarioError(f"{path}: no such scenario file") from None
-    except yaml.YAMLError as e:
-        raise ScenarioError(f"{path}: not valid YAML: {e}") from None
-    return parse_scenario(data, source=str(path))
+    return parse_scenario(read_yaml(path, "scenario", ScenarioError), source=str(path))
 
 
 def parse_scenario(data: object, source: str = "scenario") -> Scenario:
