@@ -64,8 +64,8 @@ def perform(engine: RollingUpgrade, step: str, node: str) -> Any:
             result = actions[step]()
             if result is not None:
                 extra["result"] = result
-    except PausedByOther as e:
-        if node in owned and step == "drain":  # our pause never happened: someone else's is there
+    except (PausedByOther, GateRefused) as e:
+        if node in owned and step == "drain":  # our pause never happened (someone else's, or unsafe now)
             owned.pop(node)
             recorder.emit(node, "ownership", "released", reason=str(e))
         raise

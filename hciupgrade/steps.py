@@ -118,6 +118,8 @@ class Steps:
         except CmdletFailed as e:
             if e.has_error_id(*NOT_OURS):
                 raise PausedByOther(node, "drain", e.errors[0].message) from None
+            if e.has_error_id("OtherNodeNotUp"):  # another node left service after our gate: nothing was done
+                raise GateRefused(node, "drain", e.errors[0].message) from None
             if e.has_win32(ERROR_CLUSTER_SPACE_DEGRADED):
                 raise StepFailed(node, "drain", "the cluster refused: a clustered space is degraded") from None
             raise

@@ -1,7 +1,7 @@
 <#
 .SYNOPSIS
-    Pauses and drains this node for its upgrade, only when it is Up and paused by nobody; marks the pause as
-    hci-upgrade's before making it.
+    Pauses and drains this node for its upgrade, only when it is Up and paused by nobody and every other node is
+    Up; marks the pause as hci-upgrade's before making it.
 .DESCRIPTION
     Shipped with hci-upgrade and sent as is; only the parameters below are bound, never text built from input.
     The mark is the registry key HKLM:\SOFTWARE\hci-upgrade on the node itself (PausedByRun, PausedBy, PausedAt),
@@ -27,6 +27,13 @@ if ([string]$node.State -ne 'Up' -and -not ([string]$node.State -eq 'Paused' -an
     $record = [System.Management.Automation.ErrorRecord]::new(
         [System.InvalidOperationException]::new("$Name is $($node.State), paused by $who; hci-upgrade does not take over a pause that is not its own."),
         'NodeNotUp', [System.Management.Automation.ErrorCategory]::ResourceBusy, $Name)
+    $PSCmdlet.ThrowTerminatingError($record)
+}
+$away = @(Get-ClusterNode | Where-Object { $_.Name -ne $Name -and [string]$_.State -ne 'Up' })
+if ($away -and -not $ours) {  # the gate again, in the same call as the pause: nobody can slip in between
+    $record = [System.Management.Automation.ErrorRecord]::new(
+        [System.InvalidOperationException]::new("$Name is not paused: node $($away[0].Name) is $($away[0].State); one node out of service at a time."),
+        'OtherNodeNotUp', [System.Management.Automation.ErrorCategory]::ResourceUnavailable, $Name)
     $PSCmdlet.ThrowTerminatingError($record)
 }
 if (-not $ours) {

@@ -780,6 +780,11 @@ def suspend_node_for_upgrade(inv: Invocation) -> list[Out]:
         raise _script_error(f"{node.name} is {node.state.name}, paused by {_mark_holder(node.marker)}; hci-upgrade "
                             "does not take over a pause that is not its own.", "NodeNotUp", "ResourceBusy",
                             node.name, "Suspend-NodeForUpgrade.ps1")
+    others = [n for n in sim.nodes.values() if n.name != node.name and n.state != NodeState.Up]
+    if others and not ours:  # the gate again, in the same call as the pause: nobody can slip in between
+        raise _script_error(f"{node.name} is not paused: node {others[0].name} is {others[0].state.name}; one node "
+                            "out of service at a time.", "OtherNodeNotUp", "ResourceUnavailable", node.name,
+                            "Suspend-NodeForUpgrade.ps1")
     force = "ForceDrain" in inv.params
     if ours and node.drain_status == DrainStatus.InProgress and not force:
         return [cluster_node(sim, node)]  # a drain of ours in progress is only watched
