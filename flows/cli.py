@@ -65,12 +65,9 @@ def demo(
         inventory = Path(tmp) / "inventory.yaml"
         harness.inventory().write(inventory)
         os.environ.update(harness.environment())
-        from hciupgrade.records import records_dir
-
-        record = records_dir() / f"{run_id}.jsonl"
         console.print(f"Simulated cluster [bold]{chosen.cluster.name}[/]: {len(chosen.cluster.nodes)} nodes on "
                       f"{chosen.cluster.build}, time x{chosen.time_factor:g}. Starting Prefect (embedded)...")
-        view = LiveView(record, console)
+        view = LiveView(run_id, console)
         thread = view.start()
         options = RunOptions(poll_seconds=5, retry_delay_seconds=0.2, target_build=chosen.cluster.target_build)
         with embedded_settings():
@@ -81,16 +78,15 @@ def demo(
             finished = _finish_demo(inventory, options, console)
         if events:
             harness.write_events(events)
-    outcome = next((e["outcome"] for e in map(json.loads, record.read_text().splitlines())
-                    if e.get("phase") == "run" and "outcome" in e), None)
+    outcome = _outcome(run_id)
     if json_out:
         print(json.dumps(outcome, indent=2))
     else:
-        console.print(summary_table(record, run_id))
+        console.print(summary_table(run_id))
         for node in (outcome or {}).get("nodes", []):
             if node.get("error"):
                 console.print(f"[red]{node['node']}[/]: {node['error']}")
-        console.print(f"Run record: {record}")
+        console.print(f"Run record: {run_id} (hci-upgrade report {run_id})")
     if outcome is None or not outcome["succeeded"] or not state.is_completed():
         if not json_out:
             console.print(f"[red]Upgrade failed:[/] {outcome and outcome.get('error')}")
@@ -232,23 +228,21 @@ def upgrade(
         raise typer.Exit(0 if outcome["succeeded"] else 1)
     from flows.locking import embedded_settings
     from flows.rolling_upgrade import rolling_upgrade
-    from hciupgrade.records import records_dir
-
     run_id = new_run_id()
-    record = records_dir() / f"{run_id}.jsonl"
     _announce(run_id, target.name)
-    view = LiveView(record, console) if not json_out else None
+    view = LiveView(run_id, console) if not json_out else None
     thread = view.start() if view else None
     with embedded_settings():
         state = rolling_upgrade(inventory=str(inventory), cluster=target.name, options=run_options, run_id=run_id,
                                 return_state=True)
     if view and thread:
         view.stop(thread)
-    outcome = _outcome(record)
+    outcome = _outcome(run_id)
     if json_out:
         print(json.dumps(outcome, indent=2))
-    elif record.exists():
-        console.print(summary_table(record, run_id))
+    elif outcome is not None:
+        if outcome.get("nodes"):  # a refused run has no node to show: its one line says why
+            console.print(summary_table(run_id))
         if outcome and outcome.get("error"):
             console.print(f"[red]Stopped:[/] {outcome['error']}")
     if outcome and outcome.get("window_ended"):
@@ -373,19 +367,18 @@ def _builds_frame(result: dict) -> Any:
 def _announce(run_id: str, cluster: str) -> None:
     """The run's first record event, written before Prefect starts (it takes seconds): `status` says
     RunInProgress from the moment the command runs."""
-    import socket
-
     from hciupgrade.records import RunRecorder
+    from hciupgrade.store import host_id
 
-    RunRecorder(run_id, cluster).emit(None, "run", "running", stage="starting", pid=os.getpid(),
-                                      host=socket.gethostname())
+    RunRecorder(run_id, cluster).emit(None, "run", "running", stage="starting", pid=os.getpid(), host=host_id())
 
 
-def _outcome(record: Path) -> dict | None:
-    if not record.exists():
-        return None
-    return next((e["outcome"] for e in reversed([json.loads(x) for x in record.read_text().splitlines()])
-                 if e.get("phase") == "run" and "outcome" in e), None)
+def _outcome(run_id: str) -> dict | None:
+    """The outcome a run recorded at its end (None if it has not ended)."""
+    from hciupgrade.store import open_store
+
+    ends = [e for e in open_store().events(run_ids=[run_id], phases=["run"]) if "outcome" in e]
+    return ends[-1]["outcome"] if ends else None
 
 
 def _dry_run(target: Any, options: Any, console: Console) -> dict:
@@ -432,24 +425,20 @@ def _dry_run(target: Any, options: Any, console: Console) -> dict:
 
 @app.command()
 def status(cluster: Annotated[str, typer.Argument(help="the cluster's name")]) -> None:
-    """The latest run on a cluster, like Get-CauRun: state, run id, start, current node, each node's latest step."""
-    from hciupgrade.reports import all_events, run_status
+    """The latest run on a cluster, like Get-CauRun: state, run id, machine, start, current node, each node's
+    latest step. Dry runs and refused runs are not taken as the latest run."""
+    from hciupgrade.reports import run_status
 
-    events = all_events()
-    current = run_status(events, cluster) if not events.empty else None
-    if current is None:
-        make_console().print(f"RunNotInProgress: no run of hci-upgrade on {cluster} is recorded")
-        return
+    current = run_status(cluster)
     console = make_console()
-    from hciupgrade.reports import label
-
-    aside = label(events, current.run_id)
-    console.print(f"[bold]{current.state}[/]  run {current.run_id}{f' ({aside})' if aside else ''}  started "
-                  f"{current.started:%Y-%m-%d %H:%M:%S} UTC"
+    if current is None:
+        console.print(f"RunNotInProgress: no run of hci-upgrade on {cluster} is recorded")
+        return
+    console.print(f"[bold]{current.state}[/]  run {current.run_id}{f' ({current.label})' if current.label else ''}"
+                  f"  on {current.host or 'unknown host'}  started {current.started:%Y-%m-%d %H:%M:%S} UTC"
                   + (f"  result {current.result}" if current.result else "")
                   + (f"  current node {current.current_node}" if current.current_node else ""))
-    run_events = events[events["run_id"] == current.run_id]
-    for warning in run_events.loc[run_events["phase"] == "warn-after", "error"].dropna():
+    for warning in current.warnings:
         console.print(f"[yellow]warning:[/] {warning}")
     table = Table(box=box.SIMPLE_HEAD)
     for column in ("node", "step", "status", "at (UTC)"):
@@ -460,29 +449,70 @@ def status(cluster: Annotated[str, typer.Argument(help="the cluster's name")]) -
 
 
 @app.command()
-def report(run: Annotated[Optional[str], typer.Argument(help="run id (default: the latest run)")] = None) -> None:
-    """A run's report, like Get-CauReport: per node the result, retries, error and time in each phase."""
-    from hciupgrade.reports import all_events, latest_run, run_report
+def report(run: Annotated[Optional[str], typer.Argument(help="run id (default: the latest run)")] = None,
+           cluster: Annotated[Optional[str], typer.Option(help="the latest run of this cluster")] = None) -> None:
+    """A run's report, like Get-CauReport: per node the builds before and after, result, attempts, start and end,
+    time in each phase and the error; the same columns as the demo's table."""
+    from flows.views import node_table
+    from hciupgrade.reports import latest_run_id, run_report
 
-    events = all_events()
-    run_id = run or (latest_run(events) if not events.empty else None)
-    if run_id is None or events.empty or run_id not in set(events["run_id"]):
-        err.print(f"[red]no run {run_id or ''} in the records[/]")
+    run_id = run or latest_run_id(cluster)
+    found = run_report(run_id) if run_id else None
+    if found is None:
+        err.print(f"[red]no run {run_id or ''} in the records[/]" + (f" of {cluster}" if cluster else ""))
         raise typer.Exit(2)
-    df = run_report(events, run_id)
-    errors = df.pop("error")
-    df["attempts"] = df["attempts"].fillna(0).astype(int)
-    table = Table(title=f"Run {run_id}: per node, minutes of cluster time in each phase", box=box.SIMPLE_HEAD)
-    for column in df.columns:
-        table.add_column(str(column), justify="left" if column in ("node", "result") else "right")
-    for _, row in df.iterrows():
-        table.add_row(*["" if v is None or v != v else (f"{v:.0f}" if isinstance(v, float) else str(v))
-                        for v in row.tolist()])
+    header, df = found
+    label = f" ({header['aside']})" if header["aside"] else ""
+    ended = f", ended {header['ended'][:19]} UTC: {header['status']}" if header["ended"] else ", not ended"
     console = make_console()
-    console.print(table)
-    for node, error in zip(df["node"], errors, strict=False):
+    console.print(f"Run {run_id}{label} on {header['cluster']} from {header['host'] or 'unknown host'}: started "
+                  f"{header['started'][:19]} UTC{ended}")
+    console.print(node_table(df, "Per node: builds, result, start and end (UTC), minutes of cluster time per phase"))
+    for node, error in zip(df["node"], df["error"], strict=False):
         if isinstance(error, str) and error:
             console.print(f"[red]{node}[/]: {error}")
+
+
+records_app = typer.Typer(help="The run records: prune or archive old runs, import records of earlier versions.",
+                          no_args_is_help=True)
+app.add_typer(records_app, name="records")
+
+
+@records_app.command("prune")
+def records_prune(
+    older_than: Annotated[float, typer.Option(help="prune runs started more than this many days ago")],
+    archive: Annotated[Optional[Path], typer.Option(help="first write their events to a Parquet file here")] = None,
+) -> None:
+    """Remove old runs from the records. Runs that have not ended, and runs whose pause a node may still carry,
+    are kept whatever their age."""
+    from hciupgrade.records import owned_nodes
+    from hciupgrade.store import older_than as cutoff
+    from hciupgrade.store import open_store
+
+    if older_than < 0:
+        err.print("[red]--older-than: give a number of days, 0 or more[/]")
+        raise typer.Exit(2)
+    store = open_store()
+    keep = {run for c in store.clusters() for run in owned_nodes(c, store=store).values()}
+    done = store.prune(cutoff(older_than), keep=keep, archive=archive)
+    make_console().print(f"pruned {done.runs} runs ({done.events} events)"
+                         + (f", archived to {done.archive}" if done.archive else "")
+                         + (f"; kept {done.kept_open} runs that have not ended" if done.kept_open else "")
+                         + (f"; kept {len(keep)} runs whose pause a node may carry" if keep else ""))
+
+
+@records_app.command("import")
+def records_import(files: Annotated[list[Path], typer.Argument(help="JSON Lines record files of earlier versions")]
+                   ) -> None:
+    """Import record files of earlier versions (each once; those under $HCI_UPGRADE_HOME/records are imported
+    when the store first opens)."""
+    from hciupgrade.store import open_store
+
+    missing = [f for f in files if not f.is_file()]
+    if missing:
+        err.print(f"[red]{missing[0]}: no such file[/]")
+        raise typer.Exit(2)
+    make_console().print(f"imported {open_store().import_jsonl(files)} events from {len(files)} files")
 
 
 @app.command("readiness")

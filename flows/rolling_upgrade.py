@@ -20,7 +20,7 @@ from hciupgrade.clock import ClusterClock
 from hciupgrade.cluster import ClusterClient
 from hciupgrade.engine import RollingUpgrade
 from hciupgrade.models import ClusterInventory, RunOptions, RunOutcome, load_inventory
-from hciupgrade.records import RunRecorder, load_events, new_run_id, node_summary
+from hciupgrade.records import PHASES, RunRecorder, new_run_id, node_summary
 from hciupgrade.steps import Steps
 from tasks.node_steps import RUNS, TaskChain
 
@@ -90,9 +90,9 @@ def rolling_upgrade(inventory: str, cluster: str | None = None, options: RunOpti
 def publish(recorder: RunRecorder, outcome: RunOutcome) -> None:
     """Table and markdown artifacts for the Prefect UI, built from the run record."""
     key = f"upgrade-{outcome.cluster.lower()}"
-    events = load_events([recorder.path])
+    events = recorder.events()
     if "phase" in events and (events["phase"] == "node").any():
-        table = node_summary(events, recorder.run_id).round(1)
+        table = node_summary(events, recorder.run_id).round({p: 1 for p in PHASES})
         create_table_artifact(table.fillna("").astype(str).to_dict(orient="records"), key=f"{key}-nodes",
                               description=f"Per-node result of run {outcome.run_id} (phases in cluster minutes)")
     verdict = "succeeded" if outcome.succeeded else "CANCELLED" if (outcome.error or "").startswith("cancelled") \

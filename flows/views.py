@@ -2,50 +2,44 @@
 
 from __future__ import annotations
 
-import json
 import threading
-from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from rich import box
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
 from hciupgrade.records import PHASES, load_events, node_summary
+from hciupgrade.store import open_store
 
 
 class LiveView:
-    """Follows a run's record file and draws one row per node: its current phase and how long it took."""
+    """Follows a run's records and draws one row per node: its current phase and how long it took."""
 
-    def __init__(self, record: Path, console: Console) -> None:
-        self.record = record
+    def __init__(self, run_id: str, console: Console) -> None:
+        self.run_id = run_id
         self.console = console
         self.nodes: dict[str, dict[str, Any]] = {}
         self._stop = threading.Event()
-        self._offset = 0
+        self._last = 0
 
     def _read(self) -> None:
-        if not self.record.exists():
-            return
-        with open(self.record) as fh:
-            fh.seek(self._offset)
-            for line in fh:
-                if not line.endswith("\n"):
-                    break
-                self._offset += len(line.encode())
-                event = json.loads(line)
-                if event.get("phase") == "plan":
-                    for n in event.get("order", []):
-                        self.nodes.setdefault(n, {"phase": "waiting", "status": "", "done": 0})
-                elif event.get("node"):
-                    row = self.nodes.setdefault(event["node"], {"phase": "", "status": "", "done": 0})
-                    if event["phase"] == "node":
-                        row["result"] = event["status"]
-                    else:
-                        row["phase"], row["status"] = event["phase"], event["status"]
-                        if event["status"] == "succeeded" and event["phase"] in PHASES:
-                            row["done"] += 1
+        for event in open_store().events(run_ids=[self.run_id], after_id=self._last):
+            self._last = event["_id"]
+            if event.get("phase") == "plan":
+                for n in event.get("order", []):
+                    self.nodes.setdefault(n, {"phase": "waiting", "status": "", "done": 0})
+            elif event.get("node"):
+                row = self.nodes.setdefault(event["node"], {"phase": "", "status": "", "done": 0})
+                if event["phase"] == "node":
+                    row["result"] = event["status"]
+                else:
+                    row["phase"], row["status"] = event["phase"], event["status"]
+                    if event["status"] == "succeeded" and event["phase"] in PHASES:
+                        row["done"] += 1
+
 
     def render(self) -> Table:
         table = Table(title="Rolling upgrade", expand=False)
@@ -81,19 +75,32 @@ class LiveView:
 def make_console(stderr: bool = False) -> Console:
     """A console; output that is not a terminal (a pipe, a file, CI) gets room for the wide tables."""
     probe = Console(stderr=stderr)
-    return probe if probe.is_terminal else Console(stderr=stderr, width=140)
+    return probe if probe.is_terminal else Console(stderr=stderr, width=180)
 
 
-def summary_table(record: Path, run_id: str) -> Table:
-    df = node_summary(load_events([record]), run_id).drop(columns=["error"])
+SHORT = {"build_before": "before", "build_after": "after", "wait-back": "back", "wait-repair": "repair?",
+         "wait-storage": "resync"}
+
+
+def node_table(df: pd.DataFrame, title: str) -> Table:
+    """The per-node table of a run, as the demo, `upgrade` and `report` print it: the same columns everywhere."""
+    df = df.drop(columns=["error"], errors="ignore").copy()
     for column in ("build_before", "build_after"):
         df[column] = df[column].map(lambda b: b.removeprefix("10.0.") if isinstance(b, str) else b)
-    df = df.rename(columns={"build_before": "before", "build_after": "after", "wait-back": "back",
-                            "wait-repair": "repair?", "wait-storage": "resync"})
-    table = Table(title="Per node: builds, result, minutes of cluster time per phase", box=box.SIMPLE_HEAD)
+    for column in ("start", "end"):
+        df[column] = df[column].map(lambda t: "" if pd.isna(t) else f"{t:%H:%M:%S}")
+    df["attempts"] = df["attempts"].map(lambda a: "" if pd.isna(a) else str(int(a)))
+    df = df.rename(columns=SHORT)
+    table = Table(title=title, box=box.SIMPLE_HEAD)
     for column in df.columns:
-        table.add_column(str(column), justify="left" if column in ("node", "before", "after", "result") else "right")
+        phase = column in PHASES or column in ("back", "repair?", "resync")
+        table.add_column(str(column), justify="right" if phase else "left", no_wrap=not phase)
     for _, row in df.iterrows():
         table.add_row(*["" if (v is None or v != v) else (f"{v:.1f}" if isinstance(v, float) else str(v))
                         for v in row.tolist()])
     return table
+
+
+def summary_table(run_id: str) -> Table:
+    return node_table(node_summary(load_events(run_ids=[run_id]), run_id),
+                      "Per node: builds, result, start and end (UTC), minutes of cluster time per phase")

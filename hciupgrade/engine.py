@@ -21,7 +21,6 @@ A node adopted from a crashed run continues from where its live state says it is
 from __future__ import annotations
 
 import os
-import socket
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -37,6 +36,7 @@ from hciupgrade.psenums import NodeState
 from hciupgrade.records import RunRecorder, owned_nodes, runs_in_progress
 from hciupgrade.remote import NodeUnreachable, RemoteError
 from hciupgrade.steps import GateRefused, PausedByOther, StepFailed, Steps, StorageNotHealthy
+from hciupgrade.store import host_id
 
 
 def perform(engine: RollingUpgrade, step: str, node: str) -> Any:
@@ -146,12 +146,15 @@ class RollingUpgrade:
         """Adopt the nodes a run of ours paused and did not release, when the node carries that run's mark (or
         is away and cannot show it); release those that are Up again, or paused without our mark. A run of this
         cluster still alive on this machine blocks this one (CAU's "a run is already in progress")."""
-        alive = runs_in_progress(self.client.name, exclude_run=self.recorder.run_id)
+        alive = runs_in_progress(self.client.name, exclude_run=self.recorder.run_id, store=self.recorder.store,
+                                 settle=True)
         if alive:
-            raise StopRun(f"RunInProgress: run {alive[0]} is upgrading {self.client.name} on this machine; wait for "
-                          "it to end (hci-upgrade status) or stop it")
+            run = alive[0]
+            where = "this machine" if run["host"] in (None, host_id()) else f"{run['host']}"
+            raise StopRun(f"RunInProgress: run {run['run_id']} is upgrading {self.client.name} on {where} "
+                          f"(process {run['pid']}); wait for it to end (hci-upgrade status) or stop it")
         # a retried flow run keeps its run id: its earlier attempt's ownership counts too
-        for node, mark in owned_nodes(self.client.name).items():
+        for node, mark in owned_nodes(self.client.name, store=self.recorder.store).items():
             if node not in self.client.sessions:
                 continue
             self.owned[node] = mark
@@ -206,7 +209,7 @@ class RollingUpgrade:
     # --- the run ----------------------------------------------------------------------------------------------
     def run(self, *, dry_run: bool = False) -> tuple[RunOutcome, Preflight]:
         started = time.monotonic()
-        self.recorder.emit(None, "run", "running", dry_run=dry_run, pid=os.getpid(), host=socket.gethostname(),
+        self.recorder.emit(None, "run", "running", dry_run=dry_run, pid=os.getpid(), host=host_id(),
                            options=self.options.model_dump(mode="json", by_alias=True))
         outcomes: dict[str, NodeOutcome] = {}
         failure: str | None = None

@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from hciupgrade.records import home
+from hciupgrade.store import home
 
 
 class LockTimeout(TimeoutError):

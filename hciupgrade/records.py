@@ -1,69 +1,102 @@
-"""Run records: every run appends events (run, cluster, node, phase, status, start, end, error) to its own JSON
-Lines file, flushed and fsynced, so the record outlives the process (Prefect's embedded mode does not keep task
-history: reference/prefect.md B3). The demo's table, the status and report commands and the notebook all read
-these files."""
+"""Run records: every run appends events (run, cluster, node, phase, status, start, end, error) to the record store
+(hciupgrade/store.py: SQLite on this machine, PostgreSQL shared by every worker), each committed before the run
+goes on, so the record outlives the process (Prefect's embedded mode does not keep task history:
+reference/prefect.md B3). The demo's table, the status and report commands, the start of every run and the
+notebook read them, by run and by cluster."""
 
 from __future__ import annotations
 
 import json
 import os
 import threading
+import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
-from pathlib import Path
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pandas as pd
 
+from hciupgrade.store import RecordStore, heartbeat_seconds, home, host_id, now_iso, open_store
+
+__all__ = ["PHASES", "RunRecorder", "home", "load_events", "new_run_id", "node_summary", "now_iso", "owned_nodes",
+           "phase_durations", "runs_in_progress"]
+
 PHASES = ("gate", "pre-script", "drain", "install", "reboot", "wait-back", "wait-repair", "resume", "post-script",
           "wait-storage")
-
-
-def home() -> Path:
-    return Path(os.environ.get("HCI_UPGRADE_HOME", Path.home() / ".hci-upgrade"))
-
-
-def records_dir() -> Path:
-    path = home() / "records"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def new_run_id() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
 
 
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
+class _Heartbeat:
+    """One thread per process beats for the runs open in it, so that a run on another machine can tell a long
+    step (hours of setup, no event) from a dead process."""
+
+    def __init__(self) -> None:
+        self.runs: dict[str, RecordStore] = {}
+        self.lock = threading.Lock()
+        self.thread: threading.Thread | None = None
+        self.wake = threading.Event()  # a new run is beaten for at once, at the interval set now
+
+    def open(self, run_id: str, store: RecordStore) -> None:
+        with self.lock:
+            self.runs[run_id] = store
+            self.wake.set()
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(target=self._beat, name="hci-upgrade-heartbeat", daemon=True)
+                self.thread.start()
+
+    def close(self, run_id: str, _store: RecordStore | None = None) -> None:
+        with self.lock:
+            self.runs.pop(run_id, None)
+
+    def _beat(self) -> None:
+        while True:
+            self.wake.wait(heartbeat_seconds())
+            self.wake.clear()
+            with self.lock:
+                by_store: dict[int, tuple[RecordStore, list[str]]] = {}
+                for run_id, store in self.runs.items():
+                    by_store.setdefault(id(store), (store, []))[1].append(run_id)
+            for store, run_ids in by_store.values():
+                try:
+                    store.beat(run_ids)
+                except Exception:  # noqa: BLE001 - a missed beat is retried; the run must not stop for it
+                    pass
+
+
+_heartbeat = _Heartbeat()
 
 
 class RunRecorder:
-    """Appends a run's events. Listeners (the CLI's live display, the flow's progress artifact) see each one."""
+    """Appends a run's events. Listeners (the CLI's live display, the flow's progress artifact, the run log in
+    Prefect) see each one."""
 
-    def __init__(self, run_id: str, cluster: str, *, time_factor: float = 1.0, directory: Path | None = None):
+    def __init__(self, run_id: str, cluster: str, *, time_factor: float = 1.0, store: RecordStore | None = None):
         self.run_id = run_id
         self.cluster = cluster
         self.time_factor = time_factor
-        self.path = (directory or records_dir()) / f"{run_id}.jsonl"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
+        self.store = store or open_store()
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
 
     def emit(self, node: str | None, phase: str, status: str, *, start: str | None = None, end: str | None = None,
              error: str | None = None, **attrs: Any) -> dict[str, Any]:
         event = {"run_id": self.run_id, "cluster": self.cluster, "node": node, "phase": phase, "status": status,
                  "start": start or now_iso(), "end": end, "error": error, "time_factor": self.time_factor, **attrs}
-        line = json.dumps(event, default=str)
-        with self._lock:
-            with open(self.path, "a") as fh:
-                fh.write(line + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
+        event = json.loads(json.dumps(event, default=str))  # what the store keeps is what listeners see
+        self.store.append(event, host=host_id(), pid=os.getpid())
+        if phase == "run":
+            (_heartbeat.open if status == "running" else _heartbeat.close)(self.run_id, self.store)
         for listener in self.listeners:
             listener(event)
         return event
+
+    def events(self) -> pd.DataFrame:
+        """This run's events so far."""
+        return load_events(run_ids=[self.run_id], store=self.store)
 
     @contextmanager
     def phase(self, node: str | None, phase: str, **attrs: Any) -> Iterator[dict[str, Any]]:
@@ -80,23 +113,21 @@ class RunRecorder:
         self.emit(node, phase, "succeeded", start=start, end=now_iso(), **attrs, **extra)
 
 
-def load_events(paths: list[Path] | None = None, directory: Path | None = None) -> pd.DataFrame:
-    """All events of the given record files (default: every run in the records directory) as one DataFrame."""
-    if paths is None:
-        paths = sorted((directory or records_dir()).glob("*.jsonl"))
-    rows: list[dict[str, Any]] = []
-    for path in paths:
-        with open(path) as fh:
-            for line in fh:
-                line = line.strip()
-                if line:
-                    rows.append(json.loads(line))
-    df = pd.DataFrame(rows)
+def frame(events: list[dict[str, Any]]) -> pd.DataFrame:
+    df = pd.DataFrame(events)
     if df.empty:
         return df
     for column in ("start", "end"):
         df[column] = pd.to_datetime(df[column], utc=True, format="ISO8601")
-    return df
+    return df.drop(columns=["_id"], errors="ignore")
+
+
+def load_events(*, run_ids: Sequence[str] | None = None, cluster: str | None = None,
+                since: datetime | str | None = None, until: datetime | str | None = None,
+                store: RecordStore | None = None) -> pd.DataFrame:
+    """Events as one DataFrame, selected by run, by cluster and by start time (all of them without a selection:
+    after years of runs, select)."""
+    return frame((store or open_store()).events(run_ids=run_ids, cluster=cluster, since=since, until=until))
 
 
 def phase_durations(events: pd.DataFrame) -> pd.DataFrame:
@@ -108,32 +139,35 @@ def phase_durations(events: pd.DataFrame) -> pd.DataFrame:
 
 
 def node_summary(events: pd.DataFrame, run_id: str) -> pd.DataFrame:
-    """Per node of one run: builds before and after, cluster minutes in each phase, the result and the error."""
+    """Per node of one run: builds before and after, the result, attempts, when its work started and ended,
+    cluster minutes in each phase, and the error (last: the phases stay in view beside the builds)."""
     run = events[events["run_id"] == run_id]
-    durations = phase_durations(run)
-    table = durations.pivot_table(index="node", columns="phase", values="cluster_s", aggfunc="sum")
-    table = (table / 60).reindex(columns=[p for p in PHASES if p in table.columns])
-    outcomes = run[run["phase"] == "node"].groupby("node").last()
+    nodes = run[run["phase"] == "node"]
+    if nodes.empty:
+        return pd.DataFrame(columns=["node", "build_before", "build_after", "result", "attempts", "start", "end",
+                                     "error"])
+    outcomes = nodes.groupby("node", sort=False).last()
     result = pd.DataFrame(index=outcomes.index)
-    for column in ("build_before", "build_after", "result"):
+    for column in ("build_before", "build_after", "result", "attempts"):
         result[column] = outcomes.get(column)
-    result = result.join(table, how="left")
-    result["error"] = outcomes.get("error")  # last: the phases stay in view beside the builds
+    durations = phase_durations(run)
+    result["start"] = nodes.groupby("node")["start"].min()
+    result["end"] = nodes[nodes["status"] != "running"].groupby("node")["end"].max() \
+        if "end" in nodes else None
+    if not durations.empty:
+        table = durations.pivot_table(index="node", columns="phase", values="cluster_s", aggfunc="sum") / 60
+        result = result.join(table.reindex(columns=[p for p in PHASES if p in table.columns]), how="left")
+    result["error"] = outcomes.get("error")
     return result.reset_index()
 
 
-def owned_nodes(cluster: str, *, exclude_run: str | None = None, directory: Path | None = None) -> dict[str, str]:
+def owned_nodes(cluster: str, *, store: RecordStore | None = None) -> dict[str, str]:
     """Nodes that a run of this tool paused and did not release: node -> the run id of the mark it carries. A
-    crashed run's nodes stay owned until a later run resumes them (or finds them Up and releases them)."""
-    events = []
-    for path in (directory or records_dir()).glob("*.jsonl"):
-        if exclude_run and path.stem == exclude_run:
-            continue
-        with open(path) as fh:
-            events += [e for e in map(json.loads, filter(lambda line: '"ownership"' in line, fh))
-                       if e.get("phase") == "ownership" and str(e.get("cluster", "")).lower() == cluster.lower()]
+    crashed run's nodes stay owned until a later run resumes them (or finds them Up and releases them), whichever
+    machine it ran on."""
+    events = (store or open_store()).events(cluster=cluster, phases=["ownership"])
     owned: dict[str, str] = {}
-    for event in sorted(events, key=lambda e: e["start"]):
+    for event in sorted(events, key=lambda e: (e["start"], e["_id"])):
         if event["status"] == "paused":  # the run whose mark the node carries (an adopter keeps the first's)
             owned[event["node"]] = event.get("mark") or event["run_id"]
         else:
@@ -154,20 +188,39 @@ def process_alive(pid: object) -> bool:
             return False
 
 
-def runs_in_progress(cluster: str, *, exclude_run: str | None = None, directory: Path | None = None) -> list[str]:
-    """Runs of this cluster that have not ended and whose process still lives on this machine."""
-    import socket
+def run_alive(run: dict[str, Any]) -> bool:
+    """Whether a run that has not ended still lives: on this machine its process does; on another machine its
+    heartbeat is fresh (within four beats: the machines' clocks must agree within a beat, 30 s by default)."""
+    if run.get("ended"):
+        return False
+    if run.get("host") in (None, host_id()):
+        return run.get("pid") != os.getpid() and process_alive(run.get("pid"))
+    stale = datetime.now(UTC) - timedelta(seconds=4 * heartbeat_seconds())
+    return datetime.fromisoformat(run["heartbeat"]) > stale
 
-    alive = []
-    for path in (directory or records_dir()).glob("*.jsonl"):
-        if path.stem == exclude_run:
-            continue
-        with open(path) as fh:
-            events = [json.loads(line) for line in fh if '"phase": "run"' in line]
-        if not events or str(events[0].get("cluster", "")).lower() != cluster.lower():
-            continue
-        start, ended = events[0], any(e["status"] != "running" for e in events)
-        if not ended and start.get("host", socket.gethostname()) == socket.gethostname() \
-                and start.get("pid") != os.getpid() and process_alive(start.get("pid")):
-            alive.append(path.stem)
-    return sorted(alive)
+
+def runs_in_progress(cluster: str, *, exclude_run: str | None = None, store: RecordStore | None = None,
+                     settle: bool = False) -> list[dict[str, Any]]:
+    """Runs of this cluster that have not ended and still live, on this machine or another (run rows).
+
+    A run on another machine that was killed looks alive until its heartbeat goes stale. With `settle`, such a
+    run is watched until it shows which it is: a new beat (alive), an end, or four missed beats (dead); that takes
+    at most one beat for a live run."""
+    store = store or open_store()
+    alive = [r for r in store.runs(cluster=cluster, open_only=True) if r["run_id"] != exclude_run and run_alive(r)]
+    if not settle:
+        return alive
+    decided = [r for r in alive if r["host"] in (None, host_id())]
+    watching = {r["run_id"]: r for r in alive if r["host"] not in (None, host_id())}
+    while watching:
+        time.sleep(min(1.0, heartbeat_seconds() / 4))
+        for row in store.runs(run_ids=list(watching)):
+            first = watching[row["run_id"]]
+            if row["heartbeat"] != first["heartbeat"] and not row["ended"]:
+                decided.append(row)
+            elif row["ended"] or not run_alive(row):
+                pass
+            else:
+                continue
+            del watching[row["run_id"]]
+    return decided

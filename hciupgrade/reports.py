@@ -1,91 +1,62 @@
 """Status and reports from the run records, like Get-CauRun and Get-CauReport: what runs now, and how each node
-fared in a run."""
+fared in a run. Each reads one run's events through the store's indexes, however many runs came before."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 
-from hciupgrade.records import PHASES, load_events, phase_durations, process_alive
+from hciupgrade.records import load_events, node_summary, run_alive
+from hciupgrade.store import RecordStore, open_store
 
 
 @dataclass(frozen=True)
 class RunStatus:
     run_id: str
     cluster: str
+    host: str | None
     started: pd.Timestamp
     state: str  # RunInProgress, RunNotInProgress (finished), RunStopped (the process died without finishing)
     result: str | None
+    label: str  # "dry run", "refused" or ""
     current_node: str | None
+    warnings: list[str]
     nodes: pd.DataFrame  # node, phase, status, at
 
 
-def aside_runs(runs: pd.DataFrame) -> set[str]:
-    """Runs that are not "the latest run" of a cluster: dry runs, and runs refused before they touched anything
-    (preflight blocked, a run already in progress). Their own records still show them, labelled."""
-    aside = set()
-    for column in ("dry_run", "refused"):
-        if column in runs:
-            aside |= set(runs.loc[runs[column].fillna(False).astype(bool), "run_id"])
-    return aside
-
-
-def latest_run(events: pd.DataFrame, cluster: str | None = None) -> str | None:
-    runs = events[events["phase"] == "run"]
-    if cluster is not None:
-        runs = runs[runs["cluster"].str.lower() == cluster.lower()]
-    real = runs[~runs["run_id"].isin(aside_runs(runs))]
-    runs = real if not real.empty else runs
-    return None if runs.empty else str(runs.sort_values("start")["run_id"].iloc[-1])
-
-
-def label(events: pd.DataFrame, run_id: str) -> str:
-    """"dry run", "refused" or "" for a run, from its records."""
-    runs = events[(events["phase"] == "run") & (events["run_id"] == run_id)]
-    if "dry_run" in runs and runs["dry_run"].fillna(False).astype(bool).any():
-        return "dry run"
-    if "refused" in runs and runs["refused"].fillna(False).astype(bool).any():
-        return "refused"
-    return ""
-
-
-def run_status(events: pd.DataFrame, cluster: str) -> RunStatus | None:
-    run_id = latest_run(events, cluster)
-    if run_id is None:
+def run_status(cluster: str, store: RecordStore | None = None) -> RunStatus | None:
+    """The cluster's latest run (dry and refused runs are not taken as the latest unless there is no other)."""
+    store = store or open_store()
+    run = store.latest_run(cluster)
+    if run is None:
         return None
-    run = events[events["run_id"] == run_id].sort_values("start", kind="stable")
-    header = run[run["phase"] == "run"]
-    final = header[header["status"] != "running"]
-    if not final.empty:
-        state, result = "RunNotInProgress", str(final["status"].iloc[-1])
+    events = load_events(run_ids=[run["run_id"]], store=store)
+    if run["ended"]:
+        state, result = "RunNotInProgress", str(run["status"])
     else:
-        pid = header["pid"].iloc[0] if "pid" in header else None
-        state, result = ("RunInProgress" if process_alive(pid) else "RunStopped"), None
-    steps = run[run["node"].notna() & (run["phase"] != "ownership")]
+        state, result = ("RunInProgress" if run_alive(run) else "RunStopped"), None
+    steps = events[events["node"].notna() & (events["phase"] != "ownership")] if "node" in events else events
     latest = steps.groupby("node").tail(1)
     nodes = pd.DataFrame({"node": latest["node"], "phase": latest["phase"], "status": latest["status"],
                           "at": latest["end"].fillna(latest["start"])}).reset_index(drop=True)
     running = latest[latest["status"] == "running"]
     current = None if running.empty or state != "RunInProgress" else str(running["node"].iloc[-1])
-    return RunStatus(run_id, str(header["cluster"].iloc[0]), header["start"].iloc[0], state, result, current, nodes)
+    warnings = list(events.loc[events["phase"] == "warn-after", "error"].dropna()) if "error" in events else []
+    return RunStatus(run["run_id"], run["cluster"], run["host"], pd.Timestamp(run["started"]), state, result,
+                     run["aside"] or "", current, warnings, nodes)
 
 
-def run_report(events: pd.DataFrame, run_id: str) -> pd.DataFrame:
-    """Per node: result, attempts, retries, error, and minutes of cluster time in each phase."""
-    run = events[events["run_id"] == run_id]
-    outcome_rows = run[(run["phase"] == "node") & (run["status"] != "running")].groupby("node").tail(1)
-    report = pd.DataFrame({"node": outcome_rows["node"],
-                           "result": outcome_rows.get("result"),
-                           "attempts": outcome_rows.get("attempts"),
-                           "error": outcome_rows.get("error")}).set_index("node")
-    report["retries"] = (report["attempts"].fillna(1).astype(int) - 1).clip(lower=0)
-    durations = phase_durations(run)
-    if not durations.empty:
-        minutes = durations.pivot_table(index="node", columns="phase", values="cluster_s", aggfunc="sum") / 60
-        report = report.join(minutes.reindex(columns=[p for p in PHASES if p in minutes.columns]), how="left")
-    return report.reset_index()
+def run_report(run_id: str, store: RecordStore | None = None) -> tuple[dict[str, Any], pd.DataFrame] | None:
+    """A run's row (cluster, host, start, end, status, label) and its per-node table; None if unknown."""
+    store = store or open_store()
+    found = store.runs(run_ids=[run_id])
+    if not found:
+        return None
+    return found[0], node_summary(load_events(run_ids=[run_id], store=store), run_id)
 
 
-def all_events() -> pd.DataFrame:
-    return load_events()
+def latest_run_id(cluster: str | None = None, store: RecordStore | None = None) -> str | None:
+    run = (store or open_store()).latest_run(cluster)
+    return None if run is None else str(run["run_id"])

@@ -28,6 +28,15 @@ def hci_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """One throwaway PostgreSQL server for the session (tests make databases of their own on it)."""
+    from tests.services import postgres
+
+    with postgres() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
 def prefect_server():
     from prefect.testing.utilities import prefect_test_harness
 
@@ -41,7 +50,7 @@ class UpgradeRun:
     events: list[dict[str, Any]]
     scenario: Any
     state: Any
-    record: Path
+    record: str  # the run's events as the store keeps them, one JSON object a line
 
     def node(self, name: str) -> dict[str, Any]:
         return next(n for n in self.outcome["nodes"] if n["node"] == name)
@@ -56,7 +65,7 @@ class UpgradeRun:
 def run_upgrade(prefect_server, tmp_path: Path):
     from flows.rolling_upgrade import rolling_upgrade
     from hciupgrade.models import RunOptions
-    from hciupgrade.records import new_run_id, records_dir
+    from hciupgrade.records import new_run_id
     from hciupgrade.sim.audit import check_invariants
     from hciupgrade.sim.harness import SIM_USER, SimHarness
 
@@ -73,17 +82,25 @@ def run_upgrade(prefect_server, tmp_path: Path):
             state = rolling_upgrade(inventory=str(inventory), options=opts, run_id=run_id, return_state=True)
             events = harness.events()
             password = harness.password
-        record = records_dir() / f"{run_id}.jsonl"
-        final = [json.loads(line) for line in record.read_text().splitlines()]
+        record = record_text(run_id)
+        final = [json.loads(line) for line in record.splitlines()]
         outcome = next(e["outcome"] for e in reversed(final) if e["phase"] == "run" and "outcome" in e)
         result = UpgradeRun(outcome, events, scenario, state, record)
         # invariant 6: the credential reaches neither the record nor the outcome nor the flow run's error
-        assert password not in record.read_text() and password not in str(state.message)
+        assert password not in record and password not in str(state.message)
         if check:
             assert check_invariants(events, scenario, outcome, SIM_USER) == []
         return result
 
     return run
+
+
+def record_text(run_id: str) -> str:
+    """A run's events as the record store keeps them, one JSON object a line."""
+    from hciupgrade.store import open_store
+
+    return "".join(json.dumps({k: v for k, v in e.items() if k != "_id"}) + "\n"
+                   for e in open_store().events(run_ids=[run_id]))
 
 
 CLI = [sys.executable, "-c", "from flows.cli import app; app()"]

@@ -49,10 +49,11 @@ def wait_for_event(path: Path, match: dict, timeout: float = 120) -> None:
 
 
 @contextmanager
-def served_cluster(tmp_path: Path, prefect_home: Path, options: dict) -> Iterator[tuple[list[str], dict, Path, Any]]:
-    """The slow-drain cluster in its own process; yields the upgrade command, its environment, the event log and
-    the scenario."""
-    scenario = slow_drain_scenario()
+def served_cluster(tmp_path: Path, prefect_home: Path, options: dict, scenario: Any = None
+                   ) -> Iterator[tuple[list[str], dict, Path, Any]]:
+    """The slow-drain cluster (or the given one) in its own process; yields the upgrade command, its environment,
+    the event log and the scenario."""
+    scenario = scenario or slow_drain_scenario()
     options_file = tmp_path / "o.yaml"
     options_file.write_text(yaml.safe_dump(options))
     with serve_cluster(scenario, tmp_path, {"PREFECT_HOME": str(prefect_home)}) as (inventory, env, events):

@@ -4,11 +4,7 @@ cluster, its result read through Prefect's API."""
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,51 +14,16 @@ import yaml
 
 from hciupgrade.sim.scenario import make_scenario
 from tests.conftest import serve_cluster
+from tests.services import PREFECT, create_database, prefect_server, stop
 
 ROOT = Path(__file__).resolve().parent.parent
-PREFECT = [sys.executable, "-m", "prefect"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def stop(process: subprocess.Popen) -> None:
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=20)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 @pytest.fixture
-def server(tmp_path):
-    port = free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": api,
-           "PREFECT_SERVER_API_PORT": str(port), "PREFECT_UI_API_URL": api}
-    env.pop("PREFECT_API_DATABASE_CONNECTION_URL", None)
-    process = subprocess.Popen([*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{api}/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    else:
-        stop(process)
-        pytest.fail("the Prefect server did not start")
-    try:
-        yield api, env
-    finally:
-        stop(process)
+def server(tmp_path, postgres_server):
+    """The Prefect server on PostgreSQL, as in production."""
+    with prefect_server(tmp_path / "prefect", create_database(postgres_server, "prefect_deploy")) as started:
+        yield started
 
 
 def wait_for_run(api: str, flow_run_id: str, timeout: float = 420) -> dict:

@@ -17,6 +17,7 @@ from hciupgrade.sim.cluster import SimCluster
 from hciupgrade.sim.harness import SIM_USER
 from hciupgrade.sim.readiness import validation
 from hciupgrade.sim.scenario import make_scenario
+from tests.conftest import record_text
 from tests.test_safety import engine
 
 FACTOR = 20000
@@ -100,7 +101,7 @@ def test_without_an_approval_nothing_irreversible_happens_and_the_run_says_what_
     assert not any(e["kind"] in ("functional_level", "pool_version") for e in sim.events)
     steps, plan = post.asked[0]
     assert "-WhatIf: it would succeed" in plan and "Update-StoragePool 'S2D on hci-demo'" in plan
-    events = post.recorder.path.read_text()
+    events = record_text(post.recorder.run_id)
     assert '"phase": "approval", "status": "failed"' in events and '"phase": "whatif"' in events
 
 
@@ -111,7 +112,7 @@ def test_an_approved_run_raises_the_levels_records_the_approval_and_leaves_nothi
     assert outcome.succeeded, outcome.error
     assert sim.functional_level == 12 and sim.pool_version >= 28
     assert outcome.before.functional_level == 11 and outcome.after.functional_level == 12
-    record = post.recorder.path.read_text()
+    record = record_text(post.recorder.run_id)
     assert '"approver": "alice"' in record and '"reason": "CHG-1234"' in record
     summary = validation_summary(outcome.validation)
     assert set(summary["Category"]) >= {"Network", "Storage Spaces Direct"} and summary["Failed"].sum() == 0

@@ -22,7 +22,8 @@ def test_the_notebook_plots_records_of_simulated_runs(tmp_path, monkeypatch):
         scenario = make_scenario(nodes=3, time_factor=20000, faults=faults)
         options = RunOptions(poll_seconds=30, target_build=scenario.cluster.target_build)
         engine_for(SimCluster(scenario), options, None).run()
-    monkeypatch.setenv("HCI_UPGRADE_RECORDS", str(tmp_path / "records"))
+    monkeypatch.setenv("HCI_UPGRADE_CLUSTER", "HCI-DEMO")  # selected through the store's index
+    dry, _ = engine_for(SimCluster(scenario), options, None).run(dry_run=True)
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     NotebookClient(notebook, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
                    ).execute()
@@ -30,4 +31,4 @@ def test_the_notebook_plots_records_of_simulated_runs(tmp_path, monkeypatch):
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) == 2
     text = "".join(o.get("text", "") for o in outputs)
-    assert "2 runs" in text
+    assert "3 runs (2 real)" in text and "dry run" in str(outputs)

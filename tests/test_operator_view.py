@@ -51,7 +51,7 @@ def test_a_window_that_ends_stops_cleanly_between_nodes_and_the_next_run_continu
     first = run_upgrade(scenario, node_order=["node1", "node2", "node3"], StopAfter=timedelta(minutes=50))
     assert first.state.is_completed() and first.state.name == "WindowEnded"
     assert first.outcome["window_ended"] and "left for the next window: node2, node3" in first.outcome["error"]
-    records = [json.loads(line) for line in first.record.read_text().splitlines()]
+    records = [json.loads(line) for line in first.record.splitlines()]
     assert records[-1]["phase"] == "run" and records[-1]["status"] == "stopped"
     assert [n["result"] for n in first.outcome["nodes"]] == ["upgraded", "not-started", "not-started"]
 
@@ -87,7 +87,7 @@ def test_the_dry_run_plan_agrees_with_the_preflight(dry_run):
 
 
 def test_status_skips_dry_runs_and_refused_runs_and_labels_them():
-    from hciupgrade.reports import label, latest_run, run_status
+    from hciupgrade.reports import latest_run_id, run_report, run_status
 
     sim = cluster(nodes=2)
     real, _ = engine(sim).run()
@@ -95,10 +95,10 @@ def test_status_skips_dry_runs_and_refused_runs_and_labels_them():
     with sim.lock:
         sim.operator_pause("node1")
     refused, _ = engine(sim).run()  # the preflight blocks: nothing touched
-    events = load_events()
-    assert latest_run(events, sim.name) == real.run_id
-    assert label(events, dry.run_id) == "dry run" and label(events, refused.run_id) == "refused"
-    assert run_status(events, sim.name).result == "succeeded"
+    assert latest_run_id(sim.name) == real.run_id
+    assert run_report(dry.run_id)[0]["aside"] == "dry run" and run_report(refused.run_id)[0]["aside"] == "refused"
+    status = run_status(sim.name)
+    assert status.run_id == real.run_id and status.result == "succeeded" and status.label == ""
 
 
 def test_the_run_graph_is_one_chain_of_named_and_tagged_task_runs(run_upgrade):

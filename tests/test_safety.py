@@ -24,6 +24,7 @@ from hciupgrade.sim.harness import SIM_USER
 from hciupgrade.sim.inprocess import InProcessSession
 from hciupgrade.sim.scenario import make_scenario
 from hciupgrade.steps import Steps
+from tests.conftest import record_text
 
 FACTOR = 20000
 Hook = Callable[[str, Any], None]
@@ -307,7 +308,7 @@ def test_the_credential_never_reaches_a_record():
     run = engine(sim)
     outcome, _ = run.run()
     assert outcome.succeeded
-    assert "unused" not in run.recorder.path.read_text()
+    assert "unused" not in record_text(run.recorder.run_id)
     assert os.environ.get("HCI_UPGRADE_HOME")
 
 

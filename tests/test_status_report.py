@@ -28,15 +28,22 @@ def test_status_and_report_of_a_finished_and_a_stopped_run(tmp_path, monkeypatch
     report = runner.invoke(app, ["report"], terminal_width=200)
     assert report.exit_code == 0
     lines = {line.split()[0]: line for line in report.output.splitlines() if line.strip().startswith("node")}
-    assert lines["node2"].split()[1:4] == ["upgraded", "2", "1"]  # two attempts, one retry
-    # a run whose process died: its record has no end, and its process is gone
+    builds = scenario.cluster.build.removeprefix("10.0."), scenario.cluster.target_build.removeprefix("10.0.")
+    assert lines["node2"].split()[1:5] == [*builds, "upgraded", "2"]  # before, after, result, two attempts
+    header = report.output.splitlines()[0]
+    assert outcome.run_id in header and "started" in header and "ended" in header and "succeeded" in header
+    # a run whose process died, written by an earlier version (a JSON Lines file): imported, no end, no process
     record = tmp_path / "records" / "20260101T000000-dead00.jsonl"
+    record.parent.mkdir(exist_ok=True)
     record.write_text(json.dumps({"run_id": "20260101T000000-dead00", "cluster": "hci-demo", "node": None,
                                   "phase": "run", "status": "running", "start": "2030-01-01T00:00:00+00:00",
                                   "end": None, "error": None, "time_factor": 1, "pid": 999999}) + "\n" +
                       json.dumps({"run_id": "20260101T000000-dead00", "cluster": "hci-demo", "node": "node1",
                                   "phase": "drain", "status": "running", "start": "2030-01-01T00:00:01+00:00",
                                   "end": None, "error": None, "time_factor": 1}) + "\n")
+    from hciupgrade.store import import_legacy, open_store
+
+    import_legacy(open_store())
     stopped = runner.invoke(app, ["status", "hci-demo"], terminal_width=200)
     assert "RunStopped" in stopped.output and "drain" in stopped.output
     missing = runner.invoke(app, ["report", "no-such-run"])
