@@ -241,7 +241,7 @@ def upgrade(
     if json_out:
         print(json.dumps(outcome, indent=2))
     elif outcome is not None:
-        if outcome.get("nodes"):  # a refused run has no node to show: its one line says why
+        if any(n["result"] != "not-started" for n in outcome.get("nodes", [])):  # a refused run: one line
             console.print(summary_table(run_id))
         if outcome and outcome.get("error"):
             console.print(f"[red]Stopped:[/] {outcome['error']}")

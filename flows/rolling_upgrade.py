@@ -13,7 +13,7 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
-from prefect.states import Completed
+from prefect.states import Completed, Failed
 
 from flows.locking import cluster_lock, narrate_to_run_log, run_name
 from hciupgrade.clock import ClusterClock
@@ -83,7 +83,9 @@ def rolling_upgrade(inventory: str, cluster: str | None = None, options: RunOpti
         return Completed(name="WindowEnded", message=outcome.error, data=outcome.model_dump(mode="json"))
     if not outcome.succeeded:
         get_run_logger().error("Upgrade of %s failed: %s", target.name, outcome.error)
-        raise UpgradeFailed(outcome.error)
+        # a state, not an exception: the run's header reads node, step and cause, and no traceback of ours is
+        # logged (a parent flow calling this one still gets an exception)
+        return Failed(message=outcome.reason, data=outcome.model_dump(mode="json"))
     return outcome.model_dump(mode="json")
 
 

@@ -380,3 +380,18 @@ class RunOutcome(Strict):
     left_paused: list[str] = Field(default_factory=list, description="nodes a run of ours left paused or down")
     window_ended: bool = Field(False, description="StopAfter passed: stopped cleanly between nodes, to continue in "
                                                   "the next window")
+
+    @property
+    def reason(self) -> str | None:
+        """The failure in one short line, for a run's header: the first failed node with its step and cause (or
+        the run's own reason), and the nodes left paused. The whole story is in the error and the log."""
+        if self.error is None:
+            return None
+        failed = next((n for n in self.nodes if n.counts_as_failed and n.error), None)
+        text = (failed.error if failed else self.error).split("; left paused or down by a run of ours")[0]
+        text = text.splitlines()[0].strip()
+        if failed and not text.startswith(failed.node):
+            text = f"{failed.node}: {text}"
+        if len(text) > 200:
+            text = text[:197] + "..."
+        return text + (f" (left paused: {', '.join(self.left_paused)})" if self.left_paused else "")

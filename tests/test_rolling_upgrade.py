@@ -73,6 +73,10 @@ def test_a_failed_install_stops_the_run_and_the_node_keeps_its_build(run_upgrade
     assert not any(e["kind"] == "build" for e in run.events)
     assert not any(e["kind"] == "restart" for e in run.events)  # never restarted onto a failed setup
     assert not run.touched("node2") and not run.touched("node3")
+    # the run's header in Prefect's UI: one short line naming the node, the step and the cause
+    message = run.state.message
+    assert "node1" in message and "install" in message and "0xc1900101" in message, message
+    assert len(message) < 300 and "\n" not in message and "PartiallyFailed" not in message
 
 
 def test_a_node_that_does_not_come_back_is_named_and_left_for_the_operator(run_upgrade):
