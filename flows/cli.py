@@ -167,20 +167,24 @@ app.add_typer(sim_app, name="sim")
 
 @sim_app.command("serve")
 def sim_serve(
-    inventory_out: Annotated[Path, typer.Option(help="write the cluster's inventory (YAML) here")],
-    scenario: Annotated[Optional[Path], typer.Option(help="scenario file (YAML); default: the 4-node demo")] = None,
+    inventory_out: Annotated[Path, typer.Option(help="write the clusters' inventory (YAML) here")],
+    scenario: Annotated[Optional[list[Path]], typer.Option(help="scenario file (YAML), repeatable; default: the "
+                                                                "4-node demo")] = None,
+    copies: Annotated[int, typer.Option(min=1, max=999, help="clusters per scenario, named <name>-001...")] = 1,
     events: Annotated[Optional[Path], typer.Option(help="append the event log (JSON Lines) here as it happens")] = None,
     transport: Annotated[str, typer.Option(help=TRANSPORT_HELP)] = "negotiate",
 ) -> None:
-    """Run a simulated cluster as its own process, as a real one outlives the orchestrator. The password comes
-    from HCI_UPGRADE_SIM_PASSWORD, which the inventory names; stop with Ctrl-C or SIGTERM."""
+    """Run simulated clusters as their own process, as real ones outlive the orchestrator (several at once for a
+    fleet). The password comes from HCI_UPGRADE_SIM_PASSWORD, which the inventory names; stop with Ctrl-C or
+    SIGTERM. Each event in the log names its cluster."""
     _check_transport(transport)
     import signal
 
+    from hciupgrade.models import Inventory
     from hciupgrade.sim.harness import PASSWORD_ENV, SimHarness
 
     try:
-        chosen = load_scenario(scenario) if scenario else builtin_scenario()
+        chosen = [load_scenario(path) for path in scenario] if scenario else [builtin_scenario()]
     except ScenarioError as e:
         err.print(f"[red]{e}[/]")
         raise typer.Exit(2) from None
@@ -189,22 +193,45 @@ def sim_serve(
         err.print(f"[red]{PASSWORD_ENV} is not set[/]: export a password for the simulated nodes first, e.g. "
                   f"export {PASSWORD_ENV}=$(openssl rand -base64 18)")
         raise typer.Exit(2)
-    harness = SimHarness(chosen, password=password, transport=transport)  # type: ignore[arg-type]
+    clusters = [s if copies == 1 else s.model_copy(update={"cluster": s.cluster.model_copy(
+        update={"name": f"{s.cluster.name[:11]}-{i + 1:03d}"})}) for s in chosen for i in range(copies)]
+    names = [c.cluster.name.lower() for c in clusters]
+    if len(set(names)) != len(names):
+        err.print("[red]--scenario: two clusters share a name: give each scenario its own cluster name[/]")
+        raise typer.Exit(2)
+    tick = 0.002 if len(clusters) <= 2 else 0.02  # each cluster's driver wakes per tick: fewer wake-ups for many
+    harnesses = [SimHarness(c, password=password, transport=transport, tick=tick)  # type: ignore[arg-type]
+                 for c in clusters]
     if events:
         events.write_text("")
         sink = open(events, "a")
-        harness.sim.on_event(lambda e: (sink.write(json.dumps(e) + "\n"), sink.flush()))
+        lock = threading.Lock()
+
+        def writer(name: str):  # noqa: ANN202
+            def write(event: dict) -> None:
+                with lock:
+                    sink.write(json.dumps({**event, "cluster": name}) + "\n")
+                    sink.flush()
+            return write
+
+        for harness in harnesses:
+            harness.sim.on_event(writer(harness.sim.name))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with harness:
-        harness.inventory().write(inventory_out)
-        err.print(f"Simulated cluster {chosen.cluster.name} serving {len(harness.endpoints)} nodes on 127.0.0.1 "
-                  f"(x{chosen.time_factor:g}); inventory: {inventory_out}")
-        try:
-            while not stop.wait(0.2):
-                pass
-        except KeyboardInterrupt:
+    for harness in harnesses:
+        harness.start()
+    try:
+        Inventory(clusters=[c for h in harnesses for c in h.inventory().clusters]).write(inventory_out)
+        err.print(f"Simulated clusters {', '.join(h.sim.name for h in harnesses[:5])}"
+                  f"{'...' if len(harnesses) > 5 else ''}: {sum(len(h.endpoints) for h in harnesses)} nodes on "
+                  f"127.0.0.1; inventory: {inventory_out}")
+        while not stop.wait(0.2):
             pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for harness in harnesses:
+            harness.stop()
 
 
 @app.command()
@@ -271,6 +298,86 @@ def _inputs(inventory: Path, cluster: str | None, options: Path | None,
 
 EXIT_AWAITING_APPROVAL = 3
 EXIT_WINDOW_ENDED = 4  # StopAfter passed: stopped cleanly between nodes; run again in the next window
+
+
+@app.command("fleet")
+def fleet_cmd(
+    inventory: Annotated[Path, typer.Option(help="fleet inventory (YAML): clusters with tags, windows, waves")],
+    tag: Annotated[Optional[list[str]], typer.Option(help="only clusters with this tag, key=value (repeatable)")
+                   ] = None,
+    options: Annotated[Optional[Path], typer.Option(help="run options (YAML), with CAU's names")] = None,
+    deployment: Annotated[Optional[str], typer.Option(help="with a Prefect server: the rolling-upgrade deployment "
+                                                           "each cluster runs as (workers take them)")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the waves and each cluster's window and fit; "
+                                                            "change nothing")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="print the plan or the result as JSON")] = False,
+) -> None:
+    """A fleet in waves: canaries first, at most K clusters at once, each inside its maintenance window and only
+    when its next node fits. Exit 0 when every selected cluster ends upgraded, 1 when one fails or the fleet
+    stops, 4 when windows ended first (run again), 2 for bad input."""
+    from hciupgrade.fleet import fleet_plan
+    from hciupgrade.models import InputError, load_inventory, load_options
+
+    try:
+        fleet = load_inventory(inventory)
+        run_options = load_options(options)
+        selected = fleet.select(tag)
+        if not selected:
+            raise InputError(f"--tag: no cluster of {inventory} carries {', '.join(tag or [])}")
+        for cluster in selected:
+            run_options.check_against(cluster)
+            cluster.credential.resolve(secret_block=lambda name: "")
+    except Exception as e:  # noqa: BLE001 - bad input, before anything connects
+        err.print(f"[red]{e}[/]")
+        raise typer.Exit(2) from None
+    waves, fits = fleet_plan(fleet, tag)
+    plan = [{"wave": w.name, "cluster": name, "window": fits[name].window,
+             "opens": fits[name].opens.isoformat() if fits[name].opens else None,
+             "closes": fits[name].closes.isoformat() if fits[name].closes else None,
+             "open_now": fits[name].open_now, "node_estimate_min": round(fits[name].estimate.needed_s / 60, 1),
+             "estimate_from": fits[name].estimate.source, "next_node_fits": fits[name].fits}
+            for w in waves for name in w.clusters]
+    console = err if json_out else make_console()
+    if dry_run or not json_out:
+        table = Table(title=f"Fleet: {len(plan)} clusters in {len(waves)} waves, at most "
+                            f"{fleet.waves.max_parallel} at once", box=box.SIMPLE_HEAD)
+        for column in ("wave", "cluster", "window", "next open (UTC)", "open now", "node estimate", "fits"):
+            table.add_column(column)
+        for row in plan:
+            table.add_row(row["wave"], row["cluster"], row["window"], (row["opens"] or "")[:16].replace("T", " "),
+                          "yes" if row["open_now"] else "no",
+                          f"{row['node_estimate_min']:.0f} min ({row['estimate_from']})",
+                          "yes" if row["next_node_fits"] else "[yellow]no[/]")
+        console.print(table)
+    if dry_run:
+        if json_out:
+            print(json.dumps({"waves": plan}, indent=2))
+        raise typer.Exit(0)
+    from flows.fleet import fleet_upgrade
+    from flows.locking import embedded_settings
+
+    with embedded_settings():
+        state = fleet_upgrade(inventory=str(inventory), tags=tag, options=run_options,
+                              cluster_deployment=deployment, return_state=True)
+    summary = state.result(raise_on_failure=False) if state.is_completed() else None
+    if not isinstance(summary, dict):
+        err.print(f"[red]The fleet run failed:[/] {state.message}")
+        raise typer.Exit(1)
+    if json_out:
+        print(json.dumps(summary, indent=2, default=str))
+    else:
+        table = Table(title="Fleet result", box=box.SIMPLE_HEAD)
+        for column in ("cluster", "state", "windows", "reason"):
+            table.add_column(column)
+        for r in summary["clusters"]:
+            table.add_row(r["cluster"], r["state"], str(r["windows"]), r["reason"] or "")
+        console.print(table)
+        if summary["stopped"]:
+            console.print(f"[red]Stopped:[/] {summary['stopped']}")
+    states = {r["state"] for r in summary["clusters"]}
+    if summary["stopped"] or "failed" in states:
+        raise typer.Exit(1)
+    raise typer.Exit(EXIT_WINDOW_ENDED if states - {"upgraded"} else 0)
 
 
 @app.command("finish")

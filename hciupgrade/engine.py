@@ -277,6 +277,15 @@ class RollingUpgrade:
                 left = [p.node for p in plan[index:] if outcomes[p.node].result == "not-started"]
                 raise WindowEnded(f"StopAfter ({self.options.stop_after}) passed before {node}: stopped between "
                                   f"nodes; left for the next window: {', '.join(left)}")
+            needs_work = planned.action not in ("skip", "refuse")
+            if self.options.window_seconds is not None and needs_work:
+                left_s = self.options.window_seconds - elapsed
+                need_s = (self.options.node_estimate_seconds or 0) + self.options.window_margin_seconds
+                if need_s > left_s:
+                    left = [p.node for p in plan[index:] if outcomes[p.node].result == "not-started"]
+                    raise WindowEnded(f"the window has {max(left_s, 0) / 60:.0f} min left and {node} needs about "
+                                      f"{need_s / 60:.0f} min with the margin: stopped between nodes; left for the "
+                                      f"next window: {', '.join(left)}")
             if self.options.warn_after is not None and not warned and \
                     elapsed > self.options.warn_after.total_seconds():
                 warned = True

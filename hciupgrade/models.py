@@ -21,6 +21,8 @@ from pydantic import (
     model_validator,
 )
 
+from hciupgrade.windows import TagWindow, Window
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -99,6 +101,8 @@ class ClusterInventory(Strict):
     credential: CredentialRef
     time_factor: float = Field(1.0, gt=0, le=100_000,
                                description="simulator only: cluster seconds per wall second; 1 for a real cluster")
+    tags: dict[str, str] = Field(default_factory=dict, description="site, ring, region...: what a fleet selects by")
+    window: Window | None = Field(None, description="this cluster's maintenance window (over any tag window)")
 
     @field_validator("nodes")
     @classmethod
@@ -139,8 +143,62 @@ class ClusterInventory(Strict):
         raise KeyError(name)
 
 
+class WavePolicy(Strict):
+    """How a fleet goes: canary clusters first, then batches; at most `max_parallel` clusters at once; no new
+    cluster once the failure rate passes `max_failure_rate`."""
+
+    canary: dict[str, str] = Field(default_factory=lambda: {"ring": "canary"},
+                                   description="tags of the canary clusters (the first wave)")
+    batch: int | str = Field("25%", description="clusters per later wave: a count, or a percentage of the rest")
+    max_parallel: int = Field(10, ge=1, le=1000, description="clusters upgraded at once across the fleet (K)")
+    max_failure_rate: float = Field(0.1, ge=0, le=1, description="failed clusters / finished clusters that stop "
+                                                                 "further waves")
+    margin_minutes: float = Field(15, ge=0, description="a node starts only if its estimate plus this fits the "
+                                                        "window's remaining time")
+    default_node_minutes: float = Field(150, gt=0, description="a node's estimate with no history: drain, 45-90 "
+                                                               "min of setup, a 40-min restart, the resync")
+
+    @field_validator("batch")
+    @classmethod
+    def _batch(cls, v: int | str) -> int | str:
+        if isinstance(v, int):
+            if v < 1:
+                raise ValueError("a wave needs at least 1 cluster")
+            return v
+        text = v.strip()
+        if not text.endswith("%") or not text[:-1].replace(".", "", 1).isdigit() or not 0 < float(text[:-1]) <= 100:
+            raise ValueError(f"{v!r}: give a count (10) or a percentage of the clusters after the canaries (25%)")
+        return text
+
+
 class Inventory(Strict):
     clusters: list[ClusterInventory] = Field(min_length=1)
+    windows: list[TagWindow] = Field(default_factory=list, description="maintenance windows by tag")
+    waves: WavePolicy = WavePolicy()
+
+    @model_validator(mode="after")
+    def _one_window_each(self) -> Inventory:
+        names = [c.name.lower() for c in self.clusters]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"cluster {twice[0]} is listed twice: cluster names must be unique")
+        for cluster in self.clusters:
+            matching = [i for i, w in enumerate(self.windows) if w.applies(cluster.tags)]
+            if cluster.window is None and len(matching) > 1:
+                raise ValueError(
+                    f"cluster {cluster.name}: windows[{matching[0]}] ({self.windows[matching[0]].match}) and "
+                    f"windows[{matching[1]}] ({self.windows[matching[1]].match}) both match its tags: give it a "
+                    "window of its own, or make the matches exclusive")
+        return self
+
+    def window_for(self, cluster: ClusterInventory) -> Window | None:
+        """The cluster's own window, else the one tag window that matches it, else none (always open)."""
+        return cluster.window or next((w for w in self.windows if w.applies(cluster.tags)), None)
+
+    def select(self, tags: list[str] | None) -> list[ClusterInventory]:
+        """Clusters carrying every `key=value` of `tags` (all clusters without tags)."""
+        wanted = dict(parse_tag(t) for t in tags or [])
+        return [c for c in self.clusters if all(c.tags.get(k) == v for k, v in wanted.items())]
 
     def cluster(self, name: str | None) -> ClusterInventory:
         if name is None:
@@ -156,6 +214,13 @@ class Inventory(Strict):
 
     def write(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.model_dump(mode="json", exclude_defaults=True), sort_keys=False))
+
+
+def parse_tag(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip() or not value.strip():
+        raise InputError(f"--tag: {text!r} is not key=value (for instance ring=canary)")
+    return key.strip(), value.strip()
 
 
 class InputError(ValueError):
@@ -269,6 +334,12 @@ class RunOptions(Strict):
     poll_seconds: float = Field(15, gt=0, description="cluster seconds between polls of a long operation")
     task_retries: int = Field(3, ge=0, le=10, description="retries of a step on a transient remoting failure")
     retry_delay_seconds: float = Field(10, ge=0, description="wall seconds between those retries")
+    window_seconds: float | None = Field(
+        None, gt=0, description="cluster seconds from the run's start to its maintenance window's end (set by the "
+                                "fleet flow): a node starts only if its estimate and the margin fit what is left")
+    node_estimate_seconds: float | None = Field(None, gt=0, description="a node's expected duration, cluster "
+                                                                        "seconds (from past runs)")
+    window_margin_seconds: float = Field(900, ge=0, description="kept free at the window's end")
     lock_lease_seconds: float = Field(120, ge=60, le=86400,
                                       description="Prefect lease: how long a killed run's lock outlives it")
     vm_version_update: list[str] = Field(

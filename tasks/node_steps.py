@@ -9,6 +9,7 @@ both."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -70,6 +71,8 @@ class TaskChain:
         attempt = self.engine.attempts.get(node, 1)
         # a backstop above the step's own timeout: the step's own message is the one an operator should read
         timeout = step_timeout_minutes(options, name) * 60 * 1.5 / self.time_factor + 120
+        if threading.current_thread() is not threading.main_thread():
+            timeout = None  # a fleet's cluster runs in a thread, where Prefect cannot interrupt a task (it warns)
         runner = node_step.with_options(
             task_run_name=f"{name}-{node}" + (f"-attempt-{attempt}" if attempt > 1 else ""),
             tags=[f"cluster:{self.cluster}", f"node:{node}"], timeout_seconds=timeout,

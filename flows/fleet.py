@@ -1,0 +1,171 @@
+"""The fleet: clusters selected by tag go in waves (canaries first), at most K at once under a global concurrency
+limit of the fleet's own, each one a child flow run that holds its own cluster lock and starts a node only inside
+its maintenance window when the node fits. A wave whose failure rate passes the threshold stops the fleet.
+
+With `cluster_deployment` on a Prefect server, each cluster is a run of that deployment (`run_deployment`, linked
+as a subflow), taken by whichever worker of the pool is free; without it, a subflow in this process."""
+
+from __future__ import annotations
+
+import contextvars
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+from prefect import flow, get_client, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.concurrency.sync import concurrency
+
+from flows.locking import embedded
+from flows.rolling_upgrade import rolling_upgrade
+from hciupgrade.fleet import Wave, WindowFit, fleet_plan, until_open
+from hciupgrade.models import Inventory, RunOptions, load_inventory
+
+FLEET_LIMIT = "hci-upgrade-fleet"
+
+
+def ensure_fleet_limit(slots: int) -> str:
+    """The fleet's own limit with K slots (its size follows the inventory's max_parallel)."""
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            limit = client.read_global_concurrency_limit_by_name(FLEET_LIMIT)
+        except ObjectNotFound:
+            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=FLEET_LIMIT, limit=slots))
+            return FLEET_LIMIT
+        if limit.limit != slots:
+            client.update_global_concurrency_limit(FLEET_LIMIT, GlobalConcurrencyLimitUpdate(limit=slots))
+    return FLEET_LIMIT
+
+
+def cluster_options(options: RunOptions, fit: WindowFit) -> RunOptions:
+    """The cluster's run options with its window: what is left of it in cluster time, and its node estimate."""
+    update: dict[str, Any] = {"node_estimate_seconds": fit.estimate.needed_s, "window_margin_seconds": fit.margin_s}
+    if fit.remaining_s is not None:
+        update["window_seconds"] = max(fit.remaining_s * fit.time_factor, 1.0)
+    return options.model_copy(update=update)
+
+
+def run_cluster(inventory_path: str, inventory: Inventory, name: str, options: RunOptions, tags: list[str] | None,
+                deployment: str | None, max_windows: int, lease_seconds: float) -> dict[str, Any]:
+    """One cluster through as many windows as it takes (at most `max_windows`): wait for the window, take a fleet
+    slot, run the cluster's flow; a window that ends continues in the next one."""
+    logger = get_run_logger()
+    result: dict[str, Any] = {"cluster": name, "state": "not started", "windows": 0, "flow_run": None,
+                              "reason": None}
+    while result["windows"] < max_windows:
+        _, fits = fleet_plan(inventory, tags)
+        fit = fits[name]
+        wait = until_open(fit).total_seconds()
+        if wait > 0:
+            logger.info("%s: window %s opens at %s UTC: waiting", name, fit.window, f"{fit.opens:%Y-%m-%d %H:%M}")
+            time.sleep(wait)
+            continue  # open now: what is left of it is read again
+        if not fit.fits:
+            logger.info("%s: %.0f min left in the window, a node needs about %.0f with the margin: waiting for the "
+                        "next one", name, (fit.remaining_s or 0) / 60,
+                        (fit.estimate.needed_s + fit.margin_s) / fit.time_factor / 60)
+            time.sleep((fit.remaining_s or 0) + 1)
+            continue
+        result["windows"] += 1
+        with concurrency(FLEET_LIMIT, occupy=1, strict=True, lease_duration=lease_seconds,
+                         raise_on_lease_renewal_failure=False):
+            state, flow_run_id = _run_child(inventory_path, name, cluster_options(options, fit), deployment)
+        result["flow_run"], result["reason"] = str(flow_run_id), state.message
+        if state.is_completed() and state.name == "WindowEnded":
+            result["state"] = "window ended"  # the next window continues it
+            continue
+        result["state"] = "upgraded" if state.is_completed() else "failed"
+        break
+    return result
+
+
+def _run_child(inventory_path: str, name: str, options: RunOptions, deployment: str | None) -> tuple[Any, Any]:
+    if deployment and not embedded():
+        from prefect.deployments import run_deployment
+
+        run = run_deployment(deployment, parameters={
+            "inventory": inventory_path, "cluster": name,
+            "options": options.model_dump(mode="json", by_alias=True, exclude_none=True)},
+            timeout=None, as_subflow=True, tags=[f"cluster:{name.lower()}", "fleet"])
+        return run.state, run.id
+    state = rolling_upgrade(inventory=inventory_path, cluster=name, options=options, return_state=True)
+    return state, state.state_details.flow_run_id
+
+
+def _fleet_name() -> str:
+    from prefect.runtime import flow_run
+
+    tags = flow_run.parameters.get("tags") or []
+    return "fleet-" + ("-".join(tags) if tags else "all")
+
+
+@flow(name="fleet-upgrade", flow_run_name=_fleet_name, log_prints=True)
+def fleet_upgrade(inventory: str, tags: list[str] | None = None, options: RunOptions | None = None,
+                  cluster_deployment: str | None = None, max_windows: int = 30) -> dict[str, Any]:
+    """Upgrade the selected clusters of a fleet inventory in waves. `cluster_deployment` (server mode): the
+    rolling-upgrade deployment each cluster runs as, e.g. "rolling-upgrade/rolling-upgrade-fleet"."""
+    logger = get_run_logger()
+    fleet = load_inventory(inventory)
+    options = options or RunOptions()
+    waves, fits = fleet_plan(fleet, tags)
+    policy = fleet.waves
+    ensure_fleet_limit(policy.max_parallel)
+    logger.info("%d clusters in %d waves, at most %d at once: %s", len(fits), len(waves), policy.max_parallel,
+                "; ".join(f"{w.name}: {', '.join(w.clusters)}" for w in waves))
+    results: dict[str, dict[str, Any]] = {}
+    stopped: str | None = None
+    for wave in waves:
+        logger.info("%s: starting %s", wave.name, ", ".join(wave.clusters))
+        results.update(_run_wave(inventory, fleet, wave, options, tags, cluster_deployment, max_windows,
+                                 policy.max_parallel))
+        finished = [r for r in results.values() if r["state"] in ("upgraded", "failed")]
+        failed = [r for r in finished if r["state"] == "failed"]
+        rate = len(failed) / len(finished) if finished else 0.0
+        if rate > policy.max_failure_rate:
+            stopped = (f"{wave.name} stopped the fleet: {len(failed)} of {len(finished)} finished clusters failed "
+                       f"({rate:.0%} > max_failure_rate {policy.max_failure_rate:.0%}): "
+                       + "; ".join(f"{r['cluster']}: {r['reason']}" for r in failed))
+            logger.error("%s", stopped)
+            break
+    left = [c for w in waves for c in w.clusters if c not in results]
+    summary = {"waves": [{"wave": w.name, "clusters": w.clusters} for w in waves], "clusters": list(results.values()),
+               "stopped": stopped, "not_started": left}
+    _publish(summary)
+    return summary
+
+
+def _run_wave(inventory_path: str, fleet: Inventory, wave: Wave, options: RunOptions, tags: list[str] | None,
+              deployment: str | None, max_windows: int, slots: int) -> dict[str, dict[str, Any]]:
+    """The wave's clusters side by side (threads carrying the flow's context, so each child run is linked to
+    this one); the fleet limit holds them to K."""
+    lease = options.lock_lease_seconds
+    with ThreadPoolExecutor(max_workers=min(len(wave.clusters), max(slots, 1)) or 1) as pool:
+        futures = {name: pool.submit(contextvars.copy_context().run, run_cluster, inventory_path, fleet, name,
+                                     options, tags, deployment, max_windows, lease)
+                   for name in wave.clusters}
+        results = {}
+        for name, future in futures.items():
+            try:
+                results[name] = future.result()
+            except Exception as e:  # noqa: BLE001 - one cluster's error is that cluster's failure
+                results[name] = {"cluster": name, "state": "failed", "windows": 0, "flow_run": None,
+                                 "reason": f"{type(e).__name__}: {e}"}
+    return results
+
+
+def _publish(summary: dict[str, Any]) -> None:
+    rows = [{"cluster": r["cluster"], "state": r["state"], "windows": r["windows"], "reason": r["reason"] or ""}
+            for r in summary["clusters"]]
+    if rows:
+        create_table_artifact(rows, key="fleet-upgrade-clusters", description="Each cluster's result in the fleet")
+    lines = [f"# Fleet upgrade: {sum(r['state'] == 'upgraded' for r in rows)} of {len(rows)} clusters upgraded",
+             f"At {datetime.now(UTC):%Y-%m-%d %H:%M} UTC.", ""]
+    if summary["stopped"]:
+        lines += [f"**Stopped:** {summary['stopped']}", ""]
+    if summary["not_started"]:
+        lines += [f"**Not started:** {', '.join(summary['not_started'])}", ""]
+    create_markdown_artifact("\n".join(lines), key="fleet-upgrade-summary")
