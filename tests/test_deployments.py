@@ -44,7 +44,8 @@ def test_the_deployment_file_deploys_and_each_deployment_runs_through_a_process_
                                "--all"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
     names = {d["name"] for d in httpx.post(f"{api}/deployments/filter", json={}, timeout=10).json()}
-    assert names == {"rolling-upgrade-hci-demo", "full-upgrade-hci-demo", "readiness-fleet"}
+    assert names == {"rolling-upgrade-hci-demo", "full-upgrade-hci-demo", "readiness-fleet", "fleet",
+                     "rolling-upgrade-fleet"}
 
     scenario = make_scenario(nodes=2, vms_per_node=1, time_factor=5000)
     with serve_cluster(scenario, tmp_path, {}) as (inventory, sim_env, events):
