@@ -351,7 +351,7 @@ def fleet_cmd(
         console.print(table)
     if dry_run:
         if json_out:
-            print(json.dumps({"waves": plan}, indent=2))
+            print(json.dumps({"waves": plan, "schedules": fleet.schedules()}, indent=2))
         raise typer.Exit(0)
     from flows.fleet import fleet_upgrade
     from flows.locking import embedded_settings

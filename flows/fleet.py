@@ -49,7 +49,7 @@ def cluster_options(options: RunOptions, fit: WindowFit) -> RunOptions:
     return options.model_copy(update=update)
 
 
-def run_cluster(inventory_path: str, inventory: Inventory, name: str, options: RunOptions, tags: list[str] | None,
+def run_cluster(inventory_path: str, inventory: Inventory, name: str, options: RunOptions,
                 deployment: str | None, max_windows: int, lease_seconds: float) -> dict[str, Any]:
     """One cluster through as many windows as it takes (at most `max_windows`): wait for the window, take a fleet
     slot, run the cluster's flow; a window that ends continues in the next one."""
@@ -57,7 +57,7 @@ def run_cluster(inventory_path: str, inventory: Inventory, name: str, options: R
     result: dict[str, Any] = {"cluster": name, "state": "not started", "windows": 0, "flow_run": None,
                               "reason": None}
     while result["windows"] < max_windows:
-        _, fits = fleet_plan(inventory, tags)
+        _, fits = fleet_plan(inventory, names=[name])
         fit = fits[name]
         wait = until_open(fit).total_seconds()
         if wait > 0:
@@ -99,19 +99,21 @@ def _run_child(inventory_path: str, name: str, options: RunOptions, deployment: 
 def _fleet_name() -> str:
     from prefect.runtime import flow_run
 
-    tags = flow_run.parameters.get("tags") or []
-    return "fleet-" + ("-".join(tags) if tags else "all")
+    chosen = (flow_run.parameters.get("tags") or []) + (flow_run.parameters.get("clusters") or [])
+    return "fleet-" + ("-".join(chosen) if chosen else "all")
 
 
 @flow(name="fleet-upgrade", flow_run_name=_fleet_name, log_prints=True)
 def fleet_upgrade(inventory: str, tags: list[str] | None = None, options: RunOptions | None = None,
-                  cluster_deployment: str | None = None, max_windows: int = 30) -> dict[str, Any]:
-    """Upgrade the selected clusters of a fleet inventory in waves. `cluster_deployment` (server mode): the
-    rolling-upgrade deployment each cluster runs as, e.g. "rolling-upgrade/rolling-upgrade-fleet"."""
+                  cluster_deployment: str | None = None, max_windows: int = 30,
+                  clusters: list[str] | None = None) -> dict[str, Any]:
+    """Upgrade the clusters of a fleet inventory selected by `tags` (key=value) and `clusters` (names) in waves.
+    `cluster_deployment` (server mode): the rolling-upgrade deployment each cluster runs as, e.g.
+    "rolling-upgrade/rolling-upgrade-fleet"."""
     logger = get_run_logger()
     fleet = load_inventory(inventory)
     options = options or RunOptions()
-    waves, fits = fleet_plan(fleet, tags)
+    waves, fits = fleet_plan(fleet, tags, names=clusters)
     policy = fleet.waves
     ensure_fleet_limit(policy.max_parallel)
     logger.info("%d clusters in %d waves, at most %d at once: %s", len(fits), len(waves), policy.max_parallel,
@@ -120,7 +122,7 @@ def fleet_upgrade(inventory: str, tags: list[str] | None = None, options: RunOpt
     stopped: str | None = None
     for wave in waves:
         logger.info("%s: starting %s", wave.name, ", ".join(wave.clusters))
-        results.update(_run_wave(inventory, fleet, wave, options, tags, cluster_deployment, max_windows,
+        results.update(_run_wave(inventory, fleet, wave, options, cluster_deployment, max_windows,
                                  policy.max_parallel))
         finished = [r for r in results.values() if r["state"] in ("upgraded", "failed")]
         failed = [r for r in finished if r["state"] == "failed"]
@@ -138,14 +140,14 @@ def fleet_upgrade(inventory: str, tags: list[str] | None = None, options: RunOpt
     return summary
 
 
-def _run_wave(inventory_path: str, fleet: Inventory, wave: Wave, options: RunOptions, tags: list[str] | None,
-              deployment: str | None, max_windows: int, slots: int) -> dict[str, dict[str, Any]]:
+def _run_wave(inventory_path: str, fleet: Inventory, wave: Wave, options: RunOptions, deployment: str | None,
+              max_windows: int, slots: int) -> dict[str, dict[str, Any]]:
     """The wave's clusters side by side (threads carrying the flow's context, so each child run is linked to
     this one); the fleet limit holds them to K."""
     lease = options.lock_lease_seconds
     with ThreadPoolExecutor(max_workers=min(len(wave.clusters), max(slots, 1)) or 1) as pool:
         futures = {name: pool.submit(contextvars.copy_context().run, run_cluster, inventory_path, fleet, name,
-                                     options, tags, deployment, max_windows, lease)
+                                     options, deployment, max_windows, lease)
                    for name in wave.clusters}
         results = {}
         for name, future in futures.items():

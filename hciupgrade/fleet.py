@@ -124,9 +124,10 @@ def window_fit(inventory: Inventory, cluster: ClusterInventory, estimate: NodeEs
 
 
 def fleet_plan(inventory: Inventory, tags: list[str] | None = None, now: datetime | None = None,
-               store: RecordStore | None = None) -> tuple[list[Wave], dict[str, WindowFit]]:
+               store: RecordStore | None = None, names: list[str] | None = None
+               ) -> tuple[list[Wave], dict[str, WindowFit]]:
     """The waves of the selected clusters, and each one's window and fit."""
-    clusters = inventory.select(tags)
+    clusters = inventory.select(tags, names)
     names = [c.name for c in clusters]
     history = node_durations([n for n in {c.name.lower() for c in inventory.clusters}], store)
     history["cluster"] = history["cluster"].str.lower()

@@ -195,10 +195,22 @@ class Inventory(Strict):
         """The cluster's own window, else the one tag window that matches it, else none (always open)."""
         return cluster.window or next((w for w in self.windows if w.applies(cluster.tags)), None)
 
-    def select(self, tags: list[str] | None) -> list[ClusterInventory]:
-        """Clusters carrying every `key=value` of `tags` (all clusters without tags)."""
+    def select(self, tags: list[str] | None, names: list[str] | None = None) -> list[ClusterInventory]:
+        """Clusters carrying every `key=value` of `tags` (all clusters without tags), and named in `names`."""
         wanted = dict(parse_tag(t) for t in tags or [])
-        return [c for c in self.clusters if all(c.tags.get(k) == v for k, v in wanted.items())]
+        chosen = {n.lower() for n in names} if names else None
+        return [c for c in self.clusters if all(c.tags.get(k) == v for k, v in wanted.items())
+                and (chosen is None or c.name.lower() in chosen)]
+
+    def schedules(self) -> list[dict[str, object]]:
+        """A Prefect schedule per window (Cron in the window's time zone) with the fleet flow's parameters that
+        select its clusters: for deployments/prefect.yaml."""
+        found: list[dict[str, object]] = [
+            {"cron": w.cron(), "timezone": w.timezone, "parameters": {"tags": [f"{k}={v}" for k, v in w.match.items()]}}
+            for w in self.windows]
+        found += [{"cron": c.window.cron(), "timezone": c.window.timezone, "parameters": {"clusters": [c.name]}}
+                  for c in self.clusters if c.window is not None]
+        return found
 
     def cluster(self, name: str | None) -> ClusterInventory:
         if name is None:

@@ -205,7 +205,11 @@ def test_the_fleet_plan_shows_waves_windows_and_fit(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     import json
 
-    plan = {row["cluster"]: row for row in json.loads(result.stdout[result.stdout.index("{"):])["waves"]}
+    printed = json.loads(result.stdout[result.stdout.index("{"):])
+    plan = {row["cluster"]: row for row in printed["waves"]}
+    assert printed["schedules"] == [{"cron": f"{(now + timedelta(hours=2)).minute} {(now + timedelta(hours=2)).hour}"
+                                             " * * 0,1,2,3,4,5,6", "timezone": "UTC",
+                                     "parameters": {"tags": ["site=oslo"]}}]
     assert plan["hci-a"]["wave"] == "canary" and plan["hci-a"]["window"] == "always"
     assert plan["hci-c"]["open_now"] is False and plan["hci-c"]["next_node_fits"] is False
     assert plan["hci-b"]["estimate_from"] == "default"

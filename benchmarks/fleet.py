@@ -1,0 +1,163 @@
+"""A fleet against a real Prefect server on this machine: a throwaway PostgreSQL, `prefect server start` on it,
+N simulated clusters of 4 nodes served by `hci-upgrade sim serve` processes, and `hci-upgrade fleet` with every
+cluster in one wave and K = N (all at once). First one cluster alone (the slowest cluster's time: the clusters are
+alike), then the fleet. Prints the wall times, their ratio, the orchestrator's and the Prefect server's peak
+memory and CPU; its last line is one JSON object (clusters, wall_s, slowest_cluster_s, ratio, peak_rss_mb).
+
+    python benchmarks/fleet.py [--clusters 200] [--time-factor 200] [--per-serve 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from hciupgrade.sim.harness import PASSWORD_ENV  # noqa: E402
+from hciupgrade.sim.scenario import Durations, make_scenario  # noqa: E402
+from tests.services import create_database, postgres, prefect_server, stop  # noqa: E402
+
+CLI = [sys.executable, "-c", "from flows.cli import app; app()"]
+
+
+def group_usage(pgid: int) -> tuple[float, float]:
+    """(resident MB now, CPU seconds so far) of every process in a process group."""
+    rss = cpu = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(") ", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:
+            cpu += (int(fields[11]) + int(fields[12])) / tick
+            rss += int(fields[21]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+    return rss, cpu
+
+
+class Sampler:
+    """Peak resident memory of a process group, sampled every 0.5 s."""
+
+    def __init__(self, pgid: int) -> None:
+        self.pgid, self.peak, self.cpu = pgid, 0.0, 0.0
+        self.cpu_before = group_usage(pgid)[1]  # CPU is counted from here on
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            rss, cpu = group_usage(self.pgid)
+            self.peak, self.cpu = max(self.peak, rss), max(self.cpu, cpu - self.cpu_before)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def serve(clusters: int, per_serve: int, time_factor: float, folder: Path, env: dict) -> tuple[list, list[dict]]:
+    scenario = make_scenario(nodes=4, vms_per_node=2, time_factor=time_factor, name="hci-f")
+    scenario = scenario.model_copy(update={"durations": Durations(install_spread_minutes=0)})
+    processes, inventories = [], []
+    for start in range(0, clusters, per_serve):
+        count = min(per_serve, clusters - start)
+        name = f"hci-{start // per_serve:02d}"
+        path = folder / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(scenario.model_copy(update={"cluster": scenario.cluster.model_copy(
+            update={"name": name})}).model_dump(mode="json")))
+        out = folder / f"{name}-inventory.yaml"
+        processes.append(subprocess.Popen([*CLI, "sim", "serve", "--scenario", str(path), "--copies", str(count),
+                                           "--inventory-out", str(out)], env=env, stderr=subprocess.DEVNULL,
+                                          start_new_session=True))
+        inventories.append(out)
+    deadline = time.monotonic() + 300
+    while not all(p.exists() for p in inventories):
+        if time.monotonic() > deadline:
+            raise RuntimeError("sim serve did not start")
+        time.sleep(0.2)
+    clusters_data = [c for p in inventories for c in yaml.safe_load(p.read_text())["clusters"]]
+    return processes, clusters_data
+
+
+def run_fleet(folder: Path, clusters: list[dict], env: dict, label: str) -> tuple[float, float, float, dict]:
+    inventory = folder / f"fleet-{label}.yaml"
+    inventory.write_text(yaml.safe_dump({"clusters": clusters, "waves": {
+        "canary": {"ring": "none"}, "batch": len(clusters), "max_parallel": len(clusters),
+        "max_failure_rate": 1.0}}))
+    options = folder / "options.yaml"
+    options.write_text(yaml.safe_dump({"poll_seconds": 30, "retry_delay_seconds": 0.2}))
+    t0 = time.perf_counter()
+    process = subprocess.Popen([*CLI, "fleet", "--inventory", str(inventory), "--options", str(options), "--json"],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                               start_new_session=True)
+    sampler = Sampler(process.pid)
+    out, _ = process.communicate()
+    wall = time.perf_counter() - t0
+    sampler.stop()
+    summary = json.loads(out[out.index("{"):]) if "{" in out else {}
+    return wall, sampler.peak, sampler.cpu, summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clusters", type=int, default=200)
+    parser.add_argument("--time-factor", type=float, default=200,
+                        help="cluster seconds per wall second (a 4-node cluster is about 10 cluster hours)")
+    parser.add_argument("--per-serve", type=int, default=50, help="clusters per sim serve process")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp, postgres() as pg:
+        folder = Path(tmp)
+        env = {**os.environ, PASSWORD_ENV: "bench-secret", "HCI_UPGRADE_HOME": str(folder / "home"),
+               "HCI_UPGRADE_RECORDS_URL": create_database(pg, "records"), "PREFECT_LOGGING_LEVEL": "WARNING"}
+        with prefect_server(folder / "prefect", create_database(pg, "prefect")) as (api, server_env):
+            env.update({"PREFECT_API_URL": api, "PREFECT_HOME": server_env["PREFECT_HOME"]})
+            server_pgid = os.getpgid(int(next(p for p in Path("/proc").glob("[0-9]*")
+                                              if "prefect" in _cmdline(p) and "server" in _cmdline(p)).name))
+            serves, clusters = serve(args.clusters, args.per_serve, args.time_factor, folder, env)
+            try:
+                server = Sampler(server_pgid)
+                alone, alone_rss, alone_cpu, _ = run_fleet(folder, clusters[:1], env, "alone")
+                wall, rss, cpu, summary = run_fleet(folder, clusters, env, "all")
+                server.stop()
+                sim_rss = sum(group_usage(p.pid)[0] for p in serves)
+            finally:
+                for p in serves:
+                    stop(p)
+    states = [c["state"] for c in summary.get("clusters", [])]
+    upgraded = states.count("upgraded")
+    ratio = wall / alone
+    print(f"one cluster alone: {alone:.1f} s ({alone_rss:.0f} MB peak, {alone_cpu:.0f} CPU s)")
+    print(f"{args.clusters} clusters at once: {wall:.1f} s, {upgraded} upgraded; ratio {ratio:.2f}")
+    print(f"orchestrator (hci-upgrade fleet): peak RSS {rss:.0f} MB, CPU {cpu:.0f} s "
+          f"({cpu / wall:.2f} cores on average)")
+    print(f"Prefect server (uvicorn, PostgreSQL apart): peak RSS {server.peak:.0f} MB, CPU {server.cpu:.0f} s; "
+          f"simulators: {sim_rss:.0f} MB")
+    print(f"machine: {os.cpu_count()} cores; children of this script: "
+          f"{resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024:.0f} MB max RSS")
+    print(json.dumps({"clusters": args.clusters, "wall_s": round(wall, 1), "slowest_cluster_s": round(alone, 1),
+                      "ratio": round(ratio, 2), "peak_rss_mb": round(rss), "upgraded": upgraded,
+                      "orchestrator_cpu_s": round(cpu), "server_peak_rss_mb": round(server.peak),
+                      "server_cpu_s": round(server.cpu), "time_factor": args.time_factor}))
+
+
+def _cmdline(path: Path) -> str:
+    try:
+        return (path / "cmdline").read_text().replace("\0", " ")
+    except OSError:
+        return ""
+
+
+if __name__ == "__main__":
+    main()
