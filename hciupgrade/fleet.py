@@ -89,6 +89,20 @@ def estimates(clusters: list[str], policy: WavePolicy, history: pd.DataFrame) ->
     return result
 
 
+def predicted_vs_actual(history: pd.DataFrame, policy: WavePolicy) -> pd.DataFrame:
+    """Each past node with what window-fit would have predicted for it from the nodes before it (same rules:
+    its cluster's history, else the fleet's, else the default) beside what it took: cluster, run_id, node,
+    predicted_s (median + spread), actual_s, source."""
+    rows = []
+    ordered = history.sort_values("start").reset_index(drop=True)
+    for i, row in ordered.iterrows():
+        before = ordered.iloc[:i]
+        guess = estimates([row["cluster"]], policy, before)[row["cluster"]]
+        rows.append({"cluster": row["cluster"], "run_id": row["run_id"], "node": row["node"],
+                     "predicted_s": guess.needed_s, "actual_s": row["cluster_s"], "source": guess.source})
+    return pd.DataFrame(rows, columns=["cluster", "run_id", "node", "predicted_s", "actual_s", "source"])
+
+
 @dataclass(frozen=True)
 class WindowFit:
     cluster: str

@@ -117,6 +117,19 @@ def test_estimates_come_from_the_clusters_history_then_the_fleets_then_the_defau
     assert empty["hci-c"].source == "default" and empty["hci-c"].median_s == 150 * 60
 
 
+def test_predictions_use_only_the_nodes_before_each_one(tmp_path):
+    from hciupgrade.fleet import predicted_vs_actual
+
+    store = RecordStore(f"sqlite:///{tmp_path / 'r.sqlite'}")
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    store.append_many([e for i, m in enumerate([100, 110, 120, 130])
+                       for e in node_event(f"r{i}", "hci-a", "n1", t0 + timedelta(days=i), m)])
+    table = predicted_vs_actual(node_durations(["hci-a"], store), WavePolicy(default_node_minutes=150))
+    assert list(table["source"]) == ["default", "default", "default", "cluster"]
+    assert list(table["actual_s"] / 60) == [100, 110, 120, 130]
+    assert table["predicted_s"].iloc[3] >= 110 * 60  # the median of 100, 110, 120 and their spread
+
+
 def test_the_next_node_fits_only_with_its_estimate_and_the_margin():
     inventory = Inventory(clusters=[cluster("hci-a", window=Window(start="00:00", end="06:00"))],
                           waves=WavePolicy(margin_minutes=15))

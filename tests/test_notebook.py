@@ -29,6 +29,6 @@ def test_the_notebook_plots_records_of_simulated_runs(tmp_path, monkeypatch):
                    ).execute()
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
     images = [o for o in outputs if "image/png" in o.get("data", {})]
-    assert len(images) == 2
+    assert len(images) == 3  # the timeline, the durations, predicted against actual
     text = "".join(o.get("text", "") for o in outputs)
     assert "3 runs (2 real)" in text and "dry run" in str(outputs)
