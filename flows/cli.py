@@ -53,15 +53,20 @@ def demo(
     except ScenarioError as e:
         err.print(f"[red]{e}[/]")
         raise typer.Exit(2) from None
+    import secrets
+
     from flows.locking import embedded_settings
     from flows.rolling_upgrade import rolling_upgrade
     from hciupgrade.models import RunOptions
+    from hciupgrade.sim.arm import FakeArm
     from hciupgrade.sim.harness import SimHarness
 
     console = err if json_out else make_console()
     run_id = new_run_id()
     _check_transport(transport)
-    with SimHarness(chosen, transport=transport) as harness, tempfile.TemporaryDirectory() as tmp:  # type: ignore[arg-type]
+    azure = FakeArm(token=secrets.token_urlsafe(24), time_factor=chosen.time_factor).start() if full else None
+    with SimHarness(chosen, transport=transport, azure=azure) as harness, \
+            tempfile.TemporaryDirectory() as tmp:  # type: ignore[arg-type]
         inventory = Path(tmp) / "inventory.yaml"
         harness.inventory().write(inventory)
         os.environ.update(harness.environment())
@@ -78,6 +83,8 @@ def demo(
             finished = _finish_demo(inventory, options, console)
         if events:
             harness.write_events(events)
+    if azure is not None:
+        azure.stop()
     outcome = _outcome(run_id)
     if json_out:
         print(json.dumps(outcome, indent=2))
@@ -124,7 +131,34 @@ def _finish_demo(inventory: Path, options: Any, console: Console) -> int:
     table = decide(df).reset_index() if not df.empty else df
     console.print(_frame_table(table, "Readiness for the solution upgrade"))
     blocked = df.empty or not bool(table["ready"].all())
-    return 1 if blocked else 0
+    if blocked:
+        return 1
+    from flows.solution import solution_upgrade
+
+    console.print("The solution upgrade through (simulated) Azure: Validate, then Deploy (approved for the demo)...")
+    with embedded_settings():
+        solution = solution_upgrade(inventory=str(inventory), approval=approval.model_copy(
+            update={"steps": ["solution-upgrade"]}), check_readiness=False, poll_seconds=60)
+    _print_solution(solution, console)
+    return 0 if solution["succeeded"] else 1
+
+
+def _print_solution(result: dict, console: Console) -> None:
+    import pandas as pd
+
+    if result.get("prerequisites"):
+        console.print(_frame_table(pd.DataFrame(result["prerequisites"]), "Solution-upgrade prerequisites"))
+    for key, title in (("validation", "Validation steps"), ("deployment", "Deployment steps")):
+        if result.get(key):
+            df = pd.DataFrame(result[key])[["step", "status", "start", "end", "error"]].fillna("")
+            df["start"], df["end"] = df["start"].str[11:19], df["end"].str[11:19]
+            console.print(_frame_table(df, title))
+    if result.get("error"):
+        console.print(f"[red]Solution upgrade:[/] {result['error']}")
+    elif result.get("awaiting_approval"):
+        console.print("[yellow]Validation passed; the Deploy waits for an approval (--approve --reason).[/]")
+    else:
+        console.print(f"Solution upgrade: {result.get('stage')}")
 
 
 def _frame_table(df: Any, title: str) -> Table:
@@ -378,6 +412,90 @@ def fleet_cmd(
     if summary["stopped"] or "failed" in states:
         raise typer.Exit(1)
     raise typer.Exit(EXIT_WINDOW_ENDED if states - {"upgraded"} else 0)
+
+
+@app.command("solution")
+def solution_cmd(
+    inventory: Annotated[Path, typer.Option(help="inventory file (YAML) with the cluster's azure section")],
+    cluster: Annotated[Optional[str], typer.Option(help="the cluster (optional with one cluster)")] = None,
+    validate_only: Annotated[bool, typer.Option("--validate-only", help="prerequisites and Validate only")] = False,
+    approve: Annotated[bool, typer.Option("--approve", help="approve the Deploy (hours; no rollback)")] = False,
+    reason: Annotated[Optional[str], typer.Option(help="why (a change ticket): required with --approve")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="after a failed Deploy: submit it again, as the "
+                                                          "portal's resume")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+) -> None:
+    """The solution upgrade through Azure: prerequisites, Validate, then (approved) Deploy, followed to its end;
+    a Deploy already running is followed, never submitted twice. Exit 0 when deployed (or validated with
+    --validate-only), 1 when it fails, 3 when the Deploy awaits an approval, 2 for bad input."""
+    import getpass
+
+    from flows.locking import embedded_settings
+    from flows.solution import solution_upgrade
+    from hciupgrade.models import Approval, InputError, load_inventory
+
+    try:
+        target = load_inventory(inventory).cluster(cluster)
+        if target.azure is None:
+            raise InputError(f"cluster {target.name} has no azure section in {inventory}")
+        if approve and not reason:
+            raise InputError("--approve needs --reason (a change ticket): the approval is recorded")
+        target.azure.credential.build()  # a missing variable is bad input, before anything is read
+    except Exception as e:  # noqa: BLE001
+        err.print(f"[red]{e}[/]")
+        raise typer.Exit(2) from None
+    approval = Approval(approver=getpass.getuser(), reason=reason or "", steps=["solution-upgrade"],
+                        source="cli") if approve else None
+    with embedded_settings():
+        result = solution_upgrade(inventory=str(inventory), cluster=target.name, approval=approval,
+                                  validate_only=validate_only, resume=resume, wait_for_approval=False)
+    if json_out:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        _print_solution(result, make_console())
+    if result["error"]:
+        raise typer.Exit(1)
+    raise typer.Exit(EXIT_AWAITING_APPROVAL if result["awaiting_approval"] else 0)
+
+
+@app.command("updates")
+def updates_cmd(
+    inventory: Annotated[Path, typer.Option(help="inventory file (YAML) with the clusters' azure sections")],
+    cluster: Annotated[Optional[list[str]], typer.Option(help="only these clusters (repeatable)")] = None,
+    apply: Annotated[Optional[str], typer.Option(help="apply this update (e.g. Solution10.2503.0.13) and follow "
+                                                      "its run")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+) -> None:
+    """Solution updates per cluster (state, health, failed checks); with --apply, apply one and follow its update
+    run to the end (a run already in progress is followed, not applied twice). Exit 1 when an apply fails."""
+    import pandas as pd
+
+    from flows.locking import embedded_settings
+    from flows.solution import solution_updates
+    from hciupgrade.models import InputError, load_inventory
+
+    try:
+        inv = load_inventory(inventory)
+        names = [inv.cluster(c).name for c in cluster] if cluster else [c.name for c in inv.clusters if c.azure]
+        if not names:
+            raise InputError(f"no cluster of {inventory} has an azure section")
+        for name in names:
+            if inv.cluster(name).azure is None:
+                raise InputError(f"cluster {name} has no azure section")
+    except Exception as e:  # noqa: BLE001
+        err.print(f"[red]{e}[/]")
+        raise typer.Exit(2) from None
+    with embedded_settings():
+        result = solution_updates(inventory=str(inventory), clusters=names, apply=apply)
+    if json_out:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        console = make_console()
+        console.print(_frame_table(pd.DataFrame(result["updates"]).fillna(""), "Solution updates"))
+        for name, applied in result["applied"].items():
+            console.print(f"{name}: {applied['update']} {applied['done'] or 'not applied'}: "
+                          f"{applied['state'] or ''} {applied['error'] or ''}")
+    raise typer.Exit(1 if any(a["error"] for a in result["applied"].values()) else 0)
 
 
 @app.command("finish")

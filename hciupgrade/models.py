@@ -21,6 +21,7 @@ from pydantic import (
     model_validator,
 )
 
+from hciupgrade.azure.target import AzureTarget
 from hciupgrade.windows import TagWindow, Window
 
 
@@ -103,6 +104,7 @@ class ClusterInventory(Strict):
                                description="simulator only: cluster seconds per wall second; 1 for a real cluster")
     tags: dict[str, str] = Field(default_factory=dict, description="site, ring, region...: what a fleet selects by")
     window: Window | None = Field(None, description="this cluster's maintenance window (over any tag window)")
+    azure: AzureTarget | None = Field(None, description="the cluster's Azure side: the solution upgrade and updates")
 
     @field_validator("nodes")
     @classmethod
@@ -422,7 +424,7 @@ class RunOptions(Strict):
 
 IRREVERSIBLE = ("functional-level", "storage-pool", "vm-versions")
 # what an approval can cover: the irreversible steps, and the downtime of the offline path
-ApprovedStep = Literal["functional-level", "storage-pool", "vm-versions", "offline"]
+ApprovedStep = Literal["functional-level", "storage-pool", "vm-versions", "offline", "solution-upgrade"]
 
 
 class Approval(Strict):

@@ -44,6 +44,14 @@ def _failed(df: pd.DataFrame) -> pd.Series:
     return df["status"] != Status.SUCCESS.name
 
 
+def blocking_checks(df: pd.DataFrame) -> list[str]:
+    """The names of the Critical checks that failed (what blocks the solution upgrade)."""
+    if df.empty:
+        return []
+    failed = df[_failed(df) & (df["severity"] == "CRITICAL")]
+    return sorted(set(failed["name"]))
+
+
 def decide(df: pd.DataFrame) -> pd.DataFrame:
     """Per cluster: blocked (a Critical check failed), the blocking and the advised checks, ready."""
     failed = df[_failed(df)]

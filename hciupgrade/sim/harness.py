@@ -13,7 +13,9 @@ import threading
 from pathlib import Path
 from typing import Any, Literal
 
+from hciupgrade.azure.target import AzureCredential, AzureTarget, IpPool
 from hciupgrade.models import ClusterInventory, CredentialRef, Inventory, NodeEndpoint, Transport
+from hciupgrade.sim.arm import FakeArm
 from hciupgrade.sim.cluster import SimCluster
 from hciupgrade.sim.scenario import Scenario
 from hciupgrade.sim.tls import ThrowawayCA
@@ -22,6 +24,7 @@ from hciupgrade.sim.wsauth import Authenticator
 
 SIM_USER = "hciadmin"
 PASSWORD_ENV = "HCI_UPGRADE_SIM_PASSWORD"
+ARM_TOKEN_ENV = "HCI_UPGRADE_SIM_ARM_TOKEN"
 
 
 SimTransport = Literal["negotiate", "https", "basic"]
@@ -33,8 +36,12 @@ class SimHarness:
     Negotiate over HTTPS with a certificate from a throwaway CA; or Basic over plain HTTP, for debugging."""
 
     def __init__(self, scenario: Scenario, *, password: str | None = None, tick: float = 0.002,
-                 transport: SimTransport = "negotiate") -> None:
+                 transport: SimTransport = "negotiate", azure: FakeArm | None = None) -> None:
+        """`azure`: a simulated ARM to register the cluster with (its Azure side: the solution upgrade)."""
         self.scenario = scenario
+        self.azure = azure
+        if azure is not None:
+            azure.add_cluster(scenario.cluster.name, [n.name for n in scenario.cluster.nodes], faults=scenario.azure)
         self.sim = SimCluster(scenario)
         self.password = password or secrets.token_urlsafe(18)
         self.transport = transport
@@ -102,17 +109,27 @@ class SimHarness:
         return Transport(scheme="http", auth="negotiate")
 
     def inventory(self) -> Inventory:
-        """The inventory an operator would write for this cluster: loopback, the transport, password by env var."""
+        """The inventory an operator would write for this cluster: loopback, the transport, password by env var,
+        and its Azure side when a simulated ARM serves it."""
+        azure = None
+        if self.azure is not None:
+            azure = AzureTarget(
+                subscription_id=self.azure.clusters[self.sim.name.lower()].subscription,
+                resource_group=self.azure.clusters[self.sim.name.lower()].resource_group, location="westeurope",
+                endpoint=self.azure.endpoint, credential=AzureCredential(kind="simulator", token_env=ARM_TOKEN_ENV),
+                key_vault=self.azure.clusters[self.sim.name.lower()].key_vault,
+                ip_pool=IpPool(start="192.168.10.50", end="192.168.10.55"), cluster_ip="192.168.10.20")
         return Inventory(clusters=[ClusterInventory(
             name=self.sim.name,
             nodes=[NodeEndpoint(name=name, address="127.0.0.1", port=ep.port) for name, ep in self.endpoints.items()],
             transport=self.client_transport(),
             credential=CredentialRef(username=SIM_USER, password_env=PASSWORD_ENV),
             time_factor=self.scenario.time_factor,
+            azure=azure,
         )])
 
     def environment(self) -> dict[str, str]:
-        return {PASSWORD_ENV: self.password}
+        return {PASSWORD_ENV: self.password, **({ARM_TOKEN_ENV: self.azure.token} if self.azure else {})}
 
     def events(self) -> list[dict[str, Any]]:
         with self.sim.lock:

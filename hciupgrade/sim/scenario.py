@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hciupgrade.models import format_validation, read_yaml
+from hciupgrade.sim.arm import ArmFaults
 
 NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,14}$")
 
@@ -222,6 +223,7 @@ class Scenario(Strict):
     knobs: Knobs = Knobs()
     faults: list[Fault] = Field(default_factory=list)
     readiness: ClusterReadiness = ClusterReadiness()
+    azure: ArmFaults = Field(default_factory=ArmFaults, description="the simulated Azure's failures (sim/arm.py)")
 
     @model_validator(mode="after")
     def _fault_refs(self) -> Scenario:

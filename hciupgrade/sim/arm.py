@@ -1,0 +1,495 @@
+"""A simulated Azure Resource Manager on loopback for the solution upgrade and the solution updates: the
+Microsoft.AzureStackHCI paths of api-version 2024-04-01 (clusters, deploymentSettings, updates, updateRuns,
+updateSummaries), the Arc machines with their extensions and the key vault, speaking ARM's HTTP: bearer tokens,
+201/202 with Azure-AsyncOperation and Retry-After, operation status documents, nextLink paging with $skipToken,
+429 with Retry-After, error documents {error: {code, message}} and x-ms-request-id on every response.
+
+Step trees advance with the simulated clock (cluster seconds = wall seconds x time_factor): validation about 10
+minutes, the Deploy of a ClusterUpgrade 2.5 to 3 hours with steps of 40-50 minutes (reference/anchors.md 2.5).
+Failures are knobs: a validation step failing with an exception, a deployment step failing mid-way (a re-PUT
+resumes from it, as the portal's resume does), 429 storms, a status URL that errors."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from hciupgrade.azure.resources import API_VERSION
+
+# (name, description, cluster minutes, sub-steps) of each tree
+VALIDATION = [
+    ("Validate Azure resources", "Key vault, deployment credential secret, Arc machines and their extensions", 2, [
+        ("Check key vault", "The LCM deployment user's secret is readable", 1),
+        ("Check Arc extensions", "AzureEdgeLifecycleManager on every node", 1)]),
+    ("Configure permissions", "Role assignments for each Arc machine's identity, audit logging", 3, []),
+    ("Run Environment Checker", "Connectivity, hardware, Active Directory, network, storage, upgrade readiness", 5, [
+        ("Connectivity", "Outbound endpoints from every node", 2),
+        ("Upgrade readiness", "AzStackHci_Upgrade_* checks", 3)]),
+]
+DEPLOYMENT = [
+    ("Limited environment validation", "A first Environment Checker run", 8, []),
+    ("Full environment validation", "The Environment Checker on every node", 15, []),
+    ("Create infrastructure volume", "Infrastructure_1 (250 GB) in the pool", 10, []),
+    ("Deploy Arc Resource Bridge", "The ARB appliance VM and its Kubernetes", 45, [
+        ("Download ARB image", "", 15), ("Deploy ARB VM", "", 20), ("Connect ARB to Azure", "", 10)]),
+    ("Create custom location", "<cluster>-cl", 10, []),
+    ("Install Lifecycle Manager", "LCM and the cloud upgrade components on every node", 40, []),
+    ("Upgrade cloud", "The solution's services, node by node", 40, []),
+    ("Post-upgrade configuration", "Security baseline, Azure registration update", 10, []),
+]
+
+
+class ArmFaults(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    validation_fails: str | None = Field(None, description="name of a validation step that fails with an exception")
+    deployment_fails: str | None = Field(None, description="name of a deployment step that fails mid-way (once: "
+                                                            "a resume re-PUT gets past it)")
+    throttle_every: int = Field(0, ge=0, description="every Nth request is answered 429 (Retry-After 1), 0: never")
+    throttle_storm: int = Field(0, ge=0, description="the first N requests are answered 429")
+    status_errors: int = Field(0, ge=0, description="the first N reads of an operation status URL answer 500")
+    update_fails: str | None = Field(None, description="a step of an update run that fails")
+    unregistered: bool = Field(False, description="the cluster resource does not exist (Register-AzStackHCI not run)")
+    old_extension: bool = Field(False, description="the LCM extension is below the required version on one node")
+    missing_secret: bool = Field(False, description="the key vault has no LCM deployment-user secret")
+
+
+@dataclass
+class Running:
+    """An operation in the simulator: its tree, when it started (cluster seconds), where it failed."""
+
+    op_id: str
+    kind: str  # validate, deploy, update
+    tree: list[Any]
+    started: float
+    fail_step: str | None
+    skip_until: int = 0  # a resumed deploy starts at this top-level step
+    ended: float | None = None
+    status: str = "InProgress"
+    error: dict[str, str] | None = None
+    update: str | None = None
+
+
+@dataclass
+class ArmState:
+    subscription: str
+    resource_group: str
+    cluster: str
+    nodes: list[str]
+    location: str
+    key_vault: str
+    faults: ArmFaults
+    operations: dict[str, Running] = field(default_factory=dict)
+    setting: dict[str, Any] | None = None
+    deploy: Running | None = None
+    validation: Running | None = None
+    updates: dict[str, dict[str, Any]] = field(default_factory=dict)
+    runs: dict[str, list[Running]] = field(default_factory=dict)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    requests: int = 0
+    status_reads: int = 0
+
+
+def _tree_at(tree: list[Any], elapsed_min: float, fail_step: str | None, skip: int, base: datetime
+             ) -> tuple[list[dict[str, Any]], str, str | None, float]:
+    """Steps as the service reports them `elapsed_min` cluster minutes after `base` (the operation's start, in
+    cluster time): (steps, overall status, the failing step's name or None, minutes of the whole tree)."""
+    steps, clock, overall, failed = [], 0.0, "Succeeded", None
+    total = sum(t[2] for t in tree[skip:])
+    for index, (name, description, minutes, children) in enumerate(tree):
+        step: dict[str, Any] = {"name": name, "description": description, "fullStepIndex": str(index + 1),
+                                "status": None, "startTimeUtc": None, "endTimeUtc": None, "exception": [],
+                                "steps": []}
+        if index < skip:
+            step["status"] = "Success"
+        elif failed is None:
+            start, end = clock, clock + minutes
+            clock = end
+            if elapsed_min >= start:
+                step["startTimeUtc"] = (base + timedelta(minutes=start)).isoformat()
+                halfway = start + minutes / 2
+                if fail_step in (name, *[c[0] for c in children]) and elapsed_min >= halfway:
+                    step["status"], step["endTimeUtc"] = "Error", (base + timedelta(minutes=halfway)).isoformat()
+                    failed = fail_step
+                    step["exception"] = [f"Type 'Invoke{name.replace(' ', '')}' of Role 'Cloud' raised an exception: "
+                                         f"{name} failed on node1: the operation timed out after 45 minutes"]
+                elif elapsed_min >= end:
+                    step["status"], step["endTimeUtc"] = "Success", (base + timedelta(minutes=end)).isoformat()
+                else:
+                    step["status"] = "InProgress"
+                    overall = "InProgress"
+                sub_clock = start
+                for c_index, (c_name, c_description, c_minutes) in enumerate(children):
+                    child = {"name": c_name, "description": c_description, "status": None,
+                             "fullStepIndex": f"{index + 1}.{c_index + 1}", "steps": [], "exception": []}
+                    if elapsed_min >= sub_clock:
+                        if step["status"] == "Error" and c_name == fail_step:
+                            child["status"], child["exception"] = "Error", step["exception"]
+                        else:
+                            child["status"] = "Success" if elapsed_min >= sub_clock + c_minutes else (
+                                "Error" if step["status"] == "Error" else "InProgress")
+                    sub_clock += c_minutes
+                    step["steps"].append(child)
+            elif overall != "InProgress":
+                overall = "InProgress"
+        steps.append(step)
+    if failed:
+        overall = "Failed"
+    return steps, overall, failed, total
+
+
+class FakeArm:
+    """The HTTP server. One cluster resource (with its nodes' Arc machines) per simulated cluster."""
+
+    def __init__(self, *, token: str, time_factor: float, faults: ArmFaults | None = None) -> None:
+        self.token, self.time_factor = token, time_factor
+        self.faults = faults or ArmFaults()
+        self.clusters: dict[str, ArmState] = {}
+        self.lock = threading.Lock()
+        self._t0 = time.monotonic()
+        self._wall0 = datetime.now(UTC)
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def now(self) -> float:
+        """Cluster seconds since the simulator started."""
+        return (time.monotonic() - self._t0) * self.time_factor
+
+    def at(self, cluster_seconds: float) -> datetime:
+        """A moment of the simulated clock as a UTC time (it started at the simulator's start)."""
+        return self._wall0 + timedelta(seconds=cluster_seconds)
+
+    def _tree(self, op: Running) -> tuple[list[dict[str, Any]], str, str | None, float]:
+        return _tree_at(op.tree, (self.now() - op.started) / 60, op.fail_step, op.skip_until, self.at(op.started))
+
+    def add_cluster(self, name: str, nodes: list[str], *, subscription: str = "b8d594e5-51f3-4c11-9c54-a7771b81c712",
+                    resource_group: str = "hci-rg", location: str = "westeurope",
+                    key_vault: str = "hci-upgrade-kv", faults: ArmFaults | None = None) -> ArmState:
+        state = ArmState(subscription, resource_group, name, nodes, location, key_vault, faults or self.faults)
+        version = "Solution10.2411.3.2"
+        state.updates = {
+            n: {"state": s, "version": n.removeprefix("Solution"), "health": h} for n, s, h in
+            (("Solution10.2411.3.2", "Installed", "Success"), ("Solution10.2503.0.13", "Ready", "Success"),
+             ("Solution10.2504.1001.19", "HasPrerequisite", "Warning"))}
+        state.events.append({"kind": "cluster", "version": version})
+        with self.lock:
+            self.clusters[name.lower()] = state
+        return state
+
+    def start(self) -> FakeArm:
+        self._thread = threading.Thread(target=self._server.serve_forever, name="fake-arm", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> FakeArm:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- the service ------------------------------------------------------------------------------------------
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        arm = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:  # quiet
+                pass
+
+            def _send(self, status: int, body: Any = None, headers: dict[str, str] | None = None) -> None:
+                data = b"" if body is None else json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("x-ms-request-id", str(uuid.uuid4()))
+                corr = self.headers.get("x-ms-correlation-request-id")
+                if corr:
+                    self.send_header("x-ms-correlation-request-id", corr)
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                if data:
+                    self.send_header("Content-Type", "application/json; charset=utf-8")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _handle(self, method: str) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length)) if length else None
+                if self.headers.get("Authorization") != f"Bearer {arm.token}":
+                    self._send(401, error("InvalidAuthenticationToken", "The access token is invalid or missing."))
+                    return
+                status, payload, headers = arm.route(method, self.path, body)
+                self._send(status, payload, headers)
+
+            def do_GET(self) -> None:  # noqa: N802
+                self._handle("GET")
+
+            def do_PUT(self) -> None:  # noqa: N802
+                self._handle("PUT")
+
+            def do_POST(self) -> None:  # noqa: N802
+                self._handle("POST")
+
+        return Handler
+
+    def route(self, method: str, raw_path: str, body: Any) -> tuple[int, Any, dict[str, str]]:
+        parts = urlsplit(raw_path)
+        query = parse_qs(parts.query)
+        with self.lock:
+            self._requests_seen = getattr(self, "_requests_seen", 0) + 1
+            n = self._requests_seen
+            if n <= self.faults.throttle_storm or (self.faults.throttle_every and n % self.faults.throttle_every == 0):
+                return 429, error("TooManyRequests", "The request is being throttled."), {"Retry-After": "1"}
+            if query.get("api-version", [None])[0] is None:
+                return 400, error("MissingApiVersionParameter", "The api-version query parameter is required."), {}
+            return self._route(method, parts.path, query, body)
+
+    def _route(self, method: str, path: str, query: dict[str, list[str]], body: Any
+               ) -> tuple[int, Any, dict[str, str]]:
+        m = re.match(r"^/subscriptions/[^/]+/providers/Microsoft\.AzureStackHCI/locations/[^/]+/operationStatuses/"
+                     r"(?P<op>[^/]+)$", path)
+        if m:
+            return self._operation(m["op"])
+        m = re.match(r"^/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)/providers/(?P<rest>.+)$", path)
+        if not m:
+            return 404, error("InvalidResourceType", f"no route for {path}"), {}
+        rest = m["rest"]
+        c = re.match(r"^Microsoft\.AzureStackHCI/clusters/(?P<c>[^/]+)(?P<tail>/.*)?$", rest)
+        if c:
+            state = self.clusters.get(c["c"].lower())
+            if state is None or state.faults.unregistered:
+                return 404, error("ResourceNotFound", f"The Resource 'Microsoft.AzureStackHCI/clusters/{c['c']}' "
+                                                      f"under resource group '{m['rg']}' was not found."), {}
+            return self._cluster(state, method, c["tail"] or "", query, body)
+        a = re.match(r"^Microsoft\.HybridCompute/machines/(?P<node>[^/]+)(?P<tail>/extensions)?$", rest)
+        if a:
+            state = next((s for s in self.clusters.values() if a["node"] in s.nodes), None)
+            if state is None:
+                return 404, error("ResourceNotFound", f"machine {a['node']} not found"), {}
+            if a["tail"]:
+                old = state.faults.old_extension and a["node"] == state.nodes[-1]
+                return 200, {"value": [{"id": f"{rest}/AzureEdgeLifecycleManager", "name": "AzureEdgeLifecycleManager",
+                                        "type": "Microsoft.HybridCompute/machines/extensions",
+                                        "properties": {"publisher": "Microsoft.AzureStack.Orchestration",
+                                                       "type": "LcmController", "provisioningState": "Succeeded",
+                                                       "typeHandlerVersion": "30.2405.0.32" if old else "30.2411.2.789"
+                                                       }}]}, {}
+            return 200, {"id": f"/subscriptions/{m['sub']}/resourceGroups/{m['rg']}/providers/{rest}",
+                         "name": a["node"], "type": "Microsoft.HybridCompute/machines", "location": state.location,
+                         "properties": {"status": "Connected", "osVersion": "10.0.25398.1486",
+                                        "osSku": "Azure Stack HCI"}}, {}
+        k = re.match(r"^Microsoft\.KeyVault/vaults/(?P<kv>[^/]+)(/secrets/(?P<secret>[^/]+))?$", rest)
+        if k:
+            state = next((s for s in self.clusters.values() if s.key_vault == k["kv"]), None)
+            if state is None or (k["secret"] and (state.faults.missing_secret or not k["secret"].endswith(
+                    "AzureStackLCMUserCredential"))):
+                return 404, error("ResourceNotFound", f"{rest} was not found"), {}
+            return 200, {"id": f"/subscriptions/{m['sub']}/resourceGroups/{m['rg']}/providers/{rest}",
+                         "name": k["secret"] or k["kv"], "properties": {"attributes": {"enabled": True}}}, {}
+        return 404, error("InvalidResourceType", f"no route for {rest}"), {}
+
+    def _cluster(self, state: ArmState, method: str, tail: str, query: dict[str, list[str]], body: Any
+                 ) -> tuple[int, Any, dict[str, str]]:
+        base = (f"/subscriptions/{state.subscription}/resourceGroups/{state.resource_group}/providers/"
+                f"Microsoft.AzureStackHCI/clusters/{state.cluster}")
+        if tail == "" and method == "GET":
+            return 200, {"id": base, "name": state.cluster, "type": "Microsoft.AzureStackHCI/clusters",
+                         "location": state.location, "properties": {
+                             "provisioningState": "Succeeded", "status": "ConnectedRecently",
+                             "cloudId": str(uuid.uuid5(uuid.NAMESPACE_DNS, state.cluster))}}, {}
+        if tail == "/deploymentSettings/default":
+            if method == "PUT":
+                return self._put_setting(state, base, body)
+            if state.setting is None:
+                return 404, error("ResourceNotFound", "deploymentSettings/default was not found"), {}
+            return 200, self._setting(state, base), {}
+        if tail == "/updates" and method == "GET":
+            names = sorted(state.updates)
+            start = int(query.get("$skipToken", ["0"])[0])
+            page = names[start:start + 2]
+            result: dict[str, Any] = {"value": [self._update(state, base, n) for n in page]}
+            if start + 2 < len(names):
+                result["nextLink"] = f"{self.endpoint}{base}/updates?api-version={API_VERSION}&$skipToken={start + 2}"
+            return 200, result, {}
+        u = re.match(r"^/updates/(?P<name>[^/]+)(?P<tail>/apply|/updateRuns(/(?P<run>[^/]+))?)?$", tail)
+        if u and u["name"] in state.updates:
+            name = u["name"]
+            if u["tail"] is None and method == "GET":
+                return 200, self._update(state, base, name), {}
+            if u["tail"] == "/apply" and method == "POST":
+                return self._apply(state, name)
+            if u["tail"] and u["tail"].startswith("/updateRuns") and method == "GET":
+                runs = [self._run(state, base, name, r) for r in state.runs.get(name, [])]
+                if u["run"]:
+                    found = [r for r in runs if r["name"].endswith(u["run"])]
+                    return (200, found[0], {}) if found else (404, error("ResourceNotFound", "no such run"), {})
+                return 200, {"value": runs}, {}
+        if tail == "/updateSummaries/default" and method == "GET":
+            installed = [n for n, u in state.updates.items() if self._update_state(state, n) == "Installed"]
+            running = any(self._update_state(state, n) == "Installing" for n in state.updates)
+            return 200, {"id": f"{base}/updateSummaries/default", "name": "default",
+                         "type": "Microsoft.AzureStackHCI/clusters/updateSummaries", "properties": {
+                             "state": "UpdateInProgress" if running else "UpdateAvailable",
+                             "currentVersion": max(installed).removeprefix("Solution") if installed else None,
+                             "healthState": "Success", "lastChecked": datetime.now(UTC).isoformat()}}, {}
+        return 404, error("ResourceNotFound", f"{tail or 'cluster'} not found"), {}
+
+    # --- deploymentSettings ---------------------------------------------------------------------------------------
+    def _put_setting(self, state: ArmState, base: str, body: Any) -> tuple[int, Any, dict[str, str]]:
+        props = (body or {}).get("properties", {})
+        mode, operation = props.get("deploymentMode", "Deploy"), props.get("operationType", "ClusterProvisioning")
+        if operation != "ClusterUpgrade":
+            return 400, error("InvalidOperationType", "an upgraded cluster takes operationType ClusterUpgrade"), {}
+        if not props.get("arcNodeResourceIds"):
+            return 400, error("InvalidArcNodeResourceIds", "arcNodeResourceIds is required"), {}
+        if state.deploy is not None and state.deploy.status == "InProgress" and not self._finished(state.deploy):
+            state.events.append({"kind": "second_deploy_refused", "t": self.now()})
+            return 409, error("DeploymentInProgress", "A deployment is in progress on this cluster."), {}
+        op = Running(str(uuid.uuid4()), "validate" if mode == "Validate" else "deploy",
+                     VALIDATION if mode == "Validate" else DEPLOYMENT, self.now(),
+                     state.faults.validation_fails if mode == "Validate" else state.faults.deployment_fails)
+        if mode == "Deploy":
+            previous = state.deploy
+            if previous is not None and previous.status == "Failed":  # the portal's resume: from the failed step
+                op.skip_until = next(i for i, s in enumerate(DEPLOYMENT) if s[0] == previous.error.get("step")
+                                     or previous.error.get("step") in [c[0] for c in s[3]])
+                op.fail_step = None  # what failed has been fixed
+                state.events.append({"kind": "deploy_resumed", "from": DEPLOYMENT[op.skip_until][0], "t": self.now()})
+            else:
+                state.events.append({"kind": "deploy_started", "t": self.now()})
+            state.deploy = op
+        else:
+            state.validation = op
+            state.events.append({"kind": "validate_started", "t": self.now()})
+        state.operations[op.op_id] = op
+        state.setting = {"properties": props}
+        headers = {"Azure-AsyncOperation": self._op_url(state, op), "Retry-After": "10"}
+        return 201, self._setting(state, base), headers
+
+    def _op_url(self, state: ArmState, op: Running) -> str:
+        return (f"{self.endpoint}/subscriptions/{state.subscription}/providers/Microsoft.AzureStackHCI/locations/"
+                f"{state.location}/operationStatuses/{op.op_id}?api-version={API_VERSION}")
+
+    def _finished(self, op: Running) -> bool:
+        steps, overall, failed, total = self._tree(op)
+        if overall != "InProgress" and op.ended is None:
+            op.ended, op.status = self.now(), overall
+            if failed:
+                op.error = {"code": "DeploymentFailed" if op.kind != "update" else "UpdateRunFailed",
+                            "message": f"Step '{failed}' failed", "step": failed}
+        return overall != "InProgress"
+
+    def _status_tree(self, op: Running | None) -> dict[str, Any] | None:
+        if op is None:
+            return None
+        steps, overall, _, _ = self._tree(op)
+        self._finished(op)
+        return {"status": overall, "steps": steps}
+
+    def _setting(self, state: ArmState, base: str) -> dict[str, Any]:
+        props = dict(state.setting["properties"]) if state.setting else {}
+        running = any(op and not self._finished(op) for op in (state.deploy, state.validation))
+        failed = any(op and op.status == "Failed" for op in (state.deploy, state.validation))
+        props.update({"provisioningState": "Provisioning" if running else ("Failed" if failed else "Succeeded"),
+                      "reportedProperties": {"validationStatus": self._status_tree(state.validation),
+                                             "deploymentStatus": self._status_tree(state.deploy)}})
+        return {"id": f"{base}/deploymentSettings/default", "name": "default",
+                "type": "Microsoft.AzureStackHCI/clusters/deploymentSettings", "properties": props}
+
+    def _operation(self, op_id: str) -> tuple[int, Any, dict[str, str]]:
+        op = next((s.operations[op_id] for s in self.clusters.values() if op_id in s.operations), None)
+        if op is None:
+            return 404, error("OperationNotFound", f"operation {op_id} not found"), {}
+        state = next(s for s in self.clusters.values() if op_id in s.operations)
+        state.status_reads += 1
+        if state.status_reads <= self.faults.status_errors:
+            return 500, error("InternalServerError", "Encountered an internal server error."), {"Retry-After": "5"}
+        done = self._finished(op)
+        doc: dict[str, Any] = {"id": f"operationStatuses/{op_id}", "name": op_id,
+                               "status": op.status if done else "InProgress",
+                               "startTime": self.at(op.started).isoformat()}
+        if done:
+            doc["endTime"] = self.at(op.ended or 0).isoformat()
+        if op.error:
+            doc["error"] = {k: v for k, v in op.error.items() if k != "step"}
+        return 200, doc, {"Retry-After": "30"}
+
+    # --- updates ------------------------------------------------------------------------------------------------
+    def _update_state(self, state: ArmState, name: str) -> str:
+        runs = state.runs.get(name, [])
+        if runs:
+            self._finished(runs[-1])
+            return {"InProgress": "Installing", "Succeeded": "Installed", "Failed": "InstallationFailed"}[
+                runs[-1].status]
+        return state.updates[name]["state"]
+
+    def _update(self, state: ArmState, base: str, name: str) -> dict[str, Any]:
+        spec = state.updates[name]
+        checks = [{"name": "AzStackHci_Upgrade_StoragePoolVersion", "displayName": "Storage pool version",
+                   "title": "Storage pool version", "status": "Succeeded", "severity": "Critical",
+                   "description": "The pool is at version 28 or later", "healthCheckSource": "Test-AzureStack"}]
+        if spec["health"] == "Warning":
+            checks.append({"name": "AzStackHci_Hardware_Test_Solution_Builder_Extension", "displayName":
+                           "Solution Builder Extension", "title": "SBE prerequisite", "status": "Failed",
+                           "severity": "Warning", "description": "The SBE package for 2504 is not staged",
+                           "remediation": "https://aka.ms/azloc-sbe", "healthCheckSource": "Test-AzureStack"})
+        return {"id": f"{base}/updates/{name}", "name": name, "type": "Microsoft.AzureStackHCI/clusters/updates",
+                "location": state.location, "properties": {
+                    "provisioningState": "Succeeded", "state": self._update_state(state, name),
+                    "displayName": f"Azure Local {spec['version']}", "version": spec["version"],
+                    "healthState": spec["health"], "healthCheckResult": checks,
+                    "healthCheckDate": datetime.now(UTC).isoformat(), "rebootRequired": "True",
+                    "packageSizeInMb": 18858, "availabilityType": "Online", "publisher": "Microsoft"}}
+
+    def _apply(self, state: ArmState, name: str) -> tuple[int, Any, dict[str, str]]:
+        if self._update_state(state, name) not in ("Ready", "ReadyToInstall", "InstallationFailed"):
+            return 400, error("UpdateNotReady", f"{name} is {self._update_state(state, name)}: it cannot be "
+                                                "applied"), {}
+        tree = [("PreUpdate Cloud", "Prepare for the update", 20, []),
+                ("Update host OS", "Cluster-Aware Updating, node by node", 30 * len(state.nodes),
+                 [(f"Update {n}", f"Drain, install, restart {n}", 30) for n in state.nodes]),
+                ("Update cloud services", "LCM and the solution's services", 40, []),
+                ("PostUpdate", "Health checks after the update", 10, [])]
+        op = Running(str(uuid.uuid4()), "update", tree, self.now(), state.faults.update_fails, update=name)
+        state.runs.setdefault(name, []).append(op)
+        state.operations[op.op_id] = op
+        state.events.append({"kind": "update_applied", "update": name, "t": self.now()})
+        return 202, None, {"Azure-AsyncOperation": self._op_url(state, op), "Retry-After": "10"}
+
+    def _run(self, state: ArmState, base: str, name: str, op: Running) -> dict[str, Any]:
+        steps, overall, _, _ = self._tree(op)
+        self._finished(op)
+        started = self.at(op.started)
+        return {"id": f"{base}/updates/{name}/updateRuns/{op.op_id}", "name": f"{name}/{op.op_id}",
+                "type": "Microsoft.AzureStackHCI/clusters/updates/updateRuns", "location": state.location,
+                "properties": {"provisioningState": "Succeeded", "state": {"Succeeded": "Succeeded",
+                                                                           "Failed": "Failed"}.get(overall,
+                                                                                                   "InProgress"),
+                               "timeStarted": started.isoformat(), "lastUpdatedTime": datetime.now(UTC).isoformat(),
+                               "progress": {"name": "Unnamed step", "description": f"Update Azure Local to {name}",
+                                            "status": {"Succeeded": "Success", "Failed": "Error"}.get(overall,
+                                                                                                      "InProgress"),
+                                            "steps": steps}}}
+
+
+def error(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}
