@@ -152,8 +152,8 @@ def node_summary(events: pd.DataFrame, run_id: str) -> pd.DataFrame:
         result[column] = outcomes.get(column)
     durations = phase_durations(run)
     result["start"] = nodes.groupby("node")["start"].min()
-    result["end"] = nodes[nodes["status"] != "running"].groupby("node")["end"].max() \
-        if "end" in nodes else None
+    finals = nodes[nodes["status"] != "running"]
+    result["end"] = finals["end"].fillna(finals["start"]).groupby(finals["node"]).max()  # its last word
     if not durations.empty:
         table = durations.pivot_table(index="node", columns="phase", values="cluster_s", aggfunc="sum") / 60
         result = result.join(table.reindex(columns=[p for p in PHASES if p in table.columns]), how="left")

@@ -30,6 +30,8 @@ def test_status_and_report_of_a_finished_and_a_stopped_run(tmp_path, monkeypatch
     lines = {line.split()[0]: line for line in report.output.splitlines() if line.strip().startswith("node")}
     builds = scenario.cluster.build.removeprefix("10.0."), scenario.cluster.target_build.removeprefix("10.0.")
     assert lines["node2"].split()[1:5] == [*builds, "upgraded", "2"]  # before, after, result, two attempts
+    start, end = lines["node2"].split()[5:7]
+    assert len(start) == len(end) == 8 and start <= end  # HH:MM:SS, UTC
     header = report.output.splitlines()[0]
     assert outcome.run_id in header and "started" in header and "ended" in header and "succeeded" in header
     # a run whose process died, written by an earlier version (a JSON Lines file): imported, no end, no process
