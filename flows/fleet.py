@@ -19,7 +19,7 @@ from prefect.concurrency.sync import concurrency
 
 from flows.locking import embedded
 from flows.rolling_upgrade import rolling_upgrade
-from hciupgrade.fleet import Wave, WindowFit, fleet_plan, until_open
+from hciupgrade.fleet import NodeEstimate, Wave, WindowFit, fleet_plan, until_open, window_fit
 from hciupgrade.models import Inventory, RunOptions, load_inventory
 
 FLEET_LIMIT = "hci-upgrade-fleet"
@@ -49,7 +49,7 @@ def cluster_options(options: RunOptions, fit: WindowFit) -> RunOptions:
     return options.model_copy(update=update)
 
 
-def run_cluster(inventory_path: str, inventory: Inventory, name: str, options: RunOptions,
+def run_cluster(inventory_path: str, inventory: Inventory, name: str, estimate: NodeEstimate, options: RunOptions,
                 deployment: str | None, max_windows: int, lease_seconds: float) -> dict[str, Any]:
     """One cluster through as many windows as it takes (at most `max_windows`): wait for the window, take a fleet
     slot, run the cluster's flow; a window that ends continues in the next one."""
@@ -57,8 +57,7 @@ def run_cluster(inventory_path: str, inventory: Inventory, name: str, options: R
     result: dict[str, Any] = {"cluster": name, "state": "not started", "windows": 0, "flow_run": None,
                               "reason": None}
     while result["windows"] < max_windows:
-        _, fits = fleet_plan(inventory, names=[name])
-        fit = fits[name]
+        fit = window_fit(inventory, inventory.cluster(name), estimate)  # now: the window moves on
         wait = until_open(fit).total_seconds()
         if wait > 0:
             logger.info("%s: window %s opens at %s UTC: waiting", name, fit.window, f"{fit.opens:%Y-%m-%d %H:%M}")
@@ -122,8 +121,8 @@ def fleet_upgrade(inventory: str, tags: list[str] | None = None, options: RunOpt
     stopped: str | None = None
     for wave in waves:
         logger.info("%s: starting %s", wave.name, ", ".join(wave.clusters))
-        results.update(_run_wave(inventory, fleet, wave, options, cluster_deployment, max_windows,
-                                 policy.max_parallel))
+        results.update(_run_wave(inventory, fleet, wave, {n: fits[n].estimate for n in wave.clusters}, options,
+                                 cluster_deployment, max_windows, policy.max_parallel))
         finished = [r for r in results.values() if r["state"] in ("upgraded", "failed")]
         failed = [r for r in finished if r["state"] == "failed"]
         rate = len(failed) / len(finished) if finished else 0.0
@@ -140,14 +139,15 @@ def fleet_upgrade(inventory: str, tags: list[str] | None = None, options: RunOpt
     return summary
 
 
-def _run_wave(inventory_path: str, fleet: Inventory, wave: Wave, options: RunOptions, deployment: str | None,
-              max_windows: int, slots: int) -> dict[str, dict[str, Any]]:
+def _run_wave(inventory_path: str, fleet: Inventory, wave: Wave, estimates: dict[str, NodeEstimate],
+              options: RunOptions, deployment: str | None, max_windows: int, slots: int
+              ) -> dict[str, dict[str, Any]]:
     """The wave's clusters side by side (threads carrying the flow's context, so each child run is linked to
     this one); the fleet limit holds them to K."""
     lease = options.lock_lease_seconds
     with ThreadPoolExecutor(max_workers=min(len(wave.clusters), max(slots, 1)) or 1) as pool:
         futures = {name: pool.submit(contextvars.copy_context().run, run_cluster, inventory_path, fleet, name,
-                                     options, deployment, max_windows, lease)
+                                     estimates[name], options, deployment, max_windows, lease)
                    for name in wave.clusters}
         results = {}
         for name, future in futures.items():
