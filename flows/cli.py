@@ -28,7 +28,7 @@ from hciupgrade.sim.scenario import ScenarioError, builtin_scenario, load_scenar
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Upgrade Azure Stack HCI clusters from 22H2 to 23H2, node by node, as Prefect flows.")
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # an error line is never broken inside a path
 TRANSPORT_HELP = ("how the simulated nodes listen: negotiate (NTLM with WinRM message encryption over HTTP, as a "
                   "real node), https (Negotiate over TLS, a throwaway CA), basic (plain HTTP, for debugging)")
 

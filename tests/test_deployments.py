@@ -55,7 +55,10 @@ def test_the_deployment_file_deploys_and_each_deployment_runs_through_a_process_
                                   cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                   start_new_session=True)
         try:
-            fast = {"poll_seconds": 10, "retry_delay_seconds": 0.1, "target_build": "10.0.25398.1486"}
+            # x5000: a restart is half a second; the timeouts get room for a loaded machine (parallel tests)
+            fast = {"poll_seconds": 10, "retry_delay_seconds": 0.1, "target_build": "10.0.25398.1486",
+                    "FeatureUpdateRebootTimeoutMinutes": 600, "RebootTimeoutMinutes": 120,
+                    "install_timeout_minutes": 1200}
             results = {}
             for name, parameters in (
                     ("rolling-upgrade/rolling-upgrade-hci-demo", {"inventory": str(inventory), "options": fast}),
@@ -71,7 +74,7 @@ def test_the_deployment_file_deploys_and_each_deployment_runs_through_a_process_
         finally:
             stop(worker)
     for name, run in results.items():
-        assert run["state"]["type"] == "COMPLETED", (name, run["state"])
+        assert run["state"]["type"] == "COMPLETED", (name, run["state"]["type"], run["state"]["message"])
     assert results["rolling-upgrade/rolling-upgrade-hci-demo"]["name"] == "upgrade-hci-demo"
     log = [yaml.safe_load(line) for line in events.read_text().splitlines()]
     assert [e["new"] for e in log if e["kind"] == "functional_level"] == [12]

@@ -25,7 +25,9 @@ from tests.conftest import CLI
 from tests.services import PREFECT, create_database, prefect_server, stop
 from tests.test_deployments import ROOT, wait_for_run
 
-FAST = {"poll_seconds": 10, "retry_delay_seconds": 0.1, "target_build": "10.0.25398.1486"}
+# x5000: a restart is half a second; the timeouts get room for a loaded machine (parallel tests)
+FAST = {"poll_seconds": 10, "retry_delay_seconds": 0.1, "target_build": "10.0.25398.1486",
+        "FeatureUpdateRebootTimeoutMinutes": 600, "RebootTimeoutMinutes": 120, "install_timeout_minutes": 1200}
 
 
 def scenario_file(path: Path, name: str, faults: list | None = None) -> Path:
@@ -85,10 +87,10 @@ def test_a_fleet_runs_on_a_server_with_two_workers(tmp_path, postgres_server, se
             home.mkdir()
             worker_env = {**sim_env, **env, "HCI_UPGRADE_CHECKOUT": str(ROOT), "HCI_UPGRADE_HOME": str(home),
                           "HCI_UPGRADE_HOST": host, "HCI_UPGRADE_RECORDS_URL": records}
+            log = open(home / "worker.log", "w")  # noqa: SIM115 - closed with the worker
             workers.append(subprocess.Popen([*PREFECT, "worker", "start", "--pool", "hci-upgrade-process",
-                                             "--name", host], env=worker_env, cwd=home,
-                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                            start_new_session=True))
+                                             "--name", host], env=worker_env, cwd=home, stdout=log,
+                                            stderr=subprocess.STDOUT, start_new_session=True))
         try:
             def start(name: str, parameters: dict) -> str:
                 deployment = httpx.get(f"{api}/deployments/name/{name}", timeout=10).json()
@@ -110,6 +112,8 @@ def test_a_fleet_runs_on_a_server_with_two_workers(tmp_path, postgres_server, se
         finally:
             for worker in workers:
                 stop(worker)
+    logs = "".join((tmp_path / host / "worker.log").read_text() for host in ("worker-1", "worker-2"))
+    assert "database is locked" not in logs  # PostgreSQL under the server: no SQLite lock between workers
     assert fleet_one["state"]["type"] == "COMPLETED", fleet_one["state"]
     assert extra_run["state"]["type"] in ("COMPLETED", "FAILED"), extra_run["state"]
     # through Prefect's API: the fleet's children, one completed run of the deployment per cluster of the fleet
