@@ -20,13 +20,19 @@ class ClusterClock:
     def sleep(self, cluster_seconds: float) -> None:
         time.sleep(max(0.0, cluster_seconds / self.time_factor))
 
-    def wait_for(self, probe: Callable[[], T | None], *, timeout: float, poll: float) -> T | None:
-        """Call `probe` every `poll` cluster seconds until it returns something truthy or `timeout` passes."""
-        deadline = self.now() + timeout
+    def wait_for(self, probe: Callable[[], T | None], *, timeout: float, poll: float,
+                 max_poll: float | None = None) -> T | None:
+        """Call `probe` until it returns something truthy or `timeout` passes: every `poll` cluster seconds at
+        first, then every twentieth of the time waited so far, up to `max_poll`. A 20-second drain is still seen
+        within a poll; a 60-minute setup is read once a minute (at most 5% late), not 720 times."""
+        start = self.now()
+        deadline = start + timeout
         while True:
             value = probe()
             if value:
                 return value
-            if self.now() >= deadline:
+            now = self.now()
+            if now >= deadline:
                 return None
-            self.sleep(min(poll, max(0.0, deadline - self.now())))
+            interval = min(max(poll, (now - start) / 20), max(poll, max_poll if max_poll is not None else poll))
+            self.sleep(min(interval, max(0.0, deadline - now)))

@@ -346,6 +346,9 @@ class RunOptions(Strict):
         None, description="a rolling restart of these nodes (drain, restart, resume, resync; no install): for "
                           "remediation that needs a restart")
     poll_seconds: float = Field(15, gt=0, description="cluster seconds between polls of a long operation")
+    poll_max_seconds: float = Field(60, gt=0, description="the longest poll interval: a wait polls every "
+                                                          "poll_seconds, then every twentieth of the time waited, "
+                                                          "up to this")
     task_retries: int = Field(3, ge=0, le=10, description="retries of a step on a transient remoting failure")
     retry_delay_seconds: float = Field(10, ge=0, description="wall seconds between those retries")
     window_seconds: float | None = Field(

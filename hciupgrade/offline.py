@@ -169,10 +169,10 @@ class OfflineUpgrade:
         so the node's own WinRM is the only witness."""
         self.client.restart(node)
         timeout = steps.options.restart_timeout_minutes * 60
-        if not self.clock.wait_for(lambda: not self.client.reachable(node), timeout=timeout,
-                                   poll=steps.poll):
+        polls = {"poll": steps.poll, "max_poll": steps.options.poll_max_seconds}
+        if not self.clock.wait_for(lambda: not self.client.reachable(node), timeout=timeout, **polls):
             raise StepFailed(node, "restart", "the node did not go down after Restart-Computer")
-        if not self.clock.wait_for(lambda: self.client.reachable(node), timeout=timeout, poll=steps.poll):
+        if not self.clock.wait_for(lambda: self.client.reachable(node), timeout=timeout, **polls):
             raise StepFailed(node, "restart", f"not back {steps.options.restart_timeout_minutes:g} min after its "
                                               "restart")
         build = self.client.os_build(node)
@@ -193,7 +193,7 @@ class OfflineUpgrade:
                 return False
 
         if not self.clock.wait_for(all_up, timeout=self.options.reboot_timeout_minutes * 60,
-                                   poll=self.options.poll_seconds):
+                                   poll=self.options.poll_seconds, max_poll=self.options.poll_max_seconds):
             raise OfflineStopped("not every node joined after Start-Cluster")
 
     def start_vms(self) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from hciupgrade.clock import ClusterClock
 from hciupgrade.cluster import (
@@ -25,6 +26,8 @@ from hciupgrade.gates import may_drain, repair_running, storage_busy, storage_se
 from hciupgrade.models import RunOptions
 from hciupgrade.psenums import DrainStatus, NodeState, ScheduledTaskState
 from hciupgrade.remote import CmdletFailed, NodeUnreachable
+
+T = TypeVar("T")
 
 ERROR_CLUSTER_SPACE_DEGRADED = 5987
 
@@ -67,6 +70,10 @@ class Steps:
     def poll(self) -> float:
         return self.options.poll_seconds
 
+    def wait(self, probe: Callable[[], T | None], timeout: float) -> T | None:
+        """Poll `probe` (cluster seconds), less often as the wait grows (ClusterClock.wait_for)."""
+        return self.clock.wait_for(probe, timeout=timeout, poll=self.poll, max_poll=self.options.poll_max_seconds)
+
     def gate(self, node: str) -> ClusterSnapshot:
         """Wait until `node` may leave service: it answers and is Up, every other node is Up, storage is
         healthy. A node paused by someone else meanwhile is refused at once, not waited for."""
@@ -83,7 +90,7 @@ class Steps:
             last[:] = list(verdict.reasons)
             return snapshot if verdict else None
 
-        snapshot = self.clock.wait_for(probe, timeout=self.options.gate_timeout_minutes * 60, poll=self.poll)
+        snapshot = self.wait(probe, self.options.gate_timeout_minutes * 60)
         if snapshot is None:
             raise GateRefused(node, "gate", f"not safe to drain after {self.options.gate_timeout_minutes:g} min: "
                               + "; ".join(last))
@@ -129,7 +136,7 @@ class Steps:
             info = self.client.node_info(node)
             return info if info.drain_status in (DrainStatus.Completed, DrainStatus.Failed) else None
 
-        return self.clock.wait_for(finished, timeout=self.options.drain_timeout_minutes * 60, poll=self.poll)
+        return self.wait(finished, self.options.drain_timeout_minutes * 60)
 
     @property
     def update(self) -> UpdateKind:
@@ -152,7 +159,7 @@ class Steps:
             code = self.client.update_result(node, kind)  # one call a poll: 0x41301 while it runs
             return (ScheduledTaskState.Ready, code) if code != SCHED_S_TASK_RUNNING else None
 
-        status = self.clock.wait_for(finished, timeout=self.options.install_timeout_minutes * 60, poll=self.poll)
+        status = self.wait(finished, self.options.install_timeout_minutes * 60)
         if status is None:
             raise StepFailed(node, "install", f"the {kind.name} update still running after "
                                               f"{self.options.install_timeout_minutes:g} min")
@@ -172,7 +179,7 @@ class Steps:
             except NodeUnreachable:
                 return False
 
-        if not self.clock.wait_for(went_down, timeout=self.options.restart_timeout_minutes * 60, poll=self.poll):
+        if not self.wait(went_down, self.options.restart_timeout_minutes * 60):
             raise StepFailed(node, "reboot", "the node did not go down after Restart-Computer")
 
     def wait_back(self, node: str) -> str:
@@ -184,7 +191,7 @@ class Steps:
             info = self.client.node_info(node)
             return info if info.state in (NodeState.Paused, NodeState.Up) else None
 
-        info = self.clock.wait_for(back, timeout=self.options.restart_timeout_minutes * 60, poll=self.poll)
+        info = self.wait(back, self.options.restart_timeout_minutes * 60)
         if info is None:
             raise StepFailed(node, "wait-back",
                              f"not back {self.options.restart_timeout_minutes:g} min after its restart")
@@ -214,7 +221,7 @@ class Steps:
             last[:] = list(verdict.reasons)
             return snapshot if verdict else None
 
-        snapshot = self.clock.wait_for(probe, timeout=self.options.repair_timeout_minutes * 60, poll=self.poll)
+        snapshot = self.wait(probe, self.options.repair_timeout_minutes * 60)
         if snapshot is None:
             if settled:  # name the volumes too, and a node whose absence keeps them degraded
                 snapshot = self.client.snapshot()
