@@ -12,6 +12,7 @@ import httpx
 import pytest
 import yaml
 
+from hciupgrade.sim.harness import PASSWORD_ENV
 from hciupgrade.sim.scenario import make_scenario
 from tests.conftest import serve_cluster
 from tests.services import PREFECT, create_database, prefect_server, stop
@@ -49,7 +50,8 @@ def test_the_deployment_file_deploys_and_each_deployment_runs_through_a_process_
 
     scenario = make_scenario(nodes=2, vms_per_node=1, time_factor=5000)
     with serve_cluster(scenario, tmp_path, {}) as (inventory, sim_env, events):
-        worker_env = {**sim_env, **env, "HCI_UPGRADE_CHECKOUT": str(ROOT),
+        # the simulator's password wins over whatever another test of this process left in the environment
+        worker_env = {**sim_env, **env, PASSWORD_ENV: sim_env[PASSWORD_ENV], "HCI_UPGRADE_CHECKOUT": str(ROOT),
                       "HCI_UPGRADE_HOME": str(tmp_path / "records")}
         worker = subprocess.Popen([*PREFECT, "worker", "start", "--pool", "hci-upgrade-process"], env=worker_env,
                                   cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

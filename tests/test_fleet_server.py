@@ -85,8 +85,9 @@ def test_a_fleet_runs_on_a_server_with_two_workers(tmp_path, postgres_server, se
         for host in ("worker-1", "worker-2"):
             home = tmp_path / host
             home.mkdir()
-            worker_env = {**sim_env, **env, "HCI_UPGRADE_CHECKOUT": str(ROOT), "HCI_UPGRADE_HOME": str(home),
-                          "HCI_UPGRADE_HOST": host, "HCI_UPGRADE_RECORDS_URL": records}
+            # the simulators' password wins over whatever another test of this process left in the environment
+            worker_env = {**sim_env, **env, PASSWORD_ENV: sim_env[PASSWORD_ENV], "HCI_UPGRADE_CHECKOUT": str(ROOT),
+                          "HCI_UPGRADE_HOME": str(home), "HCI_UPGRADE_HOST": host, "HCI_UPGRADE_RECORDS_URL": records}
             log = open(home / "worker.log", "w")  # noqa: SIM115 - closed with the worker
             workers.append(subprocess.Popen([*PREFECT, "worker", "start", "--pool", "hci-upgrade-process",
                                              "--name", host], env=worker_env, cwd=home, stdout=log,
