@@ -15,7 +15,7 @@ from prefect.artifacts import (
 )
 from prefect.states import Completed, Failed
 
-from flows.locking import cluster_lock, narrate_to_run_log, run_name
+from flows.locking import cluster_lock, embedded, narrate_to_run_log, run_name
 from hciupgrade.clock import ClusterClock
 from hciupgrade.cluster import ClusterClient
 from hciupgrade.engine import RollingUpgrade
@@ -49,7 +49,7 @@ def prefect_engine(target: ClusterInventory, options: RunOptions, run_id: str | 
         lock=partial(cluster_lock, target.name, lease_seconds=options.lock_lease_seconds),
         progress=lambda fraction: update_progress_artifact(progress, 100.0 * fraction),
     )
-    chain = TaskChain(engine, target.name, target.time_factor)
+    chain = TaskChain(engine, target.name, target.time_factor, tagged=not embedded())
     engine.run_step, engine.run_phase = chain.step, chain.phase
     return engine, client
 
