@@ -207,15 +207,19 @@ def sim_serve(
     copies: Annotated[int, typer.Option(min=1, max=999, help="clusters per scenario, named <name>-001...")] = 1,
     events: Annotated[Optional[Path], typer.Option(help="append the event log (JSON Lines) here as it happens")] = None,
     transport: Annotated[str, typer.Option(help=TRANSPORT_HELP)] = "negotiate",
+    azure: Annotated[bool, typer.Option("--azure", help="also serve a simulated Azure Resource Manager with the "
+                                                        "clusters registered (token from "
+                                                        "HCI_UPGRADE_SIM_ARM_TOKEN)")] = False,
 ) -> None:
     """Run simulated clusters as their own process, as real ones outlive the orchestrator (several at once for a
-    fleet). The password comes from HCI_UPGRADE_SIM_PASSWORD, which the inventory names; stop with Ctrl-C or
-    SIGTERM. Each event in the log names its cluster."""
+    fleet), and with --azure their Azure side. The password comes from HCI_UPGRADE_SIM_PASSWORD, which the
+    inventory names; stop with Ctrl-C or SIGTERM. Each event in the log names its cluster."""
     _check_transport(transport)
     import signal
 
     from hciupgrade.models import Inventory
-    from hciupgrade.sim.harness import PASSWORD_ENV, SimHarness
+    from hciupgrade.sim.arm import FakeArm
+    from hciupgrade.sim.harness import ARM_TOKEN_ENV, PASSWORD_ENV, SimHarness
 
     try:
         chosen = [load_scenario(path) for path in scenario] if scenario else [builtin_scenario()]
@@ -233,8 +237,16 @@ def sim_serve(
     if len(set(names)) != len(names):
         err.print("[red]--scenario: two clusters share a name: give each scenario its own cluster name[/]")
         raise typer.Exit(2)
+    arm = None
+    if azure:
+        if not os.environ.get(ARM_TOKEN_ENV):
+            err.print(f"[red]{ARM_TOKEN_ENV} is not set[/]: the simulated Azure's bearer token, e.g. "
+                      f"export {ARM_TOKEN_ENV}=$(openssl rand -hex 24)")
+            raise typer.Exit(2)
+        arm = FakeArm(token=os.environ[ARM_TOKEN_ENV], time_factor=clusters[0].time_factor,
+                      faults=clusters[0].azure).start()
     tick = 0.002 if len(clusters) <= 2 else 0.02  # each cluster's driver wakes per tick: fewer wake-ups for many
-    harnesses = [SimHarness(c, password=password, transport=transport, tick=tick)  # type: ignore[arg-type]
+    harnesses = [SimHarness(c, password=password, transport=transport, tick=tick, azure=arm)  # type: ignore[arg-type]
                  for c in clusters]
     if events:
         events.write_text("")
@@ -266,6 +278,8 @@ def sim_serve(
     finally:
         for harness in harnesses:
             harness.stop()
+        if arm is not None:
+            arm.stop()
 
 
 @app.command()

@@ -274,3 +274,34 @@ def test_http_errors_carry_the_request_ids(arm):
     with pytest.raises(ArmError) as missing:
         az.arm.get(f"{az.base}/updates/NoSuch", "2024-04-01")
     assert missing.value.status == 404 and "x-ms-request-id" in str(missing.value)
+
+
+def test_sim_serve_serves_the_azure_side_beside_the_winrm_endpoints(tmp_path):
+    import yaml
+
+    from hciupgrade.sim.harness import ARM_TOKEN_ENV, PASSWORD_ENV
+
+    scenario = make_scenario(nodes=2, vms_per_node=1, time_factor=FACTOR, build="10.0.25398.1913",
+                             functional_level=12, pool_version=29)
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(scenario.model_dump(mode="json")))
+    env = {**os.environ, PASSWORD_ENV: "serve-secret", ARM_TOKEN_ENV: "serve-arm-token",
+           "HCI_UPGRADE_HOME": str(tmp_path / "home")}
+    env.pop("PREFECT_API_URL", None)
+    inventory = tmp_path / "inv.yaml"
+    serve = subprocess.Popen([*CLI, "sim", "serve", "--azure", "--scenario", str(tmp_path / "s.yaml"),
+                              "--inventory-out", str(inventory)], env=env, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not inventory.exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        served = yaml.safe_load(inventory.read_text())["clusters"][0]["azure"]
+        assert served["endpoint"].startswith("http://127.0.0.1:") and "serve-arm-token" not in inventory.read_text()
+        validated = subprocess.run([*CLI, "solution", "--inventory", str(inventory), "--validate-only", "--json"],
+                                   env=env, capture_output=True, text=True, timeout=300)
+        assert validated.returncode == 0, validated.stderr[-2000:]
+        assert json.loads(validated.stdout)["stage"] == "validated"
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        serve.wait(timeout=20)
