@@ -243,53 +243,34 @@ class RecordStore:
                since: datetime | str | None = None, until: datetime | str | None = None,
                phases: Sequence[str] | None = None, after_id: int = 0) -> list[dict[str, Any]]:
         """Events in the order they were written, selected by run, cluster, time of start and phase."""
-        where, params = ["id > ?"], [after_id]
-        if run_ids is not None:
-            if not run_ids:
-                return []
-            where.append(f"run_id IN ({', '.join('?' * len(run_ids))})")
-            params += list(run_ids)
+        if run_ids is not None and not run_ids:
+            return []
+        where = _Where().add("id > ?", after_id).any_of("run_id", run_ids).any_of("phase", phases)
         if cluster is not None:
-            where.append("cluster_key = ?")
-            params.append(cluster.lower())
-        if phases is not None:
-            where.append(f"phase IN ({', '.join('?' * len(phases))})")
-            params += list(phases)
-        if since is not None:
-            where.append("start >= ?")
-            params.append(iso(since))
-        if until is not None:
-            where.append("start < ?")
-            params.append(iso(until))
-        rows = self._query(f"SELECT id, body FROM hci_events WHERE {' AND '.join(where)} ORDER BY id", params)
+            where.add("cluster_key = ?", cluster.lower())
+        where.between("start", since, until)
+        rows = self._query(f"SELECT id, body FROM hci_events WHERE {where} ORDER BY id", where.params)
         return [{**json.loads(body), "_id": row_id} for row_id, body in rows]
 
     def runs(self, *, cluster: str | None = None, run_ids: Sequence[str] | None = None, open_only: bool = False,
              real_only: bool = False, since: datetime | str | None = None, until: datetime | str | None = None,
              newest_first: bool = False, limit: int | None = None) -> list[dict[str, Any]]:
         """Run rows (RUN_COLUMNS). `real_only` leaves out dry and refused runs; `open_only` keeps runs not ended."""
-        where, params = ["1 = 1"], []
+        if run_ids is not None and not run_ids:
+            return []
+        where = _Where().any_of("run_id", run_ids)
         if cluster is not None:
-            where.append("cluster_key = ?")
-            params.append(cluster.lower())
-        if run_ids is not None:
-            where.append(f"run_id IN ({', '.join('?' * len(run_ids))})" if run_ids else "1 = 0")
-            params += list(run_ids)
+            where.add("cluster_key = ?", cluster.lower())
         if open_only:
-            where.append("ended IS NULL")
+            where.add("ended IS NULL")
         if real_only:
-            where.append("aside IS NULL")
-        if since is not None:
-            where.append("started >= ?")
-            params.append(iso(since))
-        if until is not None:
-            where.append("started < ?")
-            params.append(iso(until))
+            where.add("aside IS NULL")
+        where.between("started", since, until)
         order = "started DESC, run_id DESC" if newest_first else "started, run_id"
-        text = f"SELECT {', '.join(RUN_COLUMNS)} FROM hci_runs WHERE {' AND '.join(where)} ORDER BY {order}"
+        text = f"SELECT {', '.join(RUN_COLUMNS)} FROM hci_runs WHERE {where} ORDER BY {order}"
         if limit is not None:
             text += f" LIMIT {int(limit)}"
-        return [dict(zip(RUN_COLUMNS, row, strict=True)) for row in self._query(text, params)]
+        return [dict(zip(RUN_COLUMNS, row, strict=True)) for row in self._query(text, where.params)]
 
     def latest_run(self, cluster: str | None = None) -> dict[str, Any] | None:
         """A cluster's (or any cluster's) latest run that did something: dry and refused runs are not taken as
@@ -354,6 +335,32 @@ class RecordStore:
                     self._write(cur, rows, runs)
                     total += len(events)
         return total
+
+
+class _Where:
+    """A WHERE clause and its parameters, built from what the caller selects (no text from input)."""
+
+    def __init__(self) -> None:
+        self.clauses: list[str] = ["1 = 1"]
+        self.params: list[Any] = []
+
+    def add(self, clause: str, *params: Any) -> _Where:
+        self.clauses.append(clause)
+        self.params += params
+        return self
+
+    def any_of(self, column: str, values: Sequence[str] | None) -> _Where:
+        return self if values is None else self.add(f"{column} IN ({', '.join('?' * len(values))})", *values)
+
+    def between(self, column: str, since: datetime | str | None, until: datetime | str | None) -> _Where:
+        if since is not None:
+            self.add(f"{column} >= ?", iso(since))
+        if until is not None:
+            self.add(f"{column} < ?", iso(until))
+        return self
+
+    def __str__(self) -> str:
+        return " AND ".join(self.clauses)
 
 
 def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
