@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -117,6 +118,7 @@ def main() -> None:
                         help="cluster seconds per wall second (a 4-node cluster is about 10 cluster hours)")
     parser.add_argument("--per-serve", type=int, default=50, help="clusters per sim serve process")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, _interrupt)  # a stopped benchmark still stops its servers and simulators
     with tempfile.TemporaryDirectory() as tmp, postgres() as pg:
         folder = Path(tmp)
         env = {**os.environ, PASSWORD_ENV: "bench-secret", "HCI_UPGRADE_HOME": str(folder / "home"),
@@ -150,6 +152,10 @@ def main() -> None:
                       "ratio": round(ratio, 2), "peak_rss_mb": round(rss), "upgraded": upgraded,
                       "orchestrator_cpu_s": round(cpu), "server_peak_rss_mb": round(server.peak),
                       "server_cpu_s": round(server.cpu), "time_factor": args.time_factor}))
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _cmdline(path: Path) -> str:

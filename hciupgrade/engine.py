@@ -145,12 +145,13 @@ class RollingUpgrade:
     def reconcile(self) -> None:
         """Adopt the nodes a run of ours paused and did not release, when the node carries that run's mark (or
         is away and cannot show it); release those that are Up again, or paused without our mark. A run of this
-        cluster still alive on this machine blocks this one (CAU's "a run is already in progress")."""
+        cluster still alive, on this machine or another (the shared records), blocks this one (CAU's "a run is
+        already in progress")."""
         alive = runs_in_progress(self.client.name, exclude_run=self.recorder.run_id, store=self.recorder.store,
                                  settle=True)
         if alive:
             run = alive[0]
-            where = "this machine" if run["host"] in (None, host_id()) else f"{run['host']}"
+            where = "this machine" if run["host"] in (None, host_id()) else run["host"]
             raise StopRun(f"RunInProgress: run {run['run_id']} is upgrading {self.client.name} on {where} "
                           f"(process {run['pid']}); wait for it to end (hci-upgrade status) or stop it")
         # a retried flow run keeps its run id: its earlier attempt's ownership counts too
