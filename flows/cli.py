@@ -506,6 +506,8 @@ def updates_cmd(
     else:
         console = make_console()
         console.print(_frame_table(pd.DataFrame(result["updates"]).fillna(""), "Solution updates"))
+        if len({u["cluster"] for u in result["updates"]}) > 1:
+            console.print(_frame_table(pd.DataFrame(result["fleet"]), "Across the fleet: clusters per state"))
         for name, applied in result["applied"].items():
             console.print(f"{name}: {applied['update']} {applied['done'] or 'not applied'}: "
                           f"{applied['state'] or ''} {applied['error'] or ''}")

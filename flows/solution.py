@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pandas as pd
 from prefect import flow, get_run_logger
 from prefect.artifacts import (
     create_markdown_artifact,
@@ -21,7 +22,7 @@ from flows.locking import embedded, narrate_to_run_log, run_name
 from flows.readiness import check_cluster
 from hciupgrade.azure.arm import ArmClient, ArmError
 from hciupgrade.azure.resources import DeploymentSetting, Step, UpdateRun
-from hciupgrade.azure.solution import AzureCluster, step_table, tree_progress, updates_table
+from hciupgrade.azure.solution import AzureCluster, fleet_updates, step_table, tree_progress, updates_table
 from hciupgrade.models import Approval, ClusterInventory, InputError, load_inventory
 from hciupgrade.readiness.summary import FrameBuilder, blocking_checks
 from hciupgrade.records import RunRecorder, new_run_id
@@ -209,9 +210,11 @@ def solution_updates(inventory: str, clusters: list[str] | None = None, apply: s
             rows += updates_table(name, az.updates()).to_dict(orient="records")
         finally:
             az.arm.close()
+    fleet = fleet_updates(pd.DataFrame(rows)).to_dict(orient="records") if rows else []
     if rows:
         create_table_artifact(rows, key="solution-updates", description="Solution updates per cluster")
-    return {"updates": rows, "applied": applied}
+        create_table_artifact(fleet, key="solution-updates-fleet", description="Solution updates across the fleet")
+    return {"updates": rows, "fleet": fleet, "applied": applied}
 
 
 def _run_tree(run: UpdateRun) -> Step:

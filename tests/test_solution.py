@@ -13,6 +13,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from hciupgrade.azure.arm import ArmClient, ArmError
@@ -267,6 +268,12 @@ def test_updates_are_summarised_applied_and_followed_and_a_running_one_is_not_ap
     assert table.set_index("update").loc["Solution10.2503.0.13", "state"] == "Installed"
     with pytest.raises(ArmError, match="HasPrerequisite"):
         az.apply("Solution10.2504.1001.19")
+    from hciupgrade.azure.solution import fleet_updates
+
+    two = updates_table("hci-demo", az.updates())
+    fleet = fleet_updates(pd.concat([two, two.assign(cluster="hci-other")])).set_index("update")
+    assert fleet.loc["Solution10.2503.0.13", ["clusters", "Installed"]].tolist() == [2, 2]
+    assert fleet.loc["Solution10.2504.1001.19", "HasPrerequisite"] == 2
 
 
 def test_http_errors_carry_the_request_ids(arm):

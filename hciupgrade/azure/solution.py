@@ -237,3 +237,15 @@ def updates_table(cluster: str, updates: list[Update]) -> pd.DataFrame:
                      "failed_checks": "; ".join(f"{c.severity}: {c.display_name or c.name}" for c in failed)})
     return pd.DataFrame(rows, columns=["cluster", "update", "version", "state", "health", "critical", "warnings",
                                        "failed_checks"])
+
+
+def fleet_updates(table: pd.DataFrame) -> pd.DataFrame:
+    """Per update across the fleet: how many clusters have it in each state, and how many a Critical health
+    check blocks."""
+    if table.empty:
+        return pd.DataFrame(columns=["update", "clusters", "critical_blocked"])
+    counts = table.pivot_table(index="update", columns="state", values="cluster", aggfunc="count", fill_value=0)
+    counts.insert(0, "clusters", counts.sum(axis=1))
+    counts["critical_blocked"] = table[table["critical"] > 0].groupby("update")["cluster"].count().reindex(
+        counts.index, fill_value=0)
+    return counts.reset_index().rename_axis(columns=None)
