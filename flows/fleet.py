@@ -145,7 +145,7 @@ def _run_wave(inventory_path: str, fleet: Inventory, wave: Wave, estimates: dict
     """The wave's clusters side by side (threads carrying the flow's context, so each child run is linked to
     this one); the fleet limit holds them to K."""
     lease = options.lock_lease_seconds
-    with ThreadPoolExecutor(max_workers=min(len(wave.clusters), max(slots, 1)) or 1) as pool:
+    with ThreadPoolExecutor(max_workers=min(len(wave.clusters), slots)) as pool:
         futures = {name: pool.submit(contextvars.copy_context().run, run_cluster, inventory_path, fleet, name,
                                      estimates[name], options, deployment, max_windows, lease)
                    for name in wave.clusters}

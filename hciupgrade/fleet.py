@@ -143,8 +143,7 @@ def fleet_plan(inventory: Inventory, tags: list[str] | None = None, now: datetim
     """The waves of the selected clusters, and each one's window and fit."""
     clusters = inventory.select(tags, names)
     names = [c.name for c in clusters]
-    history = node_durations([n for n in {c.name.lower() for c in inventory.clusters}], store)
-    history["cluster"] = history["cluster"].str.lower()
+    history = node_durations(sorted({c.name.lower() for c in inventory.clusters}), store)
     guess = estimates([n.lower() for n in names], inventory.waves, history)
     fits = {c.name: window_fit(inventory, c, guess[c.name.lower()], now) for c in clusters}
     return plan_waves(clusters, inventory.waves), fits

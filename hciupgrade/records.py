@@ -49,7 +49,7 @@ class _Heartbeat:
                 self.thread = threading.Thread(target=self._beat, name="hci-upgrade-heartbeat", daemon=True)
                 self.thread.start()
 
-    def close(self, run_id: str, _store: RecordStore | None = None) -> None:
+    def close(self, run_id: str) -> None:
         with self.lock:
             self.runs.pop(run_id, None)
 
@@ -89,7 +89,10 @@ class RunRecorder:
         event = json.loads(json.dumps(event, default=str))  # what the store keeps is what listeners see
         self.store.append(event, host=host_id(), pid=os.getpid())
         if phase == "run":
-            (_heartbeat.open if status == "running" else _heartbeat.close)(self.run_id, self.store)
+            if status == "running":
+                _heartbeat.open(self.run_id, self.store)
+            else:
+                _heartbeat.close(self.run_id)
         for listener in self.listeners:
             listener(event)
         return event

@@ -389,15 +389,15 @@ _stores_lock = threading.Lock()
 
 
 def open_store(url: str | None = None) -> RecordStore:
-    """The store of this process for the URL (default: from the environment), opened once; the first opening
-    of a SQLite store imports the JSON Lines records of earlier versions."""
+    """The store of this process for the URL (default: from the environment), opened once; opening it imports
+    the JSON Lines records of earlier versions found in this home."""
     url = url or store_url()
     key = (os.getpid(), url)
     with _stores_lock:
         store = _stores.get(key)
         if store is None:
             store = _stores[key] = RecordStore(url)
-    import_legacy(store)
+            import_legacy(store)
     return store
 
 

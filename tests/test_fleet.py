@@ -15,7 +15,7 @@ from flows.cli import app
 from hciupgrade.fleet import estimates, node_durations, plan_waves, window_fit
 from hciupgrade.models import ClusterInventory, CredentialRef, Inventory, NodeEndpoint, RunOptions, WavePolicy
 from hciupgrade.sim.cluster import SimCluster
-from hciupgrade.sim.scenario import make_scenario
+from hciupgrade.sim.scenario import Durations, make_scenario
 from hciupgrade.store import RecordStore
 from hciupgrade.windows import Window
 from tests.conftest import quick
@@ -141,9 +141,11 @@ def test_the_next_node_fits_only_with_its_estimate_and_the_margin():
 
 
 def test_the_engine_starts_no_node_that_does_not_fit_what_is_left_of_the_window():
-    scenario = make_scenario(nodes=3, time_factor=20000)
-    options = RunOptions(poll_seconds=30, target_build=scenario.cluster.target_build,
-                         node_order=["node1", "node2", "node3"], window_seconds=4 * 3600,
+    # a 5-hour setup: node1 fits an 8-hour window with room for a slow start, node2 then no longer does
+    scenario = make_scenario(nodes=3, time_factor=20000).model_copy(update={"durations": Durations(
+        install_minutes=300, install_spread_minutes=0)})
+    options = RunOptions(poll_seconds=30, target_build=scenario.cluster.target_build, install_timeout_minutes=600,
+                         node_order=["node1", "node2", "node3"], window_seconds=8 * 3600,
                          node_estimate_seconds=2.5 * 3600, window_margin_seconds=15 * 60)
     outcome, _ = engine_for(SimCluster(scenario), options, None).run()
     assert outcome.window_ended and not outcome.succeeded

@@ -96,7 +96,6 @@ class ArmState:
     updates: dict[str, dict[str, Any]] = field(default_factory=dict)
     runs: dict[str, list[Running]] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)
-    requests: int = 0
     status_reads: int = 0
 
 
@@ -157,6 +156,7 @@ class FakeArm:
         self.clusters: dict[str, ArmState] = {}
         self.lock = threading.Lock()
         self._t0 = time.monotonic()
+        self.requests = 0  # every request seen: what the throttling knobs count
         self._wall0 = datetime.now(UTC)
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -255,8 +255,8 @@ class FakeArm:
         parts = urlsplit(raw_path)
         query = parse_qs(parts.query)
         with self.lock:
-            self._requests_seen = getattr(self, "_requests_seen", 0) + 1
-            n = self._requests_seen
+            self.requests += 1
+            n = self.requests
             if n <= self.faults.throttle_storm or (self.faults.throttle_every and n % self.faults.throttle_every == 0):
                 return 429, error("TooManyRequests", "The request is being throttled."), {"Retry-After": "1"}
             if query.get("api-version", [None])[0] is None:
