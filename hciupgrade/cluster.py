@@ -4,8 +4,10 @@ plain typed data. Waiting and policy live elsewhere (steps.py, flows/)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import SecretStr
 
@@ -20,6 +22,7 @@ from hciupgrade.remote import (
     NodeSession,
     NodeUnreachable,
     PackagedScript,
+    Pipeline,
     RemoteError,
     Result,
 )
@@ -35,6 +38,9 @@ CLUSTER_SERVICE_DOWN = ("ClusterEndpointNotRegistered", "ClusterRpcConnection")
 TASK_NOT_FOUND = "CmdletizationQuery_NotFound_TaskName"
 PATH_NOT_FOUND = "PathNotFound"
 STOP = {"ErrorAction": "Stop"}  # where the code relies on a failure being terminating
+MAX_PARALLEL = 16  # nodes read at once (a cluster has at most 16)
+T = TypeVar("T")
+HEALTH = PackagedScript("Get-ClusterHealth.ps1")  # nodes, virtual disks, storage jobs, pool: one round trip
 
 
 @dataclass(frozen=True)
@@ -122,6 +128,11 @@ def only_not_found(result: Result, node: str, call: Call, error_id: str) -> bool
     return True
 
 
+def _job(obj: dict[str, Any]) -> JobInfo:
+    return JobInfo(obj["Name"], parse(JobState, obj["JobState"]), int(obj.get("PercentComplete") or 0),
+                   int(obj.get("BytesProcessed") or 0), int(obj.get("BytesTotal") or 0))
+
+
 def _operational(value: Any) -> tuple[str, ...]:
     values = value if isinstance(value, list) else [value]
     out = []
@@ -154,16 +165,37 @@ class ClusterClient:
     def session(self, node: str) -> NodeSession:
         return self.sessions[self.inventory.node(node).name]
 
+    def each(self, fn: Callable[[str], T], nodes: Iterable[str] | None = None) -> dict[str, T | RemoteError]:
+        """`fn(node)` for every node (all of the cluster's by default) at once, a thread a node: each node answers
+        over its own session, so N nodes take about as long as the slowest instead of the sum. A node whose
+        call failed maps to its RemoteError; any other exception is raised. The order is the nodes' order."""
+        names = list(self.sessions if nodes is None else nodes)
+
+        def one(name: str) -> T | RemoteError:
+            try:
+                return fn(name)
+            except RemoteError as e:
+                return e
+
+        if len(names) <= 1:
+            return {name: one(name) for name in names}
+        with ThreadPoolExecutor(max_workers=min(len(names), MAX_PARALLEL), thread_name_prefix="hci-node") as pool:
+            return dict(zip(names, pool.map(one, names), strict=True))
+
     def call_seconds(self) -> list[float]:
         return [s for session in self.sessions.values() for s in session.call_seconds]
 
-    def query(self, call: Cmdlet, exclude: str | None = None) -> list[Any]:
+    def query(self, call: Cmdlet | Pipeline, exclude: str | None = None) -> list[Any]:
         """Run a cluster-wide query on the first reachable node, preferring nodes other than `exclude`."""
+        return self.ask(call, exclude).objects
+
+    def ask(self, call: Call, exclude: str | None = None) -> Result:
+        """`query`, with the whole result (objects with their type names, non-terminating errors)."""
         names = [n for n in self.sessions if n != exclude] + ([exclude] if exclude in self.sessions else [])
         last: RemoteError | None = None
         for name in names:
             try:
-                return self.sessions[name].run(call).objects
+                return self.sessions[name].run(call)
             except NodeUnreachable as e:
                 last = e
             except CmdletFailed as e:  # a node still joining cannot answer for the cluster; ask the next one
@@ -176,20 +208,28 @@ class ClusterClient:
     def nodes(self, exclude: str | None = None) -> list[NodeInfo]:
         return [NodeInfo.parse(o) for o in self.query(Cmdlet("Get-ClusterNode"), exclude)]
 
-    def snapshot(self, exclude: str | None = None) -> ClusterSnapshot:
-        nodes = self.nodes(exclude)
+    def snapshot(self, exclude: str | None = None, *, on: str | None = None) -> ClusterSnapshot:
+        """Nodes, virtual disks, storage jobs and the pool, read in one call (Get-ClusterHealth.ps1). `on`: asked
+        of that node itself, so the answer also shows it answers on WinRM (NodeUnreachable when it does not); when
+        its cluster service is not running, another node answers for the cluster."""
+        if on is None:
+            result = self.ask(HEALTH, exclude)
+        else:
+            try:
+                result = self.session(on).run(HEALTH)
+            except CmdletFailed as e:
+                if not e.has_error_id(*CLUSTER_SERVICE_DOWN):
+                    raise
+                result = self.ask(HEALTH, exclude=on)
         disks = [DiskInfo(o["FriendlyName"], parse(HealthStatus, o["HealthStatus"]),
-                          _operational(o["OperationalStatus"]))
-                 for o in self.query(Cmdlet("Get-VirtualDisk"), exclude)]
-        jobs = self.storage_jobs(exclude)
-        pools = self.query(Cmdlet("Get-StoragePool", {"IsPrimordial": False}), exclude)
+                          _operational(o["OperationalStatus"])) for o in result.of_type("MSFT_VirtualDisk")]
+        pools = result.of_type("MSFT_StoragePool")
         pool = PoolInfo(pools[0]["FriendlyName"], parse(HealthStatus, pools[0]["HealthStatus"])) if pools else None
-        return ClusterSnapshot(tuple(nodes), tuple(disks), tuple(jobs), pool)
+        return ClusterSnapshot(tuple(NodeInfo.parse(o) for o in result.of_type("ClusterNode")), tuple(disks),
+                               tuple(_job(o) for o in result.of_type("MSFT_StorageJob")), pool)
 
     def storage_jobs(self, exclude: str | None = None) -> list[JobInfo]:
-        return [JobInfo(o["Name"], parse(JobState, o["JobState"]), int(o.get("PercentComplete") or 0),
-                        int(o.get("BytesProcessed") or 0), int(o.get("BytesTotal") or 0))
-                for o in self.query(Cmdlet("Get-StorageJob"), exclude)]
+        return [_job(o) for o in self.query(Cmdlet("Get-StorageJob"), exclude)]
 
     def roles_per_node(self) -> dict[str, int]:
         counts = {name: 0 for name in self.sessions}
@@ -200,7 +240,8 @@ class ClusterClient:
 
     def groups_on(self, node: str) -> list[tuple[str, str]]:
         """The VM roles a node still owns, with their state (what a failed drain left behind)."""
-        return [(str(g["Name"]), str(g.get("State"))) for g in self.query(Cmdlet("Get-ClusterGroup"))
+        groups = self.query(Cmdlet("Get-ClusterNode", {"Name": node}) | Cmdlet("Get-ClusterGroup"))  # its own only
+        return [(str(g["Name"]), str(g.get("State"))) for g in groups
                 if str(g.get("GroupType")) == "VirtualMachine" and g.get("OwnerNode") == node]
 
     def os_build(self, node: str) -> str:

@@ -4,9 +4,9 @@ runner, the cluster lock, the progress sink), so a Prefect flow, a test or a ben
     reconcile with the live cluster and the records: which nodes did a run of ours pause and not release?
         (ours only with both pieces of evidence: our record, and our mark on the node)
     preflight; plan (each node's position and the steps it needs: hciupgrade/positions.py)
-    for each node, fewest roles first:
+    under the cluster lock, for each node, fewest roles first:
         stop if StopAfter has passed; warn once after WarnAfter
-        up to MaxRetriesPerNode attempts, each under the cluster lock:
+        up to MaxRetriesPerNode attempts:
             read the node's position again; skip it, refuse it (paused by someone else, down), or run its steps:
             gate -> pre-script -> drain (only an Up node nobody paused) -> install -> reboot -> wait back
                  -> wait for a running repair -> resume (only under our mark) -> post-script -> wait for storage
@@ -139,7 +139,8 @@ class RollingUpgrade:
         settled = True
         if on_target and state == NodeState.Up and not self.owned:  # a node of ours away is finished first
             settled = not repair_running(ClusterSnapshot((), (), tuple(self.client.storage_jobs()), None))
-        return NodeFacts(node, state, reachable, on_target, node in self.owned, marked, settled, held_by(mark))
+        return NodeFacts(node, state, reachable, on_target, node in self.owned, marked, settled, held_by(mark),
+                         build)
 
     # --- before anything changes ----------------------------------------------------------------------------
     def reconcile(self) -> None:
@@ -189,8 +190,11 @@ class RollingUpgrade:
             order = sorted(names, key=lambda n: (roles.get(n, 0), names.index(n)))
         order = [n for n in order if n in self.owned] + [n for n in order if n not in self.owned]  # ours first
         planned = []
+        read = self.client.each(self.facts, order)  # every node at once
         for node in order:
-            facts = self.facts(node)
+            facts = read[node]
+            if isinstance(facts, RemoteError):
+                raise facts
             position, decision = decide(self.mode, facts)
             action = decision.action
             if action == "run":
@@ -233,7 +237,8 @@ class RollingUpgrade:
             if pre.blocked:
                 raise StopRun("preflight: " + "; ".join(pre.blocking_reasons()))
             if not dry_run:
-                self._upgrade(pre.plan, outcomes, started)
+                with self.lock():  # taken once for the run (DESIGN: one cluster, one run holding its lock)
+                    self._upgrade(pre.plan, outcomes, started)
                 failed = [o for o in outcomes.values() if o.counts_as_failed]
                 if failed:  # within MaxFailedNodes the run went on, but the cluster is not upgraded
                     raise StopRun("PartiallyFailed: " + "; ".join(o.error or o.node for o in failed))
@@ -313,31 +318,29 @@ class RollingUpgrade:
 
     def _node(self, node: str, outcome: NodeOutcome) -> None:
         """One node: up to MaxRetriesPerNode attempts, each deciding again from the node's position."""
-        try:
-            outcome.build_before = self.client.os_build(node)
-        except NodeUnreachable:
-            pass
         for attempt in range(1, self.options.max_retries_per_node + 1):
             outcome.attempts = self.attempts[node] = attempt
+            results: dict[str, Any] = {}
             try:
-                with self.lock():
-                    facts = self.facts(node)  # inside the lock: another run may have changed it meanwhile
-                    position, decision = decide(self.mode, facts)
-                    if decision.action == "skip" and attempt == 1:
-                        outcome.result, outcome.attempts = "skipped", 0
-                        outcome.build_after = outcome.build_before
-                        self.recorder.emit(node, "node", "skipped", result="skipped", reason=decision.why,
-                                           build_before=outcome.build_before, build_after=outcome.build_before)
-                        return
-                    if decision.action == "refuse":
-                        why = f"paused by {facts.held_by}" if position == Position.PAUSED_BY_OTHER else decision.why
-                        raise NotStarted(node, position.value, f"{why}: not touched")
-                    if attempt == 1:
-                        self.recorder.emit(node, "node", "running", build_before=outcome.build_before,
-                                           position=position.value, steps=list(decision.steps))
-                    for step in decision.steps:
-                        if self._wanted(step):
-                            self.step(step, node)
+                facts = self.facts(node)  # read again: the plan is older, and an attempt may have failed
+                if attempt == 1:
+                    outcome.build_before = facts.build
+                position, decision = decide(self.mode, facts)
+                if decision.action == "skip" and attempt == 1:
+                    outcome.result, outcome.attempts = "skipped", 0
+                    outcome.build_after = outcome.build_before
+                    self.recorder.emit(node, "node", "skipped", result="skipped", reason=decision.why,
+                                       build_before=outcome.build_before, build_after=outcome.build_before)
+                    return
+                if decision.action == "refuse":
+                    why = f"paused by {facts.held_by}" if position == Position.PAUSED_BY_OTHER else decision.why
+                    raise NotStarted(node, position.value, f"{why}: not touched")
+                if attempt == 1:
+                    self.recorder.emit(node, "node", "running", build_before=outcome.build_before,
+                                       position=position.value, steps=list(decision.steps))
+                for step in decision.steps:
+                    if self._wanted(step):
+                        results[step] = self.step(step, node)
             except (NotStarted, PausedByOther) as e:
                 if isinstance(e, PausedByOther) and e.step == "resume":  # our mark is gone: not ours to resume
                     self.owned.pop(node, None)
@@ -368,7 +371,8 @@ class RollingUpgrade:
                     f"; {node} is left paused or down" if outcome.left_paused else "; the node was brought back")
                 self._node_failed(node, outcome)
                 raise
-            outcome.build_after = self.client.os_build(node)
+            # wait-back read the build the node came back on; an adopted node that skipped it is read now
+            outcome.build_after = results.get("wait-back") or self.client.os_build(node)
             outcome.result, outcome.error = "upgraded" if self.mode == Mode.UPGRADE else "restarted", None
             self.recorder.emit(node, "node", "succeeded", result=outcome.result, attempts=attempt,
                                build_before=outcome.build_before, build_after=outcome.build_after)

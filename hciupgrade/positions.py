@@ -62,6 +62,7 @@ class NodeFacts:
     marked_ours: bool | None  # the node carries that run's mark; None when it could not be read (away)
     storage_settled: bool = True  # no repair runs, every virtual disk Healthy
     held_by: str = ""  # who paused it, as far as the cluster says (the mark of another run, or nobody's mark)
+    build: str | None = None  # its OS build (10.0.build.UBR); None when it does not answer
 
 
 def position_of(facts: NodeFacts) -> Position:

@@ -66,12 +66,15 @@ def check(client: ClusterClient, options: RunOptions, owned: set[str]) -> Prefli
     pre = Preflight()
     add = pre.findings.append
     builds: dict[str, str] = {}
-    for name in client.sessions:  # one registry read a node: it answers on WinRM, and its build for the scan
-        try:
-            builds[name] = client.os_build(name)
-        except NodeUnreachable:
-            pass
-        pre.reachable[name] = name in builds
+    # one registry read a node, all at once: it answers on WinRM, and its build for the scan
+    for name, build in client.each(client.os_build).items():
+        if isinstance(build, NodeUnreachable):
+            pre.reachable[name] = False
+            continue
+        if isinstance(build, RemoteError):
+            raise build
+        builds[name] = build
+        pre.reachable[name] = True
     down = [n for n, ok in pre.reachable.items() if not ok]
     add(Finding("nodes reachable", not down,
                 "every node answers on WinRM" if not down else f"no answer from {', '.join(down)}",
@@ -142,19 +145,21 @@ def prerequisites(client: ClusterClient, nodes: list[str], pre: Preflight) -> No
     """The update's prerequisites on every node that answers, each with its fix (reference/domain.md §1.2, O1-O2):
     WinRM and remoting answer (the reachability finding), the Remote Shutdown firewall rules, no restart
     pending, automatic updates that do not install and restart on their own."""
-    firewall, pending, auto = [], [], []
-    for node in nodes:
+    def read(node: str) -> tuple[bool, bool, bool]:  # (firewall closed, restart pending, installs by itself)
         session = client.session(node)
-        try:
-            rules = session.run(Cmdlet("Get-NetFirewallRule", {"DisplayGroup": "Remote Shutdown"})).objects
-            if not rules or any(str(r.get("Enabled")) != "True" for r in rules):
-                firewall.append(node)
-            if session.run(Cmdlet("Test-Path", {"Path": REBOOT_PENDING})).objects[:1] == [True]:
-                pending.append(node)
-            if client.registry_value(node, AU_POLICY, "AUOptions") == AU_AUTO_INSTALL:
-                auto.append(node)
-        except RemoteError as e:
-            pre.findings.append(Finding(f"prerequisites on {node}", False, f"could not be read: {e}"))
+        rules = session.run(Cmdlet("Get-NetFirewallRule", {"DisplayGroup": "Remote Shutdown"})).objects
+        return (not rules or any(str(r.get("Enabled")) != "True" for r in rules),
+                session.run(Cmdlet("Test-Path", {"Path": REBOOT_PENDING})).objects[:1] == [True],
+                client.registry_value(node, AU_POLICY, "AUOptions") == AU_AUTO_INSTALL)
+
+    firewall, pending, auto = [], [], []
+    for node, found in client.each(read, nodes).items():
+        if isinstance(found, RemoteError):
+            pre.findings.append(Finding(f"prerequisites on {node}", False, f"could not be read: {found}"))
+            continue
+        for bad, names in zip(found, (firewall, pending, auto), strict=True):
+            if bad:
+                names.append(node)
     add = pre.findings.append
     add(Finding("Remote Shutdown firewall rules enabled", not firewall,
                 "on every node" if not firewall else f"disabled on {', '.join(firewall)}: run "
@@ -169,14 +174,16 @@ def prerequisites(client: ClusterClient, nodes: list[str], pre: Preflight) -> No
 
 def package_scan(client: ClusterClient, options: RunOptions, builds: dict[str, str]) -> list[ScanRow]:
     """The cumulative update staged on each node, identified by its SHA-256 (the same file on every node)."""
+    call = Cmdlet("Get-FileHash", {"Path": options.update_package, "Algorithm": "SHA256"})
+    results = client.each(lambda name: client.session(name).run(call), builds)
     rows = []
     for name in client.sessions:
-        if name not in builds:
+        result = results.get(name)
+        if result is None:
             rows.append(ScanRow(name, None, None, "not reachable"))
-            continue
-        call = Cmdlet("Get-FileHash", {"Path": options.update_package, "Algorithm": "SHA256"})
-        result = client.session(name).run(call)
-        if result.objects:
+        elif isinstance(result, RemoteError):
+            raise result
+        elif result.objects:
             rows.append(ScanRow(name, builds[name], "sha256 " + str(result.objects[0]["Hash"])[:12]))
         else:
             rows.append(ScanRow(name, builds[name], None,
@@ -193,13 +200,14 @@ def _holder(client: ClusterClient, node: str) -> str:
 
 def scan(client: ClusterClient, options: RunOptions, builds: dict[str, str]) -> list[ScanRow]:
     """What each node would get: its build now (read by the preflight) and the build on its media."""
+    media = client.each(lambda name: client.media_build(name, options.setup_path), builds)
     rows = []
     for name in client.sessions:
-        if name not in builds:
+        found = media.get(name)
+        if found is None:
             rows.append(ScanRow(name, None, None, "not reachable"))
-            continue
-        try:
-            rows.append(ScanRow(name, builds[name], client.media_build(name, options.setup_path)))
-        except RemoteError as e:
-            rows.append(ScanRow(name, None, None, str(e)))
+        elif isinstance(found, RemoteError):
+            rows.append(ScanRow(name, None, None, str(found)))
+        else:
+            rows.append(ScanRow(name, builds[name], found))
     return rows

@@ -80,10 +80,11 @@ class Steps:
         last = ["not checked yet"]
 
         def probe() -> ClusterSnapshot | None:
-            if not self.client.reachable(node):
+            try:
+                snapshot = self.client.snapshot(on=node)  # asked of the node: its answer shows it answers
+            except NodeUnreachable:
                 last[:] = [f"{node} does not answer on WinRM"]
                 return None
-            snapshot = self.client.snapshot(exclude=node)
             if snapshot.node(node).state == NodeState.Paused:
                 raise PausedByOther(node, "gate", f"{node} was paused by someone else: it is left as it is")
             verdict = may_drain(snapshot, node)
@@ -101,7 +102,7 @@ class Steps:
         is Up and paused by nobody: the node is Paused at once, then its roles move; poll DrainStatus.
         Idempotent: a node paused under our mark is not paused twice, a drain in progress is only watched. A
         failed or timed-out drain fails the node, or is forced when the operator allowed it."""
-        vms = self.client.roles_per_node().get(node, 0)
+        vms = len(self.client.groups_on(node))
         self.note(node, f"draining {node} ({vms} VM{'s' if vms != 1 else ''})")
         self._suspend(node, mark, force=False)
         info = self._wait_drained(node)
@@ -207,7 +208,7 @@ class Steps:
 
         def probe() -> ClusterSnapshot | None:
             jobs = ClusterSnapshot((), (), tuple(self.client.storage_jobs()), None)
-            if repair_running(jobs):  # one call a poll while a repair runs
+            if repair_running(jobs):  # one light call a poll while a repair runs
                 last[:] = storage_busy(jobs)
                 progress = ", ".join(f"{j.name} {j.percent // 10 * 10}%" for j in jobs.jobs)
                 if progress not in told:  # a line a tenth of the way, not one a poll

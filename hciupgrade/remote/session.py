@@ -52,10 +52,17 @@ CALL_SECONDS: deque[float] = deque(maxlen=100_000)
 class Result:
     objects: list[Any] = field(default_factory=list)
     errors: list[ErrorInfo] = field(default_factory=list)
+    types: list[tuple[str, ...]] = field(default_factory=list)  # each object's .NET type names, as sent
 
     @property
     def terminated(self) -> bool:
         return any(e.terminating for e in self.errors)
+
+    def of_type(self, name: str) -> list[Any]:
+        """The objects whose first type name ends with `name` (a CIM class after its '#'/'/', a .NET class after
+        its namespace): how the objects of a script that runs several cmdlets are told apart."""
+        return [o for o, types in zip(self.objects, self.types, strict=True)
+                if types and re.split(r"[./#]", types[0])[-1] == name]
 
 
 def to_plain(value: Any) -> Any:
@@ -76,6 +83,10 @@ def to_plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {to_plain(k): to_plain(v) for k, v in value.items()}
     return value
+
+
+def type_names(value: Any) -> tuple[str, ...]:
+    return tuple(value.types) if isinstance(value, GenericComplexObject) else ()
 
 
 def error_info(err: Any, terminating: bool) -> ErrorInfo:
@@ -240,4 +251,4 @@ class NodeSession:
                 errors[-1] = error_info(ps.streams.error[-1], True)
             else:
                 errors.append(ErrorInfo("the pipeline failed", "PipelineFailed", terminating=True))
-        return Result([to_plain(o) for o in ps.output], errors)
+        return Result([to_plain(o) for o in ps.output], errors, [type_names(o) for o in ps.output])

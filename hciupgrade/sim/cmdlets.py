@@ -747,6 +747,19 @@ def invoke_script(sim: SimCluster, node: str, caller: str, text: str, raw: list[
             raise Terminating(cluster_error(refused, Spec(handler, frozenset(), (), "Script"))) from None
 
 
+@packaged("Get-ClusterHealth.ps1")
+def get_cluster_health(inv: Invocation) -> list[Out]:
+    """Its four statements, each as the cmdlet alone answers (its errors terminating: the script says Stop)."""
+    out: list[Out] = []
+    for statement in (("Get-ClusterNode", []), ("Get-VirtualDisk", []), ("Get-StorageJob", []),
+                      ("Get-StoragePool", [("IsPrimordial", False)])):
+        data, errors = invoke(inv.sim, inv.node, inv.caller, [statement])
+        if errors:
+            raise Terminating(errors[0])
+        out += data
+    return out
+
+
 @packaged("Invoke-NodeScript.ps1")
 def invoke_node_script(inv: Invocation) -> list[Out]:
     inv.sim.run_node_script(inv.node, str(inv.params.get("Path", "")), str(inv.params.get("Phase", "Pre")),

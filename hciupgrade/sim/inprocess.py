@@ -15,7 +15,7 @@ from pypsrp.serializer import Serializer
 
 from hciupgrade.remote import CmdletFailed, ErrorInfo, NodeUnreachable, Result
 from hciupgrade.remote.calls import SWITCH, Call, Cmdlet, PackagedScript, Pipeline
-from hciupgrade.remote.session import error_info, to_plain
+from hciupgrade.remote.session import error_info, to_plain, type_names
 from hciupgrade.sim import cmdlets
 from hciupgrade.sim.cluster import SimCluster
 from hciupgrade.sim.pstypes import error_record, to_ps
@@ -34,7 +34,7 @@ class InProcessSession:
 
     def _wire(self, value: Any) -> Any:
         xml = ET.tostring(serialize(to_ps(value, self.sim.knobs.enum_forms), None), encoding="unicode")
-        return to_plain(self._serializer.deserialize(xml))
+        return self._serializer.deserialize(xml)
 
     def _error(self, error: cmdlets.ErrorOut, terminating: bool) -> ErrorInfo:
         """An error record as the production code reads it off the wire: serialised by psrpcore, read back by
@@ -59,7 +59,9 @@ class InProcessSession:
                                                   if isinstance(c, Cmdlet)])
         except cmdlets.Terminating as t:
             raise CmdletFailed(self.node, str(call), [self._error(t.error, True)]) from None
-        return Result([self._wire(o) for o in outputs], [self._error(e, False) for e in errors])
+        received = [self._wire(o) for o in outputs]
+        return Result([to_plain(o) for o in received], [self._error(e, False) for e in errors],
+                      [type_names(o) for o in received])
 
 
 def client_for(sim: SimCluster, caller: str = "hciadmin") -> Any:
