@@ -21,12 +21,18 @@ class ClusterClock:
         time.sleep(max(0.0, cluster_seconds / self.time_factor))
 
     def wait_for(self, probe: Callable[[], T | None], *, timeout: float, poll: float,
-                 max_poll: float | None = None) -> T | None:
+                 max_poll: float | None = None, expected: float | None = None) -> T | None:
         """Call `probe` until it returns something truthy or `timeout` passes: every `poll` cluster seconds at
         first, then every twentieth of the time waited so far, up to `max_poll`. A 20-second drain is still seen
-        within a poll; a 60-minute setup is read once a minute (at most 5% late), not 720 times."""
+        within a poll; a 60-minute setup is read once a minute (at most 5% late), not 720 times.
+
+        `expected`: how long the same wait took before (another node of the cluster, this run). The polls then
+        come back to every `poll` seconds from nine tenths of it, and back off again from there: the end is seen
+        within a poll instead of within a minute, with no more polls."""
         start = self.now()
         deadline = start + timeout
+        ceiling = max(poll, max_poll if max_poll is not None else poll)
+        near = start + 0.9 * expected if expected else None
         while True:
             value = probe()
             if value:
@@ -34,5 +40,8 @@ class ClusterClock:
             now = self.now()
             if now >= deadline:
                 return None
-            interval = min(max(poll, (now - start) / 20), max(poll, max_poll if max_poll is not None else poll))
+            since = now - start if near is None or now < near else now - near
+            interval = min(max(poll, since / 20), ceiling)
+            if near is not None and now < near:
+                interval = min(interval, max(poll, near - now))  # wake at nine tenths of the expected end
             self.sleep(min(interval, max(0.0, deadline - now)))

@@ -159,8 +159,7 @@ class ClusterClient:
             for n in inventory.nodes}
 
     def close(self) -> None:
-        for session in self.sessions.values():
-            session.close()
+        self.each(lambda node: self.sessions[node].close())  # each closes its shell on its node, at once
 
     def session(self, node: str) -> NodeSession:
         return self.sessions[self.inventory.node(node).name]
@@ -244,10 +243,10 @@ class ClusterClient:
         return [(str(g["Name"]), str(g.get("State"))) for g in groups
                 if str(g.get("GroupType")) == "VirtualMachine" and g.get("OwnerNode") == node]
 
-    def os_build(self, node: str) -> str:
+    def os_build(self, node: str, *, timeout: float | None = None) -> str:
         """10.0.<CurrentBuildNumber>.<UBR> from the node's registry (reference/domain.md §4.2)."""
         call = Cmdlet("Get-ItemProperty", {"Path": CURRENT_VERSION_KEY, **STOP})
-        obj = first(self.session(node).run(call), node, call)
+        obj = first(self.session(node).run(call, timeout=timeout), node, call)
         return f"10.0.{obj['CurrentBuildNumber']}.{obj['UBR']}"
 
     def reachable(self, node: str) -> bool:
@@ -303,8 +302,12 @@ class ClusterClient:
         call = PackagedScript("Resume-NodeAfterUpgrade.ps1", {"Name": node, "RunId": run_id, "Failback": failback})
         return NodeInfo.parse(first(self.session(node).run(call), node, call))
 
-    def register_update(self, node: str, kind: UpdateKind, path: str) -> None:
-        self.session(node).run(PackagedScript(kind.script, {kind.path_parameter: path, "TaskName": kind.task}))
+    def register_update(self, node: str, kind: UpdateKind, path: str, *, start: bool = False) -> None:
+        """Register the update's task (a running one is left alone); with `start`, start it in the same call."""
+        params: dict[str, Any] = {kind.path_parameter: path, "TaskName": kind.task}
+        if start:
+            params["Start"] = SWITCH
+        self.session(node).run(PackagedScript(kind.script, params))
 
     def start_update(self, node: str, kind: UpdateKind) -> None:
         self.session(node).run(Cmdlet("Start-ScheduledTask", {"TaskName": kind.task, **STOP}))

@@ -9,7 +9,7 @@ when the node restarts; the restart then runs setup's offline phases and the nod
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from hciupgrade.clock import ClusterClock
@@ -65,14 +65,23 @@ class Steps:
     options: RunOptions
     clock: ClusterClock
     note: Callable[[str, str], None] = lambda node, text: None  # (node, what an operator reads in the run's log)
+    # cluster seconds each kind of wait took on the nodes done so far (the shortest): a cluster's nodes are alike
+    took: dict[str, float] = field(default_factory=dict)
 
     @property
     def poll(self) -> float:
         return self.options.poll_seconds
 
-    def wait(self, probe: Callable[[], T | None], timeout: float) -> T | None:
-        """Poll `probe` (cluster seconds), less often as the wait grows (ClusterClock.wait_for)."""
-        return self.clock.wait_for(probe, timeout=timeout, poll=self.poll, max_poll=self.options.poll_max_seconds)
+    def wait(self, probe: Callable[[], T | None], timeout: float, kind: str | None = None) -> T | None:
+        """Poll `probe` (cluster seconds), less often as the wait grows (ClusterClock.wait_for); a wait of a
+        `kind` seen before polls often again near the time it took then."""
+        start = self.clock.now()
+        value = self.clock.wait_for(probe, timeout=timeout, poll=self.poll, max_poll=self.options.poll_max_seconds,
+                                    expected=self.took.get(kind) if kind else None)
+        if value and kind:
+            took = self.clock.now() - start
+            self.took[kind] = min(took, self.took.get(kind, took))
+        return value
 
     def gate(self, node: str) -> ClusterSnapshot:
         """Wait until `node` may leave service: it answers and is Up, every other node is Up, storage is
@@ -137,7 +146,7 @@ class Steps:
             info = self.client.node_info(node)
             return info if info.drain_status in (DrainStatus.Completed, DrainStatus.Failed) else None
 
-        return self.wait(finished, self.options.drain_timeout_minutes * 60)
+        return self.wait(finished, self.options.drain_timeout_minutes * 60, "drain")
 
     @property
     def update(self) -> UpdateKind:
@@ -153,14 +162,13 @@ class Steps:
             return code
         if state != ScheduledTaskState.Running:
             path = self.options.setup_path if kind is FEATURE else self.options.update_package
-            self.client.register_update(node, kind, path)
-            self.client.start_update(node, kind)
+            self.client.register_update(node, kind, path, start=True)
 
         def finished() -> tuple[ScheduledTaskState, int] | None:
             code = self.client.update_result(node, kind)  # one call a poll: 0x41301 while it runs
             return (ScheduledTaskState.Ready, code) if code != SCHED_S_TASK_RUNNING else None
 
-        status = self.wait(finished, self.options.install_timeout_minutes * 60)
+        status = self.wait(finished, self.options.install_timeout_minutes * 60, f"install-{kind.name}")
         if status is None:
             raise StepFailed(node, "install", f"the {kind.name} update still running after "
                                               f"{self.options.install_timeout_minutes:g} min")
@@ -180,23 +188,23 @@ class Steps:
             except NodeUnreachable:
                 return False
 
-        if not self.wait(went_down, self.options.restart_timeout_minutes * 60):
+        if not self.wait(went_down, self.options.restart_timeout_minutes * 60, "went-down"):
             raise StepFailed(node, "reboot", "the node did not go down after Restart-Computer")
 
     def wait_back(self, node: str) -> str:
         """Wait until WinRM answers and the cluster has the node back (Paused); return its new build."""
 
-        def back() -> NodeInfo | None:
-            if not self.client.reachable(node):
+        def back() -> str | None:
+            try:
+                build = self.client.os_build(node, timeout=30)  # it answers on WinRM; the build it came back on
+            except NodeUnreachable:
                 return None
-            info = self.client.node_info(node)
-            return info if info.state in (NodeState.Paused, NodeState.Up) else None
+            return build if self.client.node_info(node).state in (NodeState.Paused, NodeState.Up) else None
 
-        info = self.wait(back, self.options.restart_timeout_minutes * 60)
-        if info is None:
+        build = self.wait(back, self.options.restart_timeout_minutes * 60, "back")
+        if build is None:
             raise StepFailed(node, "wait-back",
                              f"not back {self.options.restart_timeout_minutes:g} min after its restart")
-        build = self.client.os_build(node)
         if not self.options.build_reached(build):
             raise StepFailed(node, "wait-back", f"back on {build}, not on {self.options.target_build}")
         return build
@@ -222,7 +230,7 @@ class Steps:
             last[:] = list(verdict.reasons)
             return snapshot if verdict else None
 
-        snapshot = self.wait(probe, self.options.repair_timeout_minutes * 60)
+        snapshot = self.wait(probe, self.options.repair_timeout_minutes * 60, "settled" if settled else None)
         if snapshot is None:
             if settled:  # name the volumes too, and a node whose absence keeps them degraded
                 snapshot = self.client.snapshot()

@@ -5,15 +5,16 @@
 .DESCRIPTION
     Shipped with hci-upgrade and sent as is; only the parameters below are bound, never text built from input.
     The .msu lies at the same local path on every node (staged like the setup media). The task runs as SYSTEM
-    `wusa.exe <msu> /quiet /norestart`, so the orchestrator decides when the node restarts: Start-ScheduledTask
-    starts it, Get-ScheduledTaskInfo reports LastTaskResult (wusa's exit code: 0 or 3010 installed, 0x240006
+    `wusa.exe <msu> /quiet /norestart`, so the orchestrator decides when the node restarts: -Start (or
+    Start-ScheduledTask) starts it, Get-ScheduledTaskInfo reports LastTaskResult (wusa's exit code: 0 or 3010 installed, 0x240006
     already installed, 0x80240017 not applicable, anything else failed). A task that is already running is left
     alone, so the call is idempotent.
 #>
 [CmdletBinding()]
 param(
     [Parameter(Mandatory)] [ValidatePattern('^[A-Za-z]:\\.+\.msu$')] [string] $PackagePath,
-    [string] $TaskName = 'HciUpgrade-CumulativeUpdate'
+    [string] $TaskName = 'HciUpgrade-CumulativeUpdate',
+    [switch] $Start
 )
 $ErrorActionPreference = 'Stop'
 if (-not (Test-Path -LiteralPath $PackagePath)) {
@@ -25,4 +26,6 @@ $wusa = Join-Path -Path $env:SystemRoot -ChildPath 'System32\wusa.exe'
 $action = New-ScheduledTaskAction -Execute $wusa -Argument "`"$PackagePath`" /quiet /norestart"
 $principal = New-ScheduledTaskPrincipal -UserId 'SYSTEM' -LogonType ServiceAccount -RunLevel Highest
 $settings = New-ScheduledTaskSettingsSet -ExecutionTimeLimit (New-TimeSpan -Hours 2) -AllowStartIfOnBatteries
-Register-ScheduledTask -TaskName $TaskName -Action $action -Principal $principal -Settings $settings -Force
+$null = Register-ScheduledTask -TaskName $TaskName -Action $action -Principal $principal -Settings $settings -Force
+if ($Start) { Start-ScheduledTask -TaskName $TaskName }  # -Start: registered and started in one call
+Get-ScheduledTask -TaskName $TaskName

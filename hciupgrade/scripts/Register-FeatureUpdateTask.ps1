@@ -5,13 +5,14 @@
     Shipped with hci-upgrade and sent as is; only the parameters below are bound, never text built from input.
     The task runs setup.exe from the extracted 23H2 media (the same local path on every node, as CAU's
     RollingUpgradePlugin requires) with /NoReboot, so the orchestrator decides when the node restarts:
-    Start-ScheduledTask starts it, Get-ScheduledTaskInfo reports LastTaskResult (setup's exit code).
+    -Start (or Start-ScheduledTask) starts it, Get-ScheduledTaskInfo reports LastTaskResult (setup's exit code).
     A task that is already running is left alone, so the call is idempotent.
 #>
 [CmdletBinding()]
 param(
     [Parameter(Mandatory)] [ValidatePattern('^[A-Za-z]:\\')] [string] $SetupPath,
-    [string] $TaskName = 'HciUpgrade-FeatureUpdate'
+    [string] $TaskName = 'HciUpgrade-FeatureUpdate',
+    [switch] $Start
 )
 $ErrorActionPreference = 'Stop'
 $setup = Join-Path -Path $SetupPath -ChildPath 'setup.exe'
@@ -24,4 +25,6 @@ $arguments = '/auto upgrade /quiet /eula accept /dynamicupdate disable /noreboot
 $action = New-ScheduledTaskAction -Execute $setup -Argument $arguments
 $principal = New-ScheduledTaskPrincipal -UserId 'SYSTEM' -LogonType ServiceAccount -RunLevel Highest
 $settings = New-ScheduledTaskSettingsSet -ExecutionTimeLimit (New-TimeSpan -Hours 4) -AllowStartIfOnBatteries
-Register-ScheduledTask -TaskName $TaskName -Action $action -Principal $principal -Settings $settings -Force
+$null = Register-ScheduledTask -TaskName $TaskName -Action $action -Principal $principal -Settings $settings -Force
+if ($Start) { Start-ScheduledTask -TaskName $TaskName }  # -Start: registered and started in one call
+Get-ScheduledTask -TaskName $TaskName

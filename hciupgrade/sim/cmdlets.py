@@ -721,6 +721,8 @@ def packaged(filename: str):
 def register_feature_update_task(inv: Invocation) -> list[Out]:
     name = str(inv.params.get("TaskName") or FEATURE_UPDATE_TASK)
     inv.sim.register_update(inv.node, name, str(inv.params.get("SetupPath", "")), by=inv.caller)
+    if "Start" in inv.params:
+        inv.sim.start_update(inv.node, name, by=inv.caller)
     return [scheduled_task(inv, name)]
 
 
@@ -728,6 +730,8 @@ def register_feature_update_task(inv: Invocation) -> list[Out]:
 def register_cumulative_update_task(inv: Invocation) -> list[Out]:
     name = str(inv.params.get("TaskName") or CUMULATIVE_UPDATE_TASK)
     inv.sim.register_update(inv.node, name, str(inv.params.get("PackagePath", "")), by=inv.caller)
+    if "Start" in inv.params:
+        inv.sim.start_update(inv.node, name, by=inv.caller)
     return [scheduled_task(inv, name)]
 
 
