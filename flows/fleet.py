@@ -17,6 +17,7 @@ from prefect import flow, get_client, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.concurrency.sync import concurrency
 
+from flows.heap import freeze_startup_heap
 from flows.locking import embedded
 from flows.rolling_upgrade import rolling_upgrade
 from hciupgrade.fleet import NodeEstimate, Wave, WindowFit, fleet_plan, until_open, window_fit
@@ -109,6 +110,7 @@ def fleet_upgrade(inventory: str, tags: list[str] | None = None, options: RunOpt
     """Upgrade the clusters of a fleet inventory selected by `tags` (key=value) and `clusters` (names) in waves.
     `cluster_deployment` (server mode): the rolling-upgrade deployment each cluster runs as, e.g.
     "rolling-upgrade/rolling-upgrade-fleet"."""
+    freeze_startup_heap()
     logger = get_run_logger()
     fleet = load_inventory(inventory)
     options = options or RunOptions()

@@ -15,6 +15,7 @@ from prefect.artifacts import (
 )
 from prefect.states import Completed, Failed
 
+from flows.heap import freeze_startup_heap
 from flows.locking import cluster_lock, embedded, narrate_to_run_log, run_name
 from hciupgrade.clock import ClusterClock
 from hciupgrade.cluster import ClusterClient
@@ -72,6 +73,7 @@ def run_engine(engine: RollingUpgrade, client: ClusterClient, *, dry_run: bool =
 @flow(name="rolling-upgrade", flow_run_name=run_name("upgrade"), log_prints=True)
 def rolling_upgrade(inventory: str, cluster: str | None = None, options: RunOptions | None = None,
                     run_id: str | None = None, dry_run: bool = False) -> dict:
+    freeze_startup_heap()
     options = options or RunOptions()
     target = load_inventory(inventory).cluster(cluster)
     options.check_against(target)  # before anything connects

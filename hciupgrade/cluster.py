@@ -32,6 +32,7 @@ CUMULATIVE_UPDATE_TASK = "HciUpgrade-CumulativeUpdate"
 CURRENT_VERSION_KEY = r"HKLM:\SOFTWARE\Microsoft\Windows NT\CurrentVersion"
 # Our mark on a node we paused (Suspend-NodeForUpgrade.ps1 writes it, Resume-NodeAfterUpgrade.ps1 removes it)
 MARKER_KEY = r"HKLM:\SOFTWARE\hci-upgrade"
+CURRENT_VERSION_LEAF, MARKER_LEAF = "currentversion", "hci-upgrade"  # each key's PSChildName, lower case
 SCHED_S_TASK_RUNNING = 0x41301
 # What a failover-cluster cmdlet answers on a node whose cluster service is down or starting: ask another node
 CLUSTER_SERVICE_DOWN = ("ClusterEndpointNotRegistered", "ClusterRpcConnection")
@@ -264,6 +265,18 @@ class ClusterClient:
         if only_not_found(result, node, call, PATH_NOT_FOUND):
             return None
         return result.objects[0]
+
+    def build_and_mark(self, node: str) -> tuple[str, dict[str, Any] | None]:
+        """`os_build` and `pause_mark` in one call: Get-ItemProperty with both keys (-Path takes several); each
+        object is told by its PSChildName, and a missing mark is its PathNotFound error."""
+        call = Cmdlet("Get-ItemProperty", {"Path": (CURRENT_VERSION_KEY, MARKER_KEY)})
+        result = self.session(node).run(call)
+        keys = {str(o.get("PSChildName")).lower(): o for o in result.objects if isinstance(o, dict)}
+        version = keys.get(CURRENT_VERSION_LEAF)
+        if version is None or any(e.error_id != PATH_NOT_FOUND for e in result.errors):
+            raise CmdletFailed(node, str(call), result.errors or [
+                ErrorInfo("the call returned no CurrentVersion key", "NoObjectReturned", terminating=True)])
+        return f"10.0.{version['CurrentBuildNumber']}.{version['UBR']}", keys.get(MARKER_LEAF)
 
     # --- changes ---------------------------------------------------------------------------------------------
     def cau_run_state(self) -> str:

@@ -99,6 +99,7 @@ class RollingUpgrade:
     cancelled: RunOutcome | None = None  # the outcome recorded when the run was cancelled
     window_ended: bool = False
     attempts: dict[str, int] = field(default_factory=dict)  # node -> its current attempt (task runs say which)
+    last_step: str | None = None  # the step run last (a recovery counts as one)
 
     def __post_init__(self) -> None:
         self.steps.note = lambda node, text: self.recorder.emit(node, "note", "info", detail=text) and None
@@ -108,39 +109,57 @@ class RollingUpgrade:
         return Mode.UPGRADE if self.options.restart_only is None else Mode.RESTART
 
     def step(self, name: str, node: str) -> Any:
+        self.last_step = name
         if self.run_step is not None:
             return self.run_step(name, node)
         return perform(self, name, node)
 
     # --- what a node is and needs -------------------------------------------------------------------------
-    def facts(self, node: str) -> NodeFacts:
-        """The node's position facts, read live: its build, the cluster's view of it, our mark on it."""
-        try:
-            build: str | None = self.client.os_build(node)
-            reachable = True
-        except NodeUnreachable:
-            build, reachable = None, False
-        try:
-            state: NodeState | None = self.client.node_info(node).state
-        except RemoteError:
-            state = None
-        mark: dict[str, Any] | None = None
-        marked: bool | None = None
-        if reachable:
-            try:
-                mark = self.client.pause_mark(node)
-                marked = bool(mark) and str(mark.get("PausedByRun")) == self.owned.get(node)
-            except NodeUnreachable:
-                reachable = False
+    def facts(self, node: str, pre: Preflight | None = None) -> NodeFacts:
+        """The node's position facts: its build, the cluster's view of it, our mark on it. Read live; or, for the
+        plan, taken from the preflight's reads of a moment ago (`pre`)."""
+        known = pre is not None and bool(pre.nodes)
+        build, reachable, state, mark = self._known(node, pre) if known and pre is not None else self._read(node)
+        marked = (bool(mark) and str(mark.get("PausedByRun")) == self.owned.get(node)) if reachable else None
         if self.mode == Mode.RESTART:
             on_target = node.lower() not in {n.lower() for n in self.options.restart_only or []}
         else:
             on_target = build is not None and self.options.build_reached(build)
         settled = True
         if on_target and state == NodeState.Up and not self.owned:  # a node of ours away is finished first
-            settled = not repair_running(ClusterSnapshot((), (), tuple(self.client.storage_jobs()), None))
+            jobs = pre.snapshot.jobs if known and pre is not None and pre.snapshot is not None else \
+                tuple(self.client.storage_jobs())
+            settled = not repair_running(ClusterSnapshot((), (), jobs, None))
         return NodeFacts(node, state, reachable, on_target, node in self.owned, marked, settled, held_by(mark),
                          build)
+
+    def _read(self, node: str) -> tuple[str | None, bool, NodeState | None, dict[str, Any] | None]:
+        """(build, reachable, state, mark), live: build and mark from the node itself in one call, its state from
+        the cluster."""
+        try:
+            build, mark = self.client.build_and_mark(node)
+            reachable = True
+        except NodeUnreachable:
+            build, mark, reachable = None, None, False
+        try:
+            state: NodeState | None = self.client.node_info(node).state
+        except RemoteError:
+            state = None
+        return build, reachable, state, mark
+
+    def _known(self, node: str, pre: Preflight) -> tuple[str | None, bool, NodeState | None, dict[str, Any] | None]:
+        """(build, reachable, state, mark) from the preflight's reads; the mark is read only where it can matter
+        (a node that is not Up, or one a run of ours paused)."""
+        build, reachable = pre.builds.get(node), pre.reachable.get(node, False)
+        info = next((n for n in pre.nodes if n.name.lower() == node.lower()), None)
+        state = info.state if info is not None else None
+        mark = None
+        if reachable and (node in self.owned or state != NodeState.Up):
+            try:
+                mark = self.client.pause_mark(node)
+            except NodeUnreachable:
+                reachable = False
+        return build, reachable, state, mark
 
     # --- before anything changes ----------------------------------------------------------------------------
     def reconcile(self) -> None:
@@ -176,7 +195,8 @@ class RollingUpgrade:
                 f"found {facts.state.name if facts.state else 'unknown'} without our mark: paused by {facts.held_by}"
             self.recorder.emit(node, "ownership", "released", reason=reason)
 
-    def plan(self) -> list[PlannedNode]:
+    def plan(self, pre: Preflight | None = None) -> list[PlannedNode]:
+        """Each node's position and the steps it needs, from the preflight's reads (`pre`) or read live."""
         names = list(self.client.sessions)
         if self.options.node_order:
             known = {n.lower(): n for n in names}
@@ -190,7 +210,7 @@ class RollingUpgrade:
             order = sorted(names, key=lambda n: (roles.get(n, 0), names.index(n)))
         order = [n for n in order if n in self.owned] + [n for n in order if n not in self.owned]  # ours first
         planned = []
-        read = self.client.each(self.facts, order)  # every node at once
+        read = self.client.each(lambda node: self.facts(node, pre), order)  # what is left to read: at once
         for node in order:
             facts = read[node]
             if isinstance(facts, RemoteError):
@@ -226,7 +246,7 @@ class RollingUpgrade:
                 self.recorder.emit(None, "preflight", "succeeded" if f.ok else "failed", check=f.check,
                                    detail=f.detail, blocking=f.blocking)
             try:  # a blocked run still shows its plan (the dry run), when the cluster answers for one
-                pre.plan = self.run_phase("plan", self.plan)
+                pre.plan = self.run_phase("plan", lambda: self.plan(pre))
             except RemoteError:
                 if not pre.blocked:
                     raise
@@ -307,7 +327,11 @@ class RollingUpgrade:
                                   f"({', '.join(failed)}), {allowed} allowed; last: {outcome.error}")
             self.progress(0.99 * (index + 1) / len(plan))  # 100% only for a run that ends upgraded
         # the run ends with healthy storage, also when every node was done already (a rerun after a crash
-        # during the last resync)
+        # during the last resync); a last step that waited for exactly that has shown it already
+        if self.last_step == "wait-storage":
+            if not failed:
+                self.progress(1.0)
+            return
         try:
             with self.recorder.phase(None, "settle"):
                 self.steps.wait_storage("cluster", settled=True)
@@ -409,6 +433,7 @@ class RollingUpgrade:
                            build_before=outcome.build_before, left_paused=outcome.left_paused)
 
     def _recover(self, node: str) -> bool:
+        self.last_step = "recover"
         return self.run_phase(f"recover-{node}", lambda: self.recover(node)) if node in self.owned else True
 
     def recover(self, node: str) -> bool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from hciupgrade.cluster import ClusterClient, NodeInfo
+from hciupgrade.cluster import ClusterClient, ClusterSnapshot, NodeInfo
 from hciupgrade.gates import storage_busy
 from hciupgrade.models import RunOptions
 from hciupgrade.positions import held_by
@@ -52,6 +52,8 @@ class Preflight:
     plan: list[PlannedNode] = field(default_factory=list)
     nodes: list[NodeInfo] = field(default_factory=list)
     reachable: dict[str, bool] = field(default_factory=dict)
+    builds: dict[str, str] = field(default_factory=dict)  # each reachable node's OS build
+    snapshot: ClusterSnapshot | None = None  # storage as the preflight read it
 
     @property
     def blocked(self) -> bool:
@@ -65,7 +67,7 @@ def check(client: ClusterClient, options: RunOptions, owned: set[str]) -> Prefli
     """Every preflight check, the scan and the facts the plan needs. Reads only."""
     pre = Preflight()
     add = pre.findings.append
-    builds: dict[str, str] = {}
+    builds = pre.builds
     # one registry read a node, all at once: it answers on WinRM, and its build for the scan
     for name, build in client.each(client.os_build).items():
         if isinstance(build, NodeUnreachable):
@@ -99,7 +101,7 @@ def check(client: ClusterClient, options: RunOptions, owned: set[str]) -> Prefli
                                              " (finish it, or recover with Invoke-CauRun -ForceRecovery -Force)")))
     except RemoteError as e:
         add(Finding("no CAU run in progress", False, f"Get-CauRun failed: {e}"))
-    snapshot = client.snapshot()
+    snapshot = pre.snapshot = client.snapshot()
     busy = storage_busy(snapshot)
     ours_away = any(n.state != NodeState.Up and n.name in owned for n in pre.nodes)
     repairing = any("storage job" in b for b in busy)

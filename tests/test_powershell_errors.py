@@ -14,7 +14,7 @@ from pydantic import SecretStr
 from pypsrp.messages import PipelineState
 from pypsrp.serializer import ObjectMeta, Serializer
 
-from hciupgrade.cluster import FEATURE, FEATURE_UPDATE_TASK, ClusterClient
+from hciupgrade.cluster import CURRENT_VERSION_KEY, FEATURE, FEATURE_UPDATE_TASK, HEALTH, ClusterClient
 from hciupgrade.psenums import HealthStatus, JobState, NodeState
 from hciupgrade.remote import Cmdlet, CmdletFailed, ErrorInfo, NodeSession
 from hciupgrade.remote.session import error_info
@@ -91,6 +91,21 @@ def test_registry_and_service_errors_are_non_terminating(cluster):
     assert all(not e.terminating for r in (missing_key, missing_value, set_missing) for e in r.errors)
 
 
+def test_several_keys_in_one_read_come_back_as_powershell_sends_them(cluster):
+    """Get-ItemProperty -Path takes a string[]: an object per key that exists, a PathNotFound error per key that
+    does not; the production code reads a node's build and our mark in that one call."""
+    s = session(cluster)
+    both = s.run(Cmdlet("Get-ItemProperty", {"Path": (CURRENT_VERSION_KEY, r"HKLM:\SOFTWARE\Contoso")}))
+    assert [o["PSChildName"] for o in both.objects] == ["CurrentVersion"]
+    assert [e.error_id for e in both.errors] == ["PathNotFound"] and not both.errors[0].terminating
+    c = client(cluster)
+    assert c.build_and_mark("node1") == (c.os_build("node1"), None)
+    with cluster.sim.lock:
+        cluster.sim.mark_pause("node1", {"PausedByRun": "run-1", "PausedBy": "CORP\\op", "PausedAt": "now"}, by="t")
+    build, mark = c.build_and_mark("node1")
+    assert build.startswith("10.0.20349.") and mark["PausedByRun"] == "run-1" and mark == c.pause_mark("node1")
+
+
 def test_the_production_code_reads_a_missing_task_as_missing_not_as_an_index_error(cluster):
     c = client(cluster)
     assert c.update_status("node1", FEATURE) is None
@@ -120,6 +135,12 @@ def test_a_node_without_its_cluster_service_answers_with_the_real_error_and_othe
         c = client(harness)
         c.sessions = {"node1": c.sessions["node1"], "node2": c.sessions["node2"], "node3": c.sessions["node3"]}
         assert [n.name for n in c.nodes()] == ["node1", "node2", "node3"]  # node2 answered for the cluster
+        with pytest.raises(CmdletFailed) as script:  # the health script fails there as Get-ClusterNode does
+            session(harness).run(HEALTH)
+        assert script.value.has_error_id(kind)
+        snapshot = c.snapshot(on="node1")  # asked of node1 (it answers on WinRM); another node answers for it
+        assert snapshot.node("node1").state == NodeState.Joining and len(snapshot.disks) > 0
+        assert snapshot.pool is not None and snapshot.pool.health == HealthStatus.Healthy
 
 
 def test_a_degraded_space_is_recognised_from_its_text_as_well_as_its_hresult():

@@ -603,7 +603,13 @@ def registry_values(inv: Invocation, path: str) -> dict[str, Any] | None:
 
 @cmdlet("Get-ItemProperty", "Path Name LiteralPath", positional=("Path", "Name"))
 def get_item_property(inv: Invocation) -> list[Out]:
-    path = str(inv.params.get("Path") or inv.params.get("LiteralPath") or "")
+    """-Path is a string[]: an object per key that exists, in order, and a PathNotFound error per key that
+    does not."""
+    paths = inv.params.get("Path") or inv.params.get("LiteralPath") or ""
+    return [out for path in (paths if isinstance(paths, list) else [paths]) for out in _item_property(inv, str(path))]
+
+
+def _item_property(inv: Invocation, path: str) -> list[Out]:
     values = registry_values(inv, path)
     if values is None:
         path_not_found(inv, path)

@@ -1,0 +1,49 @@
+"""How often a long wait asks the cluster, and how late it sees the end: on a virtual clock, so the figures are
+cluster seconds, exact, and free of this machine's timing."""
+
+from __future__ import annotations
+
+from hciupgrade.clock import ClusterClock
+
+
+class VirtualClock(ClusterClock):
+    def __init__(self) -> None:
+        super().__init__(1.0)
+        self.t = 0.0
+
+    def now(self) -> float:
+        return self.t
+
+    def sleep(self, cluster_seconds: float) -> None:
+        self.t += max(0.0, cluster_seconds)
+
+
+def wait(ends_at: float, expected: float | None = None) -> tuple[float, int]:
+    """(how late the end was seen, how many probes) for a wait that ends `ends_at` cluster seconds in."""
+    clock, probes = VirtualClock(), [0]
+
+    def probe() -> bool:
+        probes[0] += 1
+        return clock.t >= ends_at
+
+    assert clock.wait_for(probe, timeout=4 * 3600, poll=15, max_poll=60, expected=expected)
+    return clock.t - ends_at, probes[0]
+
+
+def test_a_long_wait_backs_off_to_one_probe_a_minute():
+    late, probes = wait(ends_at=3600 + 7)  # a setup of an hour
+    assert late <= 60 and probes < 100  # not 240 probes at 15 s
+
+
+def test_a_wait_that_took_as_long_on_the_last_node_sees_its_end_within_a_poll():
+    for ends_at in (3300, 3600 + 7, 4200, 5300):  # this node's setup: a little faster, or up to half slower
+        late, probes = wait(ends_at, expected=3600)
+        assert late <= 15, ends_at
+        assert probes < ends_at / 15, ends_at  # fewer than polling every 15 s from the start
+    far_off, _ = wait(ends_at=9000, expected=3600)  # much slower than the last node: back off again
+    assert far_off <= 60
+
+
+def test_a_short_wait_is_seen_within_its_first_polls():
+    late, probes = wait(ends_at=20)  # a drain of 20 s
+    assert late <= 15 and probes <= 3
