@@ -13,12 +13,12 @@ _lock = threading.Lock()
 
 
 def freeze_startup_heap() -> None:
-    """Once a process: collect what start-up left behind, then freeze the rest. Later calls do nothing, so a
-    fleet's subflows (threads of one process) and a worker's flow runs share the one freeze."""
+    """Once a process; later calls do nothing, so a fleet's subflows (threads of one process) share the one
+    freeze. No collection first: it would cost the run the very pause this avoids; what start-up left as cyclic
+    garbage stays, once (a few MB at most)."""
     global _frozen
     with _lock:
         if _frozen:
             return
         _frozen = True
-        gc.collect()  # garbage frozen now would never be collected
         gc.freeze()

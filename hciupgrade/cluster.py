@@ -348,7 +348,8 @@ class ClusterClient:
             self.session(node).run(Cmdlet("Restart-Computer", {"Force": SWITCH}), timeout=60)
         except NodeUnreachable:
             pass
-        self.session(node).reset()
+        # the restart ends the node's shells; closing ours would only wait on a node on its way down
+        self.session(node).reset(graceful=False)
 
     # --- the post-OS steps -----------------------------------------------------------------------------------
     def functional_level(self) -> int:
