@@ -70,7 +70,7 @@ class Killable:
             self.operator.before(call)
         return self.session.run(call, timeout=timeout)
 
-    def reset(self) -> None:
+    def reset(self, *, graceful: bool = True) -> None:
         pass
 
     close = reset

@@ -62,7 +62,7 @@ class Session:
             raise
         return result
 
-    def reset(self) -> None:
+    def reset(self, *, graceful: bool = True) -> None:
         pass
 
     close = reset

@@ -27,7 +27,7 @@ class InProcessSession:
         self.call_seconds: list[float] = []
         self._serializer = Serializer()
 
-    def reset(self) -> None:
+    def reset(self, *, graceful: bool = True) -> None:
         pass
 
     close = reset
