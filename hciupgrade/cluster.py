@@ -129,6 +129,11 @@ def only_not_found(result: Result, node: str, call: Call, error_id: str) -> bool
     return True
 
 
+def _build(current_version: dict[str, Any]) -> str:
+    """10.0.<CurrentBuildNumber>.<UBR> from the CurrentVersion key's values (reference/domain.md §4.2)."""
+    return f"10.0.{current_version['CurrentBuildNumber']}.{current_version['UBR']}"
+
+
 def _job(obj: dict[str, Any]) -> JobInfo:
     return JobInfo(obj["Name"], parse(JobState, obj["JobState"]), int(obj.get("PercentComplete") or 0),
                    int(obj.get("BytesProcessed") or 0), int(obj.get("BytesTotal") or 0))
@@ -247,8 +252,7 @@ class ClusterClient:
     def os_build(self, node: str, *, timeout: float | None = None) -> str:
         """10.0.<CurrentBuildNumber>.<UBR> from the node's registry (reference/domain.md §4.2)."""
         call = Cmdlet("Get-ItemProperty", {"Path": CURRENT_VERSION_KEY, **STOP})
-        obj = first(self.session(node).run(call, timeout=timeout), node, call)
-        return f"10.0.{obj['CurrentBuildNumber']}.{obj['UBR']}"
+        return _build(first(self.session(node).run(call, timeout=timeout), node, call))
 
     def reachable(self, node: str) -> bool:
         """Whether the node answers on WinRM (a registry read: it needs no cluster service)."""
@@ -266,17 +270,17 @@ class ClusterClient:
             return None
         return result.objects[0]
 
-    def build_and_mark(self, node: str) -> tuple[str, dict[str, Any] | None]:
+    def build_and_mark(self, node: str, *, timeout: float | None = None) -> tuple[str, dict[str, Any] | None]:
         """`os_build` and `pause_mark` in one call: Get-ItemProperty with both keys (-Path takes several); each
         object is told by its PSChildName, and a missing mark is its PathNotFound error."""
         call = Cmdlet("Get-ItemProperty", {"Path": (CURRENT_VERSION_KEY, MARKER_KEY)})
-        result = self.session(node).run(call)
+        result = self.session(node).run(call, timeout=timeout)
         keys = {str(o.get("PSChildName")).lower(): o for o in result.objects if isinstance(o, dict)}
         version = keys.get(CURRENT_VERSION_LEAF)
         if version is None or any(e.error_id != PATH_NOT_FOUND for e in result.errors):
             raise CmdletFailed(node, str(call), result.errors or [
                 ErrorInfo("the call returned no CurrentVersion key", "NoObjectReturned", terminating=True)])
-        return f"10.0.{version['CurrentBuildNumber']}.{version['UBR']}", keys.get(MARKER_LEAF)
+        return _build(version), keys.get(MARKER_LEAF)
 
     # --- changes ---------------------------------------------------------------------------------------------
     def cau_run_state(self) -> str:
@@ -321,9 +325,6 @@ class ClusterClient:
         if start:
             params["Start"] = SWITCH
         self.session(node).run(PackagedScript(kind.script, params))
-
-    def start_update(self, node: str, kind: UpdateKind) -> None:
-        self.session(node).run(Cmdlet("Start-ScheduledTask", {"TaskName": kind.task, **STOP}))
 
     def stop_update(self, node: str, kind: UpdateKind) -> None:
         self.session(node).run(Cmdlet("Stop-ScheduledTask", {"TaskName": kind.task, **STOP}))

@@ -118,8 +118,8 @@ class RollingUpgrade:
     def facts(self, node: str, pre: Preflight | None = None) -> NodeFacts:
         """The node's position facts: its build, the cluster's view of it, our mark on it. Read live; or, for the
         plan, taken from the preflight's reads of a moment ago (`pre`)."""
-        known = pre is not None and bool(pre.nodes)
-        build, reachable, state, mark = self._known(node, pre) if known and pre is not None else self._read(node)
+        known = pre if pre is not None and pre.nodes else None
+        build, reachable, state, mark = self._known(node, known) if known else self._read(node)
         marked = (bool(mark) and str(mark.get("PausedByRun")) == self.owned.get(node)) if reachable else None
         if self.mode == Mode.RESTART:
             on_target = node.lower() not in {n.lower() for n in self.options.restart_only or []}
@@ -127,8 +127,7 @@ class RollingUpgrade:
             on_target = build is not None and self.options.build_reached(build)
         settled = True
         if on_target and state == NodeState.Up and not self.owned:  # a node of ours away is finished first
-            jobs = pre.snapshot.jobs if known and pre is not None and pre.snapshot is not None else \
-                tuple(self.client.storage_jobs())
+            jobs = known.snapshot.jobs if known and known.snapshot else tuple(self.client.storage_jobs())
             settled = not repair_running(ClusterSnapshot((), (), jobs, None))
         return NodeFacts(node, state, reachable, on_target, node in self.owned, marked, settled, held_by(mark),
                          build)
@@ -444,10 +443,11 @@ class RollingUpgrade:
             return True
         try:
             info = self.client.node_info(node)
-            if not self.client.reachable(node):
+            try:  # one read of the node: it answers on WinRM, and the mark it carries
+                _, found = self.client.build_and_mark(node, timeout=30)
+            except NodeUnreachable:
                 self.swallowed[node] = "it does not answer on WinRM"
                 return False
-            found = self.client.pause_mark(node)
             if not found or str(found.get("PausedByRun")) != mark:  # our pause never landed
                 del self.owned[node]
                 self.recorder.emit(node, "ownership", "released",

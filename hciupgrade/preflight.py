@@ -81,8 +81,9 @@ def check(client: ClusterClient, options: RunOptions, owned: set[str]) -> Prefli
     add(Finding("nodes reachable", not down,
                 "every node answers on WinRM" if not down else f"no answer from {', '.join(down)}",
                 blocking=options.require_all_nodes_online))
-    try:
-        pre.nodes = client.nodes()
+    try:  # nodes, disks, jobs and pool in one read: the nodes' findings and the storage finding below
+        pre.snapshot = client.snapshot()
+        pre.nodes = list(pre.snapshot.nodes)
     except NodeUnreachable as e:
         add(Finding("cluster", False, str(e)))
         return pre
@@ -101,8 +102,7 @@ def check(client: ClusterClient, options: RunOptions, owned: set[str]) -> Prefli
                                              " (finish it, or recover with Invoke-CauRun -ForceRecovery -Force)")))
     except RemoteError as e:
         add(Finding("no CAU run in progress", False, f"Get-CauRun failed: {e}"))
-    snapshot = pre.snapshot = client.snapshot()
-    busy = storage_busy(snapshot)
+    busy = storage_busy(pre.snapshot)
     ours_away = any(n.state != NodeState.Up and n.name in owned for n in pre.nodes)
     repairing = any("storage job" in b for b in busy)
     add(Finding("storage healthy", not busy, "pool and every virtual disk Healthy" if not busy else "; ".join(busy),

@@ -723,22 +723,23 @@ def packaged(filename: str):
     return register
 
 
-@packaged("Register-FeatureUpdateTask.ps1")
-def register_feature_update_task(inv: Invocation) -> list[Out]:
-    name = str(inv.params.get("TaskName") or FEATURE_UPDATE_TASK)
-    inv.sim.register_update(inv.node, name, str(inv.params.get("SetupPath", "")), by=inv.caller)
+def _register_update_task(inv: Invocation, default_task: str, path_parameter: str) -> list[Out]:
+    """Either Register-*UpdateTask.ps1: the task registered (a running one left alone), started with -Start."""
+    name = str(inv.params.get("TaskName") or default_task)
+    inv.sim.register_update(inv.node, name, str(inv.params.get(path_parameter, "")), by=inv.caller)
     if "Start" in inv.params:
         inv.sim.start_update(inv.node, name, by=inv.caller)
     return [scheduled_task(inv, name)]
+
+
+@packaged("Register-FeatureUpdateTask.ps1")
+def register_feature_update_task(inv: Invocation) -> list[Out]:
+    return _register_update_task(inv, FEATURE_UPDATE_TASK, "SetupPath")
 
 
 @packaged("Register-CumulativeUpdateTask.ps1")
 def register_cumulative_update_task(inv: Invocation) -> list[Out]:
-    name = str(inv.params.get("TaskName") or CUMULATIVE_UPDATE_TASK)
-    inv.sim.register_update(inv.node, name, str(inv.params.get("PackagePath", "")), by=inv.caller)
-    if "Start" in inv.params:
-        inv.sim.start_update(inv.node, name, by=inv.caller)
-    return [scheduled_task(inv, name)]
+    return _register_update_task(inv, CUMULATIVE_UPDATE_TASK, "PackagePath")
 
 
 def invoke_script(sim: SimCluster, node: str, caller: str, text: str, raw: list[tuple[str | None, Any]],
