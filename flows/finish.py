@@ -9,6 +9,8 @@ Either way the approval (who, why, which steps, where) is in the run record and 
 
 from __future__ import annotations
 
+from functools import partial
+
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.flow_runs import pause_flow_run
@@ -83,7 +85,8 @@ def post_upgrade(inventory: str, cluster: str | None = None, options: RunOptions
         return run_engine(*prefect_engine(target, restart_options)).succeeded
 
     try:
-        with cluster_lock(target.name, lease_seconds=options.lock_lease_seconds):
+        with cluster_lock(target.name, lease_seconds=options.lock_lease_seconds) as held:
+            client.own(recorder.run_id, partial(recorder.store.next_fence, target.name), held)
             approve = ask_in_the_ui(options.approval_timeout_minutes) if wait_for_approval else given
             outcome = PostUpgrade(client, options, recorder, approve, restart).run()
     finally:

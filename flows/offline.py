@@ -5,6 +5,7 @@ is a task run, submitted at once (Prefect's task concurrency), under the cluster
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -75,7 +76,8 @@ def offline_upgrade(inventory: str, cluster: str | None = None, options: RunOpti
                   steps=approval.steps, source=approval.source)
     client = ClusterClient(target, target.credential.resolve(secret_block=load_secret))
     try:
-        with cluster_lock(target.name, lease_seconds=options.lock_lease_seconds):
+        with cluster_lock(target.name, lease_seconds=options.lock_lease_seconds) as held:
+            client.own(recorder.run_id, partial(recorder.store.next_fence, target.name), held)
             outcome = OfflineUpgrade(client, options, recorder, ClusterClock(target.time_factor),
                                      prefect_parallel(recorder.run_id)).run()
     finally:

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 from pydantic import SecretStr
 
 from hciupgrade.models import ClusterInventory
+from hciupgrade.ownership import FENCE_KEY, FENCED_OUT, Held, LostOwnership, Owner
 from hciupgrade.psenums import DrainStatus, HealthStatus, JobState, NodeState, ScheduledTaskState, parse
 from hciupgrade.remote import (
     SWITCH,
@@ -42,6 +43,7 @@ STOP = {"ErrorAction": "Stop"}  # where the code relies on a failure being termi
 MAX_PARALLEL = 16  # nodes read at once (a cluster has at most 16)
 T = TypeVar("T")
 HEALTH = PackagedScript("Get-ClusterHealth.ps1")  # nodes, virtual disks, storage jobs, pool: one round trip
+OWNED_COMMAND = "Invoke-OwnedCommand.ps1"  # one cmdlet that changes something, after the ownership proof
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,7 @@ class ClusterSnapshot:
         return next(n for n in self.nodes if n.name.lower() == name.lower())
 
 
-def first(result: Result, node: str, call: Call) -> Any:
+def first(result: Result, node: str, call: Call | str) -> Any:
     """The call's first object; a call that wrote none fails with the errors it wrote (never an IndexError)."""
     if result.objects:
         return result.objects[0]
@@ -160,6 +162,7 @@ class ClusterClient:
         """`sessions` replaces the pypsrp sessions (the simulator's in-process ones, for property tests)."""
         self.name = inventory.name
         self.inventory = inventory
+        self.owner: Owner | None = None  # set while a run owns the cluster: every change carries its proof
         self.sessions = sessions or {
             n.name: NodeSession(n, inventory.transport, inventory.credential.username, password)
             for n in inventory.nodes}
@@ -208,6 +211,65 @@ class ClusterClient:
                     raise
                 last = e
         raise NodeUnreachable(self.name, f"no node of the cluster answered ({last})")
+
+    # --- changes carry their owner's proof (hciupgrade/ownership.py) -------------------------------------------
+    def _owned(self, filename: str, parameters: dict[str, Any], *, marked: bool = False) -> PackagedScript:
+        """An owned script's call: the lease checked now, the run id and fence bound for the node to check."""
+        if self.owner is None:
+            raise LostOwnership(f"{self.name}: no run owns the cluster here; a change needs the cluster's lock")
+        self.owner.check()
+        return PackagedScript(filename, {**parameters, **self.owner.parameters(marked=marked)})
+
+    def act(self, node: str, filename: str, parameters: dict[str, Any], *, marked: bool = False,
+            timeout: float | None = None) -> Result:
+        """Run an owned script on `node`; a node holding a newer run's fence refuses it (LostOwnership)."""
+        call = self._owned(filename, parameters, marked=marked)
+        try:
+            return self.session(node).run(call, timeout=timeout)
+        except CmdletFailed as e:
+            if e.has_error_id(FENCED_OUT):
+                raise LostOwnership(f"{node}: {e.errors[0].message}") from None
+            raise
+
+    def act_on_cluster(self, command: str, parameters: dict[str, Any], exclude: str | None = None) -> Result:
+        """An owned cmdlet that changes the cluster, run on the first node that answers for it."""
+        try:
+            return self.ask(self._owned(OWNED_COMMAND, {"Command": command, **parameters}), exclude)
+        except CmdletFailed as e:
+            if e.has_error_id(FENCED_OUT):
+                raise LostOwnership(f"{self.name}: {e.errors[0].message}") from None
+            raise
+
+    def node_fence(self, node: str) -> int:
+        """The newest fence the node was shown by a run of ours (0 when none)."""
+        from hciupgrade.ownership import fence_of
+
+        call = Cmdlet("Get-ItemProperty", {"Path": FENCE_KEY})
+        result = self.session(node).run(call)
+        if only_not_found(result, node, call, PATH_NOT_FOUND):
+            return 0
+        return fence_of(result.objects[0])
+
+    def own(self, run_id: str, next_fence: Callable[[int], int], held: Held | None = None, *,
+            take_over: dict[str, str] | None = None) -> dict[str, dict[str, Any] | None | RemoteError]:
+        """Take the cluster for a run that holds its lock: a fence newer than any the nodes hold (`next_fence`
+        gives one at least as high as its argument, and higher than any it gave before), shown to every node that
+        answers, each node in `take_over` taken from the dead run named. From here on every change carries the
+        proof. Returns each node's mark as it is now (a RemoteError for a node that did not answer)."""
+        held = held or Held()
+        if held.fence is None:
+            seen = self.each(self.node_fence)
+            held.fence = next_fence(max((v for v in seen.values() if isinstance(v, int)), default=0) + 1)
+        self.owner = Owner(run_id, held.fence, held.check)
+        take_over = take_over or {}
+        return self.each(lambda node: self.claim(node, take_over.get(node)))
+
+    def claim(self, node: str, take_over: str | None = None) -> dict[str, Any] | None:
+        """Show the node this run's fence (Set-UpgradeOwner.ps1); with `take_over`, a dead run's mark becomes
+        ours. Returns the node's mark as it is now."""
+        result = self.act(node, "Set-UpgradeOwner.ps1", {"TakeOver": take_over} if take_over else {})
+        keys = {str(o.get("PSChildName")).lower(): o for o in result.objects if isinstance(o, dict)}
+        return keys.get(MARKER_LEAF)
 
     # --- reads ---------------------------------------------------------------------------------------------
     def nodes(self, exclude: str | None = None) -> list[NodeInfo]:
@@ -299,35 +361,37 @@ class ClusterClient:
         return str(first(self.session(node).run(call), node, call)["Version"])
 
     def run_node_script(self, node: str, path: str, phase: str) -> None:
-        self.session(node).run(PackagedScript("Invoke-NodeScript.ps1", {"Path": path, "Phase": phase}))
+        self.act(node, "Invoke-NodeScript.ps1", {"Path": path, "Phase": phase})
 
-    def pause_for_upgrade(self, node: str, run_id: str, *, force_drain: bool = False) -> NodeInfo:
+    def pause_for_upgrade(self, node: str, *, force_drain: bool = False) -> NodeInfo:
         """Mark the node as ours, then Suspend-ClusterNode -Drain, in one packaged script that refuses a node that
         is not Up (unless the mark is this run's): an operator's pause is never taken over."""
-        params: dict[str, Any] = {"Name": node, "RunId": run_id}
+        params: dict[str, Any] = {"Name": node}
         if force_drain:
             params["ForceDrain"] = SWITCH
-        call = PackagedScript("Suspend-NodeForUpgrade.ps1", params)
-        return NodeInfo.parse(first(self.session(node).run(call), node, call))
+        result = self.act(node, "Suspend-NodeForUpgrade.ps1", params)
+        return NodeInfo.parse(first(result, node, "Suspend-NodeForUpgrade.ps1"))
 
     def node_info(self, node: str) -> NodeInfo:
         """The cluster's view of `node`, asked of another node first."""
         return NodeInfo.parse(self.query(Cmdlet("Get-ClusterNode", {"Name": node}), exclude=node)[0])
 
-    def resume_after_upgrade(self, node: str, run_id: str, failback: str) -> NodeInfo:
+    def resume_after_upgrade(self, node: str, failback: str) -> NodeInfo:
         """Resume-ClusterNode if the node carries this run's mark, then remove the mark; refused otherwise."""
-        call = PackagedScript("Resume-NodeAfterUpgrade.ps1", {"Name": node, "RunId": run_id, "Failback": failback})
-        return NodeInfo.parse(first(self.session(node).run(call), node, call))
+        result = self.act(node, "Resume-NodeAfterUpgrade.ps1", {"Name": node, "Failback": failback})
+        return NodeInfo.parse(first(result, node, "Resume-NodeAfterUpgrade.ps1"))
 
-    def register_update(self, node: str, kind: UpdateKind, path: str, *, start: bool = False) -> None:
-        """Register the update's task (a running one is left alone); with `start`, start it in the same call."""
+    def register_update(self, node: str, kind: UpdateKind, path: str, *, start: bool = False,
+                        marked: bool = True) -> None:
+        """Register the update's task (a running one is left alone); with `start`, start it in the same call.
+        `marked`: the node must carry this run's mark (a rolling upgrade's node; not the offline path's)."""
         params: dict[str, Any] = {kind.path_parameter: path, "TaskName": kind.task}
         if start:
             params["Start"] = SWITCH
-        self.session(node).run(PackagedScript(kind.script, params))
+        self.act(node, kind.script, params, marked=marked)
 
-    def stop_update(self, node: str, kind: UpdateKind) -> None:
-        self.session(node).run(Cmdlet("Stop-ScheduledTask", {"TaskName": kind.task, **STOP}))
+    def stop_update(self, node: str, kind: UpdateKind, *, marked: bool = True) -> None:
+        self.act(node, OWNED_COMMAND, {"Command": "Stop-ScheduledTask", "TaskName": kind.task}, marked=marked)
 
     def update_result(self, node: str, kind: UpdateKind) -> int:
         """The installer's exit code so far: LastTaskResult (0x41301 while the task runs)."""
@@ -343,10 +407,12 @@ class ClusterClient:
             return None
         return parse(ScheduledTaskState, result.objects[0]["State"]), self.update_result(node, kind)
 
-    def restart(self, node: str) -> None:
-        """Restart-Computer -Force. The connection may drop before the answer: that is the restart working."""
+    def restart(self, node: str, *, marked: bool = True) -> None:
+        """Restart-Computer -Force, under this run's mark (`marked`) or its fence alone (the offline path). The
+        connection may drop before the answer: that is the restart working."""
         try:
-            self.session(node).run(Cmdlet("Restart-Computer", {"Force": SWITCH}), timeout=60)
+            self.act(node, OWNED_COMMAND, {"Command": "Restart-Computer", "Force": SWITCH}, marked=marked,
+                     timeout=60)
         except NodeUnreachable:
             pass
         # the restart ends the node's shells; closing ours would only wait on a node on its way down
@@ -362,7 +428,7 @@ class ClusterClient:
 
     def raise_functional_level(self) -> int:
         """Irreversible: Update-ClusterFunctionalLevel -Force (no prompt a remote session could not answer)."""
-        objects = self.query(Cmdlet("Update-ClusterFunctionalLevel", {"Force": SWITCH, **STOP}))
+        objects = self.act_on_cluster("Update-ClusterFunctionalLevel", {"Force": SWITCH}).objects
         return int(objects[0]["ClusterFunctionalLevel"]) if objects else self.functional_level()
 
     def pool(self) -> tuple[str, int]:
@@ -373,7 +439,7 @@ class ClusterClient:
 
     def update_pool(self, name: str) -> None:
         """Irreversible: Update-StoragePool -Confirm:$false."""
-        self.query(Cmdlet("Update-StoragePool", {"FriendlyName": name, "Confirm": False, **STOP}))
+        self.act_on_cluster("Update-StoragePool", {"FriendlyName": name})
 
     def vms(self, node: str) -> list[dict[str, Any]]:
         """The VMs on a node (Get-VM there): Name, State, Version."""
@@ -383,7 +449,7 @@ class ClusterClient:
         """Stop-VM, Start-VM or Update-VMVersion of one VM on its node; a failure is terminating."""
         if cmdlet not in ("Stop-VM", "Start-VM", "Update-VMVersion"):
             raise ValueError(cmdlet)
-        self.session(node).run(Cmdlet(cmdlet, {"Name": vm, **extra, **STOP}))
+        self.act(node, OWNED_COMMAND, {"Command": cmdlet, "Name": vm, **extra})
 
     def storage_replica(self) -> bool:
         """Whether Storage Replica groups exist (Get-SRGroup); a cluster without the feature has none."""
@@ -414,18 +480,18 @@ class ClusterClient:
         return self.query(Cmdlet("Get-ClusterSharedVolume"))
 
     def set_csv(self, name: str, online: bool) -> None:
-        self.query(Cmdlet("Start-ClusterResource" if online else "Stop-ClusterResource", {"Name": name, **STOP}))
+        self.act_on_cluster("Start-ClusterResource" if online else "Stop-ClusterResource", {"Name": name})
 
     def stop_cluster(self) -> None:
         """Stop-Cluster -Force: the cluster service stops on every node; roles, CSVs and the pool go offline."""
-        self.query(Cmdlet("Stop-Cluster", {"Force": SWITCH, **STOP}))
+        self.act_on_cluster("Stop-Cluster", {"Force": SWITCH})
 
     def start_cluster(self, node: str) -> None:
         """Start-Cluster, run on a node and naming it (the cluster name resolves only when the cluster runs)."""
-        self.session(node).run(Cmdlet("Start-Cluster", {"Name": node, **STOP}), timeout=600)
+        self.act(node, OWNED_COMMAND, {"Command": "Start-Cluster", "Name": node}, timeout=600)
 
     def set_cluster_service(self, node: str, startup: str) -> None:
         """Set-Service -Name ClusSvc -StartupType Disabled|Automatic on the node."""
         if startup not in ("Disabled", "Automatic"):
             raise ValueError(startup)
-        self.session(node).run(Cmdlet("Set-Service", {"Name": "ClusSvc", "StartupType": startup, **STOP}))
+        self.act(node, OWNED_COMMAND, {"Command": "Set-Service", "Name": "ClusSvc", "StartupType": startup})

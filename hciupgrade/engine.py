@@ -4,7 +4,9 @@ runner, the cluster lock, the progress sink), so a Prefect flow, a test or a ben
     reconcile with the live cluster and the records: which nodes did a run of ours pause and not release?
         (ours only with both pieces of evidence: our record, and our mark on the node)
     preflight; plan (each node's position and the steps it needs: hciupgrade/positions.py)
-    under the cluster lock, for each node, fewest roles first:
+    under the cluster lock: take a fence newer than any the cluster has seen, show it to every node, and take over
+        the marks of a dead run of ours (every change from now on proves in its own call that this run owns it)
+    for each node, fewest roles first:
         stop if StopAfter has passed; warn once after WarnAfter
         up to MaxRetriesPerNode attempts:
             read the node's position again; skip it, refuse it (paused by someone else, down), or run its steps:
@@ -16,6 +18,8 @@ runner, the cluster lock, the progress sink), so a Prefect flow, a test or a ben
         stop when more nodes failed (or were refused) than MaxFailedNodes allows
 
 A node adopted from a crashed run continues from where its live state says it is; nothing is drained twice.
+A run that loses the cluster (its lease lapsed, a newer run's fence on a node) stops at once and does nothing more
+to it, not even a recovery: the nodes are another run's now (hciupgrade/ownership.py).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from typing import Any
 from hciupgrade.cluster import ClusterClient, ClusterSnapshot
 from hciupgrade.gates import repair_running
 from hciupgrade.models import NodeOutcome, RunOptions, RunOutcome
+from hciupgrade.ownership import Held, LostOwnership
 from hciupgrade.positions import Mode, NodeFacts, Position, decide, held_by, position_of
 from hciupgrade.preflight import PlannedNode, Preflight, check
 from hciupgrade.psenums import NodeState
@@ -38,24 +43,28 @@ from hciupgrade.remote import NodeUnreachable, RemoteError
 from hciupgrade.steps import GateRefused, PausedByOther, StepFailed, Steps, StorageNotHealthy
 from hciupgrade.store import host_id
 
+READS = frozenset({"gate", "gate-adopted", "wait-back", "wait-repair", "wait-storage"})  # steps that change nothing
+
 
 def perform(engine: RollingUpgrade, step: str, node: str) -> Any:
     """Run one step on one node and record it as a phase. The one place a step's name meets its code."""
     steps, recorder, owned = engine.steps, engine.recorder, engine.owned
-    mark = owned.get(node, recorder.run_id)
+    mark = recorder.run_id
     actions: dict[str, Callable[[], Any]] = {
         "gate": lambda: steps.gate(node) and None,
         "gate-adopted": lambda: steps.gate_adopted(node),
         "pre-script": lambda: steps.script(node, "Pre"),
-        "drain": lambda: steps.drain(node, mark) and None,
+        "drain": lambda: steps.drain(node) and None,
         "install": lambda: steps.install(node),
         "reboot": lambda: steps.reboot(node),
         "wait-back": lambda: steps.wait_back(node),
         "wait-repair": lambda: steps.wait_storage(node, settled=False) and None,
-        "resume": lambda: steps.resume(node, mark) and None,
+        "resume": lambda: steps.resume(node) and None,
         "post-script": lambda: steps.script(node, "Post"),
         "wait-storage": lambda: steps.wait_storage(node, settled=True) and None,
     }
+    if step not in READS:
+        engine.take_over(node)  # a dead run's mark still on it (it was away when this run took the cluster)
     if step == "drain" and node not in owned:
         owned[node] = mark  # before the call: an answer lost on the way may hide a pause (the mark tells)
         recorder.emit(node, "ownership", "paused", mark=mark)
@@ -98,6 +107,8 @@ class RollingUpgrade:
     swallowed: dict[str, str] = field(default_factory=dict)  # node -> why a best-effort recovery failed
     cancelled: RunOutcome | None = None  # the outcome recorded when the run was cancelled
     window_ended: bool = False
+    lost: str | None = None  # why this run no longer owns the cluster: it does nothing more to it
+    stale_marks: dict[str, str] = field(default_factory=dict)  # node Up again with a dead run's mark -> that run
     attempts: dict[str, int] = field(default_factory=dict)  # node -> its current attempt (task runs say which)
     last_step: str | None = None  # the step run last (a recovery counts as one)
 
@@ -186,13 +197,47 @@ class RollingUpgrade:
                 continue
             del self.owned[node]
             if facts.state == NodeState.Up and facts.marked_ours:
-                try:  # a mark left on a node that is Up again would make a later pause look like ours
-                    self.client.resume_after_upgrade(node, mark, self.options.failback)
-                except RemoteError as e:
-                    self.swallowed[node] = f"could not remove our stale mark: {e}"
+                # a mark left on a node that is Up again would make a later pause look like ours: removed once
+                # this run owns the cluster (a change needs the lock and the fence)
+                self.stale_marks[node] = mark
             reason = f"found Up (paused by run {mark})" if facts.state == NodeState.Up else \
                 f"found {facts.state.name if facts.state else 'unknown'} without our mark: paused by {facts.held_by}"
             self.recorder.emit(node, "ownership", "released", reason=reason)
+
+    def own(self, held: Held | None) -> None:
+        """Under the lock: a fence newer than any the cluster has seen (the store's count and the nodes' own),
+        shown to every node that answers, a dead run's marks taken over, stale marks of ours removed. From here
+        on every change carries the run's proof (hciupgrade/ownership.py)."""
+        run_id = self.recorder.run_id
+        dead = {node: mark for node, mark in self.owned.items() if mark != run_id}
+        marks = self.client.own(run_id, lambda at_least: self.recorder.store.next_fence(self.client.name,
+                                                                                       at_least=at_least),
+                                held, take_over={**dead, **self.stale_marks})
+        fence = self.client.owner.fence if self.client.owner else None
+        self.recorder.emit(None, "lock", "acquired", fence=fence, lease_id=held.lease_id if held else None)
+        for node, previous in dead.items():
+            mark = marks.get(node)
+            if isinstance(mark, dict) and str(mark.get("PausedByRun")) == run_id:
+                self.owned[node] = run_id
+                self.recorder.emit(node, "ownership", "paused", mark=run_id, taken_over_from=previous, fence=fence)
+        for node in self.stale_marks:
+            try:  # the node is Up: only our mark (taken over above) goes
+                self.client.resume_after_upgrade(node, self.options.failback)
+            except RemoteError as e:
+                self.swallowed[node] = f"could not remove our stale mark: {e}"
+
+    def take_over(self, node: str, *, enlist: bool = False) -> None:
+        """Show the node this run's fence; a node a dead run of ours paused (its mark) becomes this run's. Only
+        where that is still to be done (a node that was away at the start is taken over when it answers)."""
+        run_id = self.recorder.run_id
+        previous = self.owned.get(node)
+        if not enlist and previous in (None, run_id):
+            return
+        mark = self.client.claim(node, take_over=previous if previous not in (None, run_id) else None)
+        if previous not in (None, run_id) and mark and str(mark.get("PausedByRun")) == run_id:
+            self.owned[node] = run_id
+            self.recorder.emit(node, "ownership", "paused", mark=run_id, taken_over_from=previous,
+                               fence=self.client.owner.fence if self.client.owner else None)
 
     def plan(self, pre: Preflight | None = None) -> list[PlannedNode]:
         """Each node's position and the steps it needs, from the preflight's reads (`pre`) or read live."""
@@ -256,11 +301,15 @@ class RollingUpgrade:
             if pre.blocked:
                 raise StopRun("preflight: " + "; ".join(pre.blocking_reasons()))
             if not dry_run:
-                with self.lock():  # taken once for the run (DESIGN: one cluster, one run holding its lock)
+                with self.lock() as held:  # taken once for the run (DESIGN: one cluster, one run holding its lock)
+                    self.own(held)
                     self._upgrade(pre.plan, outcomes, started)
                 failed = [o for o in outcomes.values() if o.counts_as_failed]
                 if failed:  # within MaxFailedNodes the run went on, but the cluster is not upgraded
                     raise StopRun("PartiallyFailed: " + "; ".join(o.error or o.node for o in failed))
+        except LostOwnership as e:
+            self.lost = str(e)
+            failure = f"LostOwnership: {e}: this run does nothing more to {self.client.name}"
         except WindowEnded as stop:
             failure, self.window_ended = str(stop), True
         except StopRun as stop:
@@ -274,7 +323,10 @@ class RollingUpgrade:
 
     def _finish(self, outcomes: dict[str, NodeOutcome], failure: str | None, dry_run: bool,
                 status: str | None = None) -> RunOutcome:
-        if failure is not None and self.owned:  # every node a run of ours left out of service, by name
+        if failure is not None and self.owned and self.lost:  # not ours to bring back: the run that took over's
+            failure += ("; left as they are, to the run that holds the cluster now (or paused, if none does): "
+                        + ", ".join(sorted(self.owned)))
+        elif failure is not None and self.owned:  # every node a run of ours left out of service, by name
             left = [f"{n} (paused by run {run}{'; ' + self.swallowed[n] if n in self.swallowed else ''})"
                     for n, run in sorted(self.owned.items())]
             failure += "; left paused or down by a run of ours: " + ", ".join(left)
@@ -364,6 +416,8 @@ class RollingUpgrade:
                 for step in decision.steps:
                     if self._wanted(step):
                         results[step] = self.step(step, node)
+            except LostOwnership:
+                raise  # nothing more is done to the cluster: no recovery, no retry (the run says what it leaves)
             except (NotStarted, PausedByOther) as e:
                 if isinstance(e, PausedByOther) and e.step == "resume":  # our mark is gone: not ours to resume
                     self.owned.pop(node, None)
@@ -441,7 +495,12 @@ class RollingUpgrade:
         mark = self.owned.get(node)
         if mark is None:
             return True
+        if self.lost:  # another run owns the cluster now: its nodes are not ours to touch
+            self.swallowed[node] = f"this run lost the cluster ({self.lost})"
+            return False
         try:
+            self.take_over(node)
+            mark = self.owned.get(node, mark)
             info = self.client.node_info(node)
             try:  # one read of the node: it answers on WinRM, and the mark it carries
                 _, found = self.client.build_and_mark(node, timeout=30)
@@ -456,12 +515,15 @@ class RollingUpgrade:
             if info.state in (NodeState.Paused, NodeState.Up):
                 with self.recorder.phase(node, "recover"):
                     self.steps.abort_install(node)  # setup's down-level phase changes nothing until a restart
-                    self.steps.resume(node, mark)
+                    self.steps.resume(node)
                 del self.owned[node]
                 self.recorder.emit(node, "ownership", "released", reason="recovered after a failure")
                 self.swallowed.pop(node, None)
                 return True
             self.swallowed[node] = f"it is {info.state.name}"
+        except LostOwnership as e:
+            self.lost = self.lost or str(e)
+            self.swallowed[node] = f"this run lost the cluster ({e})"
         except (RemoteError, StepFailed) as e:
             self.swallowed[node] = f"best-effort resume failed: {e}"
         return False

@@ -84,9 +84,9 @@ class OfflineUpgrade:
     def run(self) -> OfflineOutcome:
         outcome = OfflineOutcome(run_id=self.recorder.run_id, cluster=self.client.name, succeeded=False)
         self.recorder.emit(None, "run", "running", kind="offline")
-        feature = Steps(self.client, self.options.model_copy(update={"update": "feature"}), self.clock)
+        feature = Steps(self.client, self.options.model_copy(update={"update": "feature"}), self.clock, marked=False)
         lcu_options = self.options.model_copy(update={"update": "cumulative", "target_build": LCU_MINIMUM})
-        lcu = Steps(self.client, lcu_options, self.clock)
+        lcu = Steps(self.client, lcu_options, self.clock, marked=False)
         plan: list[tuple[str, Callable[[], None]]] = [
             ("check", self.check),
             ("shutdown-vms", self.shutdown_vms),
@@ -167,7 +167,7 @@ class OfflineUpgrade:
     def restart_and_wait(self, steps: Steps, node: str) -> str:
         """Restart-Computer, see the node go, wait until WinRM answers on the new build. The cluster is stopped,
         so the node's own WinRM is the only witness."""
-        self.client.restart(node)
+        self.client.restart(node, marked=False)
         timeout = steps.options.restart_timeout_minutes * 60
         polls = {"poll": steps.poll, "max_poll": steps.options.poll_max_seconds}
         if not self.clock.wait_for(lambda: not self.client.reachable(node), timeout=timeout, **polls):

@@ -67,6 +67,7 @@ class Steps:
     note: Callable[[str, str], None] = lambda node, text: None  # (node, what an operator reads in the run's log)
     # cluster seconds each kind of wait took on the nodes done so far (the shortest): a cluster's nodes are alike
     took: dict[str, float] = field(default_factory=dict)
+    marked: bool = True  # each node's changes need this run's mark on it (the rolling path; not the offline one)
 
     @property
     def poll(self) -> float:
@@ -76,7 +77,14 @@ class Steps:
         """Poll `probe` (cluster seconds), less often as the wait grows (ClusterClock.wait_for); a wait of a
         `kind` seen before polls often again near the time it took then."""
         start = self.clock.now()
-        value = self.clock.wait_for(probe, timeout=timeout, poll=self.poll, max_poll=self.options.poll_max_seconds,
+        owner = self.client.owner
+
+        def checked() -> T | None:  # a run that lost the cluster stops waiting at once, not at its next change
+            if owner is not None:
+                owner.check()
+            return probe()
+
+        value = self.clock.wait_for(checked, timeout=timeout, poll=self.poll, max_poll=self.options.poll_max_seconds,
                                     expected=self.took.get(kind) if kind else None)
         if value and kind:
             took = self.clock.now() - start
@@ -106,14 +114,14 @@ class Steps:
                               + "; ".join(last))
         return snapshot
 
-    def drain(self, node: str, mark: str) -> NodeInfo:
+    def drain(self, node: str) -> NodeInfo:
         """Mark the node as ours and Suspend-ClusterNode -Drain it, in one packaged script that first checks it
         is Up and paused by nobody: the node is Paused at once, then its roles move; poll DrainStatus.
         Idempotent: a node paused under our mark is not paused twice, a drain in progress is only watched. A
         failed or timed-out drain fails the node, or is forced when the operator allowed it."""
         vms = len(self.client.groups_on(node))
         self.note(node, f"draining {node} ({vms} VM{'s' if vms != 1 else ''})")
-        self._suspend(node, mark, force=False)
+        self._suspend(node, force=False)
         info = self._wait_drained(node)
         if info is not None and info.drain_status == DrainStatus.Completed:
             return info
@@ -123,15 +131,15 @@ class Steps:
             f"still draining after {self.options.drain_timeout_minutes:g} min{where}"
         if self.options.drain_timeout_policy != "force-drain":
             raise StepFailed(node, "drain", why)
-        self._suspend(node, mark, force=True)  # roles that cannot move are moved as failed: the operator allowed it
+        self._suspend(node, force=True)  # roles that cannot move are moved as failed: the operator allowed it
         info = self._wait_drained(node)
         if info is None or info.drain_status != DrainStatus.Completed:
             raise StepFailed(node, "drain", f"{why}; -ForceDrain did not complete either")
         return info
 
-    def _suspend(self, node: str, mark: str, *, force: bool) -> None:
+    def _suspend(self, node: str, *, force: bool) -> None:
         try:
-            self.client.pause_for_upgrade(node, mark, force_drain=force)
+            self.client.pause_for_upgrade(node, force_drain=force)
         except CmdletFailed as e:
             if e.has_error_id(*NOT_OURS):
                 raise PausedByOther(node, "drain", e.errors[0].message) from None
@@ -162,7 +170,7 @@ class Steps:
             return code
         if state != ScheduledTaskState.Running:
             path = self.options.setup_path if kind is FEATURE else self.options.update_package
-            self.client.register_update(node, kind, path, start=True)
+            self.client.register_update(node, kind, path, start=True, marked=self.marked)
 
         def finished() -> tuple[ScheduledTaskState, int] | None:
             code = self.client.update_result(node, kind)  # one call a poll: 0x41301 while it runs
@@ -180,7 +188,7 @@ class Steps:
 
     def reboot(self, node: str) -> None:
         """Restart the node and wait until the cluster sees it go down (it must not be mistaken for back)."""
-        self.client.restart(node)
+        self.client.restart(node, marked=self.marked)
 
         def went_down() -> bool:
             try:
@@ -241,10 +249,10 @@ class Steps:
                                     + "; ".join(last or ["a repair job is still running"]))
         return snapshot
 
-    def resume(self, node: str, mark: str) -> NodeInfo:
+    def resume(self, node: str) -> NodeInfo:
         """Resume-ClusterNode, only under our mark (which it then removes)."""
         try:
-            info = self.client.resume_after_upgrade(node, mark, self.options.failback)
+            info = self.client.resume_after_upgrade(node, self.options.failback)
             self.note(node, f"resumed {node} (failback {self.options.failback})")
             return info
         except CmdletFailed as e:
@@ -257,7 +265,7 @@ class Steps:
         node is brought back."""
         status = self.client.update_status(node, self.update)
         if status is not None and status[0] == ScheduledTaskState.Running:
-            self.client.stop_update(node, self.update)
+            self.client.stop_update(node, self.update, marked=self.marked)
 
     def gate_adopted(self, node: str) -> None:
         """For a node a dead run left out of service: every other node must be Up before this one continues."""

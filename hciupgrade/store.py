@@ -57,6 +57,7 @@ CREATE TABLE IF NOT EXISTS hci_runs (
 CREATE INDEX IF NOT EXISTS hci_runs_cluster ON hci_runs (cluster_key, started);
 CREATE INDEX IF NOT EXISTS hci_runs_started ON hci_runs (started);
 CREATE TABLE IF NOT EXISTS hci_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS hci_fences (cluster_key TEXT PRIMARY KEY, fence BIGINT NOT NULL);
 """
 
 _UPSERT_RUN = """
@@ -237,6 +238,16 @@ class RecordStore:
             with self._tx() as cur:
                 cur.executemany(self._sql("UPDATE hci_runs SET heartbeat = ? WHERE run_id = ? AND ended IS NULL"),
                                 [(now_iso(), r) for r in run_ids])
+
+    def next_fence(self, cluster: str, at_least: int = 1) -> int:
+        """A fence for a run that takes the cluster's lock: greater than every one this store gave the cluster,
+        and at least `at_least` (the newest the cluster's nodes hold), in one atomic statement."""
+        greatest = "GREATEST" if self.postgres else "MAX"
+        statement = ("INSERT INTO hci_fences (cluster_key, fence) VALUES (?, ?) ON CONFLICT (cluster_key) DO UPDATE "
+                     f"SET fence = {greatest}(hci_fences.fence + 1, excluded.fence) RETURNING fence")
+        with self._tx() as cur:
+            cur.execute(self._sql(statement), (cluster.lower(), max(1, at_least)))
+            return int(cur.fetchone()[0])
 
     # --- reading --------------------------------------------------------------------------------------------
     def events(self, *, run_ids: Sequence[str] | None = None, cluster: str | None = None,

@@ -4,6 +4,7 @@ checker finds nothing Critical. The engine runs through in-process sessions (the
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import pytest
@@ -45,8 +46,9 @@ def post_upgrade(sim: SimCluster, approval: Approval | None, **options: Any) -> 
         asked.append((steps, plan))
         return approval
 
-    post = PostUpgrade(run.client, RunOptions(**options), RunRecorder(new_run_id(), sim.name, time_factor=FACTOR),
-                       approve)
+    recorder = RunRecorder(new_run_id(), sim.name, time_factor=FACTOR)
+    run.client.own(recorder.run_id, partial(recorder.store.next_fence, sim.name))  # as the flow does, under the lock
+    post = PostUpgrade(run.client, RunOptions(**options), recorder, approve)
     post.asked = asked  # type: ignore[attr-defined]
     return post, post.run()
 

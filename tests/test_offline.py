@@ -4,6 +4,8 @@ what is left. The engine runs through in-process sessions (the wire's shapes, no
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 
 from hciupgrade.clock import ClusterClock
@@ -23,8 +25,9 @@ def private_home(tmp_path, monkeypatch):
 
 def offline(sim: SimCluster, **options) -> OfflineUpgrade:
     run = engine(sim, **options)
-    return OfflineUpgrade(run.client, run.options, RunRecorder(new_run_id(), sim.name, time_factor=FACTOR),
-                          ClusterClock(FACTOR))
+    recorder = RunRecorder(new_run_id(), sim.name, time_factor=FACTOR)
+    run.client.own(recorder.run_id, partial(recorder.store.next_fence, sim.name))  # as the flow does, under the lock
+    return OfflineUpgrade(run.client, run.options, recorder, ClusterClock(FACTOR))
 
 
 def test_the_whole_cluster_is_updated_at_once_and_comes_back_healthy():

@@ -15,6 +15,7 @@ from pypsrp.messages import PipelineState
 from pypsrp.serializer import ObjectMeta, Serializer
 
 from hciupgrade.cluster import CURRENT_VERSION_KEY, FEATURE, FEATURE_UPDATE_TASK, HEALTH, ClusterClient
+from hciupgrade.ownership import Owner
 from hciupgrade.psenums import HealthStatus, JobState, NodeState
 from hciupgrade.remote import Cmdlet, CmdletFailed, ErrorInfo, NodeSession
 from hciupgrade.remote.session import error_info
@@ -109,7 +110,8 @@ def test_several_keys_in_one_read_come_back_as_powershell_sends_them(cluster):
 def test_the_production_code_reads_a_missing_task_as_missing_not_as_an_index_error(cluster):
     c = client(cluster)
     assert c.update_status("node1", FEATURE) is None
-    c.register_update("node1", FEATURE, r"C:\SetupFiles\WindowsServer\ExtractedFiles")
+    c.owner = Owner("run-1", 1)  # a change needs an owner; the node needs no mark of it for this read test
+    c.register_update("node1", FEATURE, r"C:\SetupFiles\WindowsServer\ExtractedFiles", marked=False)
     state, code = c.update_status("node1", FEATURE)
     assert state.name == "Ready" and code == 0x41303  # SCHED_S_TASK_HAS_NOT_RUN
     with pytest.raises(CmdletFailed, match="the call returned no object|No MSFT_ScheduledTask"):
@@ -204,6 +206,7 @@ def test_enums_are_read_in_every_wire_form(form):
         assert {n.state for n in c.nodes()} == {NodeState.Up}
         snapshot = c.snapshot()
         assert {d.health for d in snapshot.disks} == {HealthStatus.Healthy}
-        c.register_update("node1", FEATURE, r"C:\SetupFiles\WindowsServer\ExtractedFiles")
+        c.owner = Owner("run-1", 1)
+        c.register_update("node1", FEATURE, r"C:\SetupFiles\WindowsServer\ExtractedFiles", marked=False)
         assert c.update_status("node1", FEATURE)[0].name == "Ready"
         assert all(isinstance(j.state, JobState) for j in snapshot.jobs)

@@ -35,6 +35,13 @@ def starts_update(call: Any) -> bool:
     return isinstance(call, PackagedScript) and call.filename.startswith("Register-") and "Start" in call.parameters
 
 
+def runs_command(call: Any, name: str) -> bool:
+    """The call runs that cmdlet: alone, or as an owned change (Invoke-OwnedCommand.ps1 -Command)."""
+    if isinstance(call, PackagedScript):
+        return call.filename == "Invoke-OwnedCommand.ps1" and call.parameters.get("Command") == name
+    return isinstance(call, Cmdlet) and call.name == name
+
+
 class Killed(BaseException):
     """The orchestrator's process died here."""
 
@@ -237,7 +244,10 @@ def test_a_stale_mark_on_a_node_that_is_up_again_is_removed():
     assert sim.nodes["node1"].marker is not None
     with sim.lock:
         sim.resume("node1", failback="Immediate", by="operator")
-    engine(sim).reconcile()
+    later = engine(sim)
+    later.reconcile()
+    assert sim.nodes["node1"].marker is not None  # a change waits for the cluster's lock and a fence
+    later.own(None)
     assert sim.nodes["node1"].marker is None
 
 
@@ -295,7 +305,7 @@ def test_a_run_that_fails_before_its_preflight_names_the_node_it_left_mid_upgrad
     sim = cluster(nodes=2)
 
     def after(node: str, call: Any) -> None:
-        if isinstance(call, Cmdlet) and call.name == "Restart-Computer":
+        if runs_command(call, "Restart-Computer"):
             raise Killed()
 
     with pytest.raises(Killed):

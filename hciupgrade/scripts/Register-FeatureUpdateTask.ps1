@@ -7,14 +7,23 @@
     RollingUpgradePlugin requires) with /NoReboot, so the orchestrator decides when the node restarts:
     -Start (or Start-ScheduledTask) starts it, Get-ScheduledTaskInfo reports LastTaskResult (setup's exit code).
     A task that is already running is left alone, so the call is idempotent.
+    Run ID and fence: the run that owns the cluster; -Marked: the node must carry this run's mark as well.
 #>
 [CmdletBinding()]
 param(
     [Parameter(Mandatory)] [ValidatePattern('^[A-Za-z]:\\')] [string] $SetupPath,
     [string] $TaskName = 'HciUpgrade-FeatureUpdate',
+    [Parameter(Mandatory)] [ValidatePattern('^[A-Za-z0-9-]{1,64}$')] [string] $RunId,
+    [Parameter(Mandatory)] [ValidateRange(1, 9007199254740991)] [long] $Fence,
+    [switch] $Marked,
     [switch] $Start
 )
 $ErrorActionPreference = 'Stop'
+# Ownership, proven in the same call as the action (DESIGN.md invariant 8): no newer run's fence here; with -Marked, this run's mark
+$held = Get-ItemProperty -Path 'HKLM:\SOFTWARE\hci-upgrade-fence' -ErrorAction SilentlyContinue
+$mark = Get-ItemProperty -Path 'HKLM:\SOFTWARE\hci-upgrade' -ErrorAction SilentlyContinue
+$denied = if ($held -and [long]$held.Fence -gt $Fence) { 'FencedOut', "a newer run holds it: run $($held.RunId), fence $($held.Fence)" } elseif ($Marked -and -not ($mark -and $mark.PausedByRun -eq $RunId)) { 'NotOurPause', 'it does not carry this run''s mark' }
+if ($denied) { $PSCmdlet.ThrowTerminatingError([System.Management.Automation.ErrorRecord]::new([System.InvalidOperationException]::new("$env:COMPUTERNAME is not held by hci-upgrade run $RunId (fence $Fence): $($denied[1]); nothing was done."), $denied[0], [System.Management.Automation.ErrorCategory]::PermissionDenied, $env:COMPUTERNAME)) }
 $setup = Join-Path -Path $SetupPath -ChildPath 'setup.exe'
 if (-not (Test-Path -LiteralPath $setup)) {
     throw "setup.exe not found under '$SetupPath': copy the extracted 23H2 media there first."

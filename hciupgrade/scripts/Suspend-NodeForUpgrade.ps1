@@ -10,15 +10,27 @@
     without it is someone else's and is never drained, updated, restarted or resumed by hci-upgrade.
     A node already paused by the same run (its mark) is drained again (a drain that failed, -ForceDrain); a drain
     of ours in progress is only returned.
+    Fencing (DESIGN.md invariant 8): the node keeps the newest fence any run of hci-upgrade has shown it under
+    HKLM:\SOFTWARE\hci-upgrade-fence. A run whose fence is older was taken over while it was away (frozen, cut off):
+    it is refused here, in the same call as the pause, and nothing is done; a newer fence is written here.
 #>
 [CmdletBinding()]
 param(
     [Parameter(Mandatory)] [ValidatePattern('^[A-Za-z0-9][A-Za-z0-9-]{0,14}$')] [string] $Name,
     [Parameter(Mandatory)] [ValidatePattern('^[A-Za-z0-9-]{1,64}$')] [string] $RunId,
+    [Parameter(Mandatory)] [ValidateRange(1, 9007199254740991)] [long] $Fence,
     [switch] $ForceDrain
 )
 $ErrorActionPreference = 'Stop'
 $key = 'HKLM:\SOFTWARE\hci-upgrade'
+$fenceKey = 'HKLM:\SOFTWARE\hci-upgrade-fence'
+$held = Get-ItemProperty -Path $fenceKey -ErrorAction SilentlyContinue
+if ($held -and [long]$held.Fence -gt $Fence) {
+    $record = [System.Management.Automation.ErrorRecord]::new(
+        [System.InvalidOperationException]::new("$Name is held by hci-upgrade run $($held.RunId) (fence $($held.Fence)), newer than run $RunId (fence $Fence); nothing was done."),
+        'FencedOut', [System.Management.Automation.ErrorCategory]::PermissionDenied, $Name)
+    $PSCmdlet.ThrowTerminatingError($record)
+}
 $node = Get-ClusterNode -Name $Name
 $mark = Get-ItemProperty -Path $key -ErrorAction SilentlyContinue
 $ours = $mark -and $mark.PausedByRun -eq $RunId
@@ -36,11 +48,17 @@ if ($away -and -not $ours) {  # the gate again, in the same call as the pause: n
         'OtherNodeNotUp', [System.Management.Automation.ErrorCategory]::ResourceUnavailable, $Name)
     $PSCmdlet.ThrowTerminatingError($record)
 }
+if (-not $held -or [long]$held.Fence -lt $Fence) {  # this run's fence, newest from now on
+    $null = New-Item -Path $fenceKey -Force
+    $null = New-ItemProperty -Path $fenceKey -Name Fence -Value $Fence -PropertyType QWord -Force
+    $null = New-ItemProperty -Path $fenceKey -Name RunId -Value $RunId -Force
+}
 if (-not $ours) {
     $null = New-Item -Path $key -Force
     $null = New-ItemProperty -Path $key -Name PausedByRun -Value $RunId -Force
     $null = New-ItemProperty -Path $key -Name PausedBy -Value "$env:USERDOMAIN\$env:USERNAME" -Force
     $null = New-ItemProperty -Path $key -Name PausedAt -Value ([datetime]::UtcNow.ToString('o')) -Force
+    $null = New-ItemProperty -Path $key -Name Fence -Value $Fence -PropertyType QWord -Force
 }
 if ($ours -and [string]$node.DrainStatus -eq 'InProgress' -and -not $ForceDrain) { return $node }  # only watch it
 try {

@@ -17,7 +17,8 @@ import hashlib
 import heapq
 import itertools
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +58,8 @@ WU_S_ALREADY_INSTALLED = 0x240006
 WU_E_NOT_APPLICABLE = 0x80240017
 ERROR_INSTALL_FAILURE = 0x80070643
 MARKER_KEY = r"HKLM:\SOFTWARE\hci-upgrade"  # the orchestrator's mark on a node it paused (Suspend-NodeForUpgrade.ps1)
+# the newest fence a run of hci-upgrade showed the node (Set-UpgradeOwner.ps1, Suspend-NodeForUpgrade.ps1)
+FENCE_KEY = r"HKLM:\SOFTWARE\hci-upgrade-fence"
 
 # --- node lifecycle --------------------------------------------------------------------------------------------
 # (state, event) -> new state, the cluster's view of a node. Events: pause, resume, restart (the OS goes down),
@@ -123,7 +126,8 @@ class Node:
     staged_kind: str = ""  # feature (setup's offline phases at the restart) or cumulative
     tasks: dict[str, UpdateTask] = field(default_factory=dict)
     returns: bool = True  # False: the node never comes back from its next restart
-    marker: dict[str, str] | None = None  # values under MARKER_KEY in the node's registry
+    marker: dict[str, Any] | None = None  # values under MARKER_KEY in the node's registry
+    fence: dict[str, Any] | None = None  # values under FENCE_KEY: Fence (the newest run's number), RunId
     os_running: bool = True  # the OS runs (WinRM can answer), whatever the cluster service does
     clussvc_startup: str = "Automatic"  # the cluster service's StartupType (Set-Service clussvc)
 
@@ -182,6 +186,7 @@ class SimCluster:
         self.lock = threading.RLock()
         self.events: list[dict[str, Any]] = []
         self._event_listeners: list[Callable[[dict[str, Any]], None]] = []
+        self._acting: dict[str, Any] = {}  # the run and fence an owned script acts for: in every event it logs
         self._timers: list[_Timer] = []
         self._firing_at: float | None = None
         self._seq = itertools.count()
@@ -239,7 +244,8 @@ class SimCluster:
         self._event_listeners.append(listener)
 
     def _log(self, kind: str, node: str | None = None, **details: Any) -> None:
-        event = {"seq": len(self.events), "t": round(self.now(), 3), "kind": kind, "node": node, **details}
+        event = {"seq": len(self.events), "t": round(self.now(), 3), "kind": kind, "node": node, **self._acting,
+                 **details}
         self.events.append(event)
         for listener in self._event_listeners:
             listener(event)
@@ -413,6 +419,35 @@ class SimCluster:
         node = self.node(name)
         node.marker = dict(values)
         self._log("mark", node.name, by=by, status="set", run=values.get("PausedByRun"))
+
+    @contextmanager
+    def acting_for(self, run: str, fence: int) -> Iterator[None]:
+        """What an owned script changes is logged with the run and fence it was sent by: the audit judges by them
+        whether a run acted after a newer one took the cluster over (invariant 8)."""
+        self._acting = {"run": run, "fence": fence}
+        try:
+            yield
+        finally:
+            self._acting = {}
+
+    def claim_fence(self, name: str, run: str, fence: int, *, by: str) -> None:
+        """A run shows the node its fence (FENCE_KEY); an older one is never written over a newer one."""
+        node = self.node(name)
+        if node.fence is not None and int(node.fence["Fence"]) >= fence:
+            return
+        node.fence = {"Fence": fence, "RunId": run}
+        self._log("fence", node.name, by=by, status="claimed")
+
+    def take_over_mark(self, name: str, dead_run: str, *, by: str) -> None:
+        """The mark of a run known dead becomes the acting run's: only it may change the node from now on."""
+        node = self.node(name)
+        if node.marker is not None and node.marker.get("PausedByRun") == dead_run and self._acting:
+            node.marker = {**node.marker, "PausedByRun": self._acting["run"], "Fence": self._acting["fence"]}
+            self._log("mark", node.name, by=by, status="taken-over", previous=dead_run)
+
+    def fenced_out(self, name: str, reason: str, *, by: str) -> None:
+        """An owned script refused its run (a newer fence, or not its mark): nothing changed, the refusal is kept."""
+        self._log("fenced_out", self.node(name).name, by=by, reason=reason)
 
     def clear_mark(self, name: str, *, by: str) -> None:
         node = self.node(name)

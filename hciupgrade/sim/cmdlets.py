@@ -10,7 +10,8 @@ the Storage module's type data adds the enum name as an extended one, as on a re
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from hciupgrade.sim.cluster import (
     CUMULATIVE_UPDATE_TASK,
     ERROR_CLUSTER_SPACE_DEGRADED,
     FEATURE_UPDATE_TASK,
+    FENCE_KEY,
     MARKER_KEY,
     Node,
     Refused,
@@ -593,6 +595,9 @@ def registry_values(inv: Invocation, path: str) -> dict[str, Any] | None:
     if key == MARKER_KEY.lower():
         marker = inv.sim.nodes[inv.node].marker
         return dict(marker) if marker else None
+    if key == FENCE_KEY.lower():
+        fence = inv.sim.nodes[inv.node].fence
+        return dict(fence) if fence else None
     for known, names in REGISTRY_KEYS.items():
         if key == known.lower():
             if known.endswith("Parameters") and not _readiness(inv).vid_key:
@@ -726,9 +731,10 @@ def packaged(filename: str):
 def _register_update_task(inv: Invocation, default_task: str, path_parameter: str) -> list[Out]:
     """Either Register-*UpdateTask.ps1: the task registered (a running one left alone), started with -Start."""
     name = str(inv.params.get("TaskName") or default_task)
-    inv.sim.register_update(inv.node, name, str(inv.params.get(path_parameter, "")), by=inv.caller)
-    if "Start" in inv.params:
-        inv.sim.start_update(inv.node, name, by=inv.caller)
+    with owned(inv):
+        inv.sim.register_update(inv.node, name, str(inv.params.get(path_parameter, "")), by=inv.caller)
+        if "Start" in inv.params:
+            inv.sim.start_update(inv.node, name, by=inv.caller)
     return [scheduled_task(inv, name)]
 
 
@@ -773,9 +779,83 @@ def get_cluster_health(inv: Invocation) -> list[Out]:
 
 @packaged("Invoke-NodeScript.ps1")
 def invoke_node_script(inv: Invocation) -> list[Out]:
-    inv.sim.run_node_script(inv.node, str(inv.params.get("Path", "")), str(inv.params.get("Phase", "Pre")),
-                            by=inv.caller)
+    with owned(inv):
+        inv.sim.run_node_script(inv.node, str(inv.params.get("Path", "")), str(inv.params.get("Phase", "Pre")),
+                                by=inv.caller)
     return []
+
+
+# --- ownership: what every owned script proves in the same call as its action (DESIGN.md invariant 8) ------------
+def _owner(inv: Invocation) -> tuple[str, int]:
+    return str(inv.params.get("RunId", "")), int(inv.params.get("Fence") or 0)
+
+
+def _deny(inv: Invocation, error_id: str, why: str) -> Terminating:
+    """The refusal of the scripts' ownership prelude (its error id and text), logged as the simulator's own
+    event; nothing else is done."""
+    run, fence = _owner(inv)
+    node = inv.sim.nodes[inv.node]
+    inv.sim.fenced_out(node.name, f"run {run} (fence {fence}): {why}", by=inv.caller)
+    return _script_error(f"{node.name} is not held by hci-upgrade run {run} (fence {fence}): {why}; nothing was "
+                         "done.", error_id, "PermissionDenied", node.name, "script")
+
+
+def _newer_fence(inv: Invocation) -> str | None:
+    run, fence = _owner(inv)
+    held = inv.sim.nodes[inv.node].fence
+    if held is not None and int(held["Fence"]) > fence:
+        return f"a newer run holds it: run {held['RunId']}, fence {held['Fence']}"
+    return None
+
+
+@contextmanager
+def owned(inv: Invocation) -> Iterator[None]:
+    """The scripts' prelude: refused with FencedOut when the node holds a newer fence than the caller's, with
+    NotOurPause under -Marked when the node does not carry the caller's mark; otherwise what the body changes is
+    logged as the caller's run and fence."""
+    run, fence = _owner(inv)
+    newer = _newer_fence(inv)
+    if newer:
+        raise _deny(inv, "FencedOut", newer)
+    marker = inv.sim.nodes[inv.node].marker
+    if "Marked" in inv.params and not (marker and marker.get("PausedByRun") == run):
+        raise _deny(inv, "NotOurPause", "it does not carry this run's mark")
+    with inv.sim.acting_for(run, fence):
+        yield
+
+
+OWNED_COMMANDS = ("Name", "TaskName", "FriendlyName", "StartupType", "Force")
+
+
+@packaged("Invoke-OwnedCommand.ps1")
+def invoke_owned_command(inv: Invocation) -> list[Out]:
+    """The prelude, then the one cmdlet, splatted with the parameters bound to the script (-ErrorAction Stop)."""
+    command = str(inv.params.get("Command", ""))
+    params: list[tuple[str | None, Any]] = [(k, inv.params[k]) for k in OWNED_COMMANDS if k in inv.params]
+    if command == "Update-StoragePool":
+        params.append(("Confirm", False))
+    with owned(inv):
+        data, errors = invoke(inv.sim, inv.node, inv.caller, [(command, [*params, ("ErrorAction", "Stop")])])
+    if errors:
+        raise Terminating(errors[0])
+    return data
+
+
+@packaged("Set-UpgradeOwner.ps1")
+def set_upgrade_owner(inv: Invocation) -> list[Out]:
+    """The run's fence written on the node (refused when the node holds a newer one); -TakeOver moves a dead run's
+    mark to the caller. Returns the fence key and the mark as Get-ItemProperty shows them."""
+    run, fence = _owner(inv)
+    newer = _newer_fence(inv)
+    if newer:
+        raise _deny(inv, "FencedOut", newer)
+    with inv.sim.acting_for(run, fence):
+        inv.sim.claim_fence(inv.node, run, fence, by=inv.caller)
+        if inv.params.get("TakeOver"):
+            inv.sim.take_over_mark(inv.node, str(inv.params["TakeOver"]), by=inv.caller)
+    inv.command = "Get-ItemProperty"
+    return [out for key in (FENCE_KEY, MARKER_KEY) if registry_values(inv, key) is not None
+            for out in _item_property(inv, key)]
 
 
 SUSPEND = "suspend-clusternode"
@@ -795,7 +875,10 @@ def _mark_holder(mark: dict[str, str] | None) -> str:
 
 @packaged("Suspend-NodeForUpgrade.ps1")
 def suspend_node_for_upgrade(inv: Invocation) -> list[Out]:
-    sim, name, run = inv.sim, str(inv.params.get("Name", "")), str(inv.params.get("RunId", ""))
+    sim, name, (run, fence) = inv.sim, str(inv.params.get("Name", "")), _owner(inv)
+    newer = _newer_fence(inv)
+    if newer:
+        raise _deny(inv, "FencedOut", newer)
     inv.command = "Get-ClusterNode"
     require_cluster_node(inv)
     node = _named_node(inv, name)
@@ -812,33 +895,40 @@ def suspend_node_for_upgrade(inv: Invocation) -> list[Out]:
     force = "ForceDrain" in inv.params
     if ours and node.drain_status == DrainStatus.InProgress and not force:
         return [cluster_node(sim, node)]  # a drain of ours in progress is only watched
-    if not ours:
-        sim.mark_pause(node.name, {"PausedByRun": run, "PausedBy": inv.caller,
-                                   "PausedAt": sim.clock.datetime_at(sim.now()).isoformat()}, by=inv.caller)
-    try:
-        node = sim.suspend(node.name, drain=True, force_drain=force, by=inv.caller)
-    except Refused as refused:
+    with sim.acting_for(run, fence):
+        sim.claim_fence(node.name, run, fence, by=inv.caller)
         if not ours:
-            sim.clear_mark(node.name, by=inv.caller)
-        raise Terminating(cluster_error(refused, REGISTRY[SUSPEND])) from None
+            sim.mark_pause(node.name, {"PausedByRun": run, "PausedBy": inv.caller,
+                                       "PausedAt": sim.clock.datetime_at(sim.now()).isoformat(), "Fence": fence},
+                           by=inv.caller)
+        try:
+            node = sim.suspend(node.name, drain=True, force_drain=force, by=inv.caller)
+        except Refused as refused:
+            if not ours:
+                sim.clear_mark(node.name, by=inv.caller)
+            raise Terminating(cluster_error(refused, REGISTRY[SUSPEND])) from None
     return [cluster_node(sim, node)]
 
 
 @packaged("Resume-NodeAfterUpgrade.ps1")
 def resume_node_after_upgrade(inv: Invocation) -> list[Out]:
-    sim, name, run = inv.sim, str(inv.params.get("Name", "")), str(inv.params.get("RunId", ""))
+    sim, name, (run, fence) = inv.sim, str(inv.params.get("Name", "")), _owner(inv)
+    newer = _newer_fence(inv)
+    if newer:
+        raise _deny(inv, "FencedOut", newer)
     inv.command = "Get-ClusterNode"
     require_cluster_node(inv)
     node = _named_node(inv, name)
     ours = node.marker is not None and node.marker.get("PausedByRun") == run
-    if node.state == NodeState.Paused:
-        if not ours:
-            raise _script_error(f"{node.name} is paused, but not by hci-upgrade run {run}; it is left paused.",
-                                "NotOurPause", "PermissionDenied", node.name, "Resume-NodeAfterUpgrade.ps1")
-        failback = str(inv.params.get("Failback") or "Immediate")
-        node = sim.resume(node.name, failback=failback, by=inv.caller)
-    if ours:
-        sim.clear_mark(node.name, by=inv.caller)
+    with sim.acting_for(run, fence):
+        if node.state == NodeState.Paused:
+            if not ours:
+                raise _script_error(f"{node.name} is paused, but not by hci-upgrade run {run}; it is left paused.",
+                                    "NotOurPause", "PermissionDenied", node.name, "Resume-NodeAfterUpgrade.ps1")
+            failback = str(inv.params.get("Failback") or "Immediate")
+            node = sim.resume(node.name, failback=failback, by=inv.caller)
+        if ours:
+            sim.clear_mark(node.name, by=inv.caller)
     return [cluster_node(sim, node)]
 
 
