@@ -6,7 +6,8 @@ are counted the way an operator reads them. The engine runs against the simulato
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from hciupgrade.clock import ClusterClock
 from hciupgrade.cluster import MARKER_KEY, ClusterClient
 from hciupgrade.engine import RollingUpgrade
 from hciupgrade.models import ClusterInventory, CredentialRef, NodeEndpoint, RunOptions, Transport
+from hciupgrade.ownership import Held, LostOwnership
 from hciupgrade.records import RunRecorder, new_run_id
 from hciupgrade.remote import Cmdlet, NodeUnreachable, PackagedScript
 from hciupgrade.sim.audit import check_invariants
@@ -341,3 +343,109 @@ def test_the_mark_is_what_an_operator_sees_on_the_node():
     assert seen[0]["PausedByRun"] == run.recorder.run_id and seen[0]["PausedBy"] == SIM_USER
     value = run.client.session("node1").run(Cmdlet("Get-ItemProperty", {"Path": MARKER_KEY}))
     assert value.objects == [] and value.errors[0].error_id == "PathNotFound"  # gone after the resume
+
+
+# --- 3. a run that lost the cluster acts on nothing (invariant 8) ------------------------------------------------
+class Lease:
+    """The lock's lease as the run sees it: `lapse()` is the moment it stopped being current (a run frozen past
+    its lease, a Prefect server out of reach)."""
+
+    def __init__(self) -> None:
+        self.lapsed = False
+
+    def lapse(self) -> None:
+        self.lapsed = True
+
+    def check(self) -> None:
+        if self.lapsed:
+            raise LostOwnership("the cluster lock's lease was last confirmed 210 s ago (lease 60 s)")
+
+
+def held_engine(sim: SimCluster, lease: Lease, hooks: dict[str, Hook] | None = None, **options: Any
+                ) -> RollingUpgrade:
+    run = engine(sim, hooks, **options)
+
+    @contextmanager
+    def lock() -> Iterator[Held]:
+        yield Held(check=lease.check, lease_id="lease-1")
+
+    run.lock = lock
+    return run
+
+
+def changes_after(sim: SimCluster, seq: int, run_id: str) -> list[str]:
+    return [f"{e['kind']} {e['node']}" for e in sim.events[seq:] if e.get("run") == run_id]
+
+
+def test_a_run_whose_lease_lapsed_mid_install_does_nothing_more_and_names_the_node():
+    sim, lease = cluster(nodes=3), Lease()
+    frozen: list[int] = []
+
+    def after(node: str, call: Any) -> None:
+        if starts_update(call) and node == "node2":
+            lease.lapse()  # frozen here: by the time it runs again, its lease has lapsed
+            frozen.append(len(sim.events))
+
+    run = held_engine(sim, lease, {"after": after}, node_order=["node1", "node2", "node3"])
+    outcome, _ = run.run()
+    assert not outcome.succeeded and outcome.error.startswith("LostOwnership: ")
+    assert "left as they are, to the run that holds the cluster now" in outcome.error and "node2" in outcome.error
+    assert changes_after(sim, frozen[0], run.recorder.run_id) == []  # no restart, no stop of setup, no resume
+    assert [e["kind"] for e in sim.events[frozen[0]:] if e["kind"] in ("restart", "resume", "suspend")] == []
+    assert {n.node: n.result for n in outcome.nodes}["node1"] == "upgraded"
+    assert audit(sim, outcome) == []
+
+
+def test_a_newer_run_fence_refuses_the_woken_run_in_the_same_call_that_would_have_restarted_the_node():
+    """Run A is frozen after its install started on node2; run B takes the cluster (a newer fence on every node,
+    node2's mark taken over). A wakes up with a lease that still looks current to it (frozen between its check and
+    its call): the node itself refuses A's restart, and A stops."""
+    sim = cluster(nodes=3)
+    lease_a = Lease()
+    woken: list[int] = []
+
+    def after(node: str, call: Any) -> None:
+        if starts_update(call) and node == "node2" and not woken:
+            # B: a run that finds A dead takes the cluster over while A sleeps
+            b = engine(sim, node_order=["node1", "node2", "node3"])
+            b.recorder.emit(None, "run", "running")
+            b.reconcile()
+            b.owned.update({"node2": a.recorder.run_id})
+            b.own(Held())
+            assert sim.nodes["node2"].marker["PausedByRun"] == b.recorder.run_id
+            woken.append(len(sim.events))
+
+    a = engine(sim, {"after": after}, node_order=["node1", "node2", "node3"])
+    a.lock = lambda: nullcontext(Held(check=lease_a.check))
+    outcome, _ = a.run()
+    assert not outcome.succeeded and outcome.error.startswith("LostOwnership: "), outcome.error
+    assert "a newer run holds it" in outcome.error
+    refused = [e for e in sim.events[woken[0]:] if e["kind"] == "fenced_out"]
+    assert refused and refused[0]["node"] == "node2"  # the node said no, in the call that carried the change
+    assert changes_after(sim, woken[0], a.recorder.run_id) == []
+    assert sim.nodes["node2"].state.name == "Paused" and sim.nodes["node2"].marker["PausedByRun"] != \
+        a.recorder.run_id  # left to B, as B left it
+    assert [v for v in audit(sim, outcome) if v.startswith("invariant 8")] == []
+
+
+def test_the_audit_catches_a_change_made_under_an_older_fence():
+    sim = cluster(nodes=2)
+    with sim.lock:
+        with sim.acting_for("run-b", 2):
+            sim.claim_fence("node1", "run-b", 2, by=SIM_USER)
+        with sim.acting_for("run-a", 1):
+            sim.restart("node2", by=SIM_USER)
+    violations = check_invariants(sim.events, sim.scenario, {"succeeded": False, "error": "x"}, SIM_USER)
+    assert any(v.startswith("invariant 8: ") and "run run-a (fence 1)" in v for v in violations), violations
+
+
+def test_fences_grow_with_each_run_that_takes_the_cluster_and_every_node_is_shown_the_newest():
+    sim = cluster(nodes=3)
+    first = engine(sim)
+    assert first.run()[0].succeeded
+    second = engine(sim)
+    second.run()
+    fences = [e["fence"] for e in sim.events if e["kind"] == "fence"]
+    assert fences == sorted(fences) and fences[0] < fences[-1]
+    assert {n.fence["Fence"] for n in sim.nodes.values()} == {fences[-1]}
+    assert {n.fence["RunId"] for n in sim.nodes.values()} == {second.recorder.run_id}

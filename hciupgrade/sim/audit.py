@@ -1,8 +1,10 @@
-"""Check DESIGN.md's safety invariants 1 to 4 against a simulator event log.
+"""Check DESIGN.md's safety invariants 1 to 4 and 8 against a simulator event log.
 
 The checks replay the log themselves (node states, who paused each node, disk health, storage jobs); they do not
 trust the simulator's own refusals, so a simulator bug cannot hide an orchestrator bug. Pauses are tracked by
 whoever makes them, at any moment: one present at the start (the scenario), one an operator makes mid-run.
+Invariant 8 reads the run and fence that every owned script logs with what it changes: once a run has shown the
+cluster a fence, a change by a run with an older one is a run acting after it lost the cluster.
 """
 
 from __future__ import annotations
@@ -25,8 +27,16 @@ def check_invariants(events: Iterable[dict[str, Any]], scenario: Scenario, outco
     paused_by = {n.name: "operator" for n in scenario.cluster.nodes if n.state == "Paused"}
     disks_unhealthy: set[str] = set()
     jobs_running: dict[str, int] = {}
+    newest: tuple[int, str] = (0, "")  # the newest fence shown to the cluster, and its run
     for e in events:
         kind, node, by = e["kind"], e.get("node"), e.get("by")
+        if "fence" in e and kind != "fenced_out":
+            if int(e["fence"]) < newest[0]:
+                violations.append(f"invariant 8: at t={e['t']} run {e.get('run')} (fence {e['fence']}) changed "
+                                  f"{node or 'the cluster'} ({kind}) after run {newest[1]} took it with fence "
+                                  f"{newest[0]}")
+            elif int(e["fence"]) > newest[0]:
+                newest = (int(e["fence"]), str(e.get("run")))
         if kind == "node_state":
             before_out = sorted(n for n, s in state.items() if s != "Up" and n != node)
             state[node] = e["new"]
