@@ -18,7 +18,16 @@ from typing import Any
 
 import pandas as pd
 
-from hciupgrade.store import RecordStore, heartbeat_seconds, home, host_id, now_iso, open_store
+from hciupgrade.store import (
+    RecordStore,
+    StoreUnavailable,
+    heartbeat_seconds,
+    home,
+    host_id,
+    now_iso,
+    open_store,
+    process_alive,
+)
 
 __all__ = ["PHASES", "RunRecorder", "home", "load_events", "new_run_id", "node_summary", "now_iso", "owned_nodes",
            "phase_durations", "runs_in_progress"]
@@ -81,13 +90,15 @@ class RunRecorder:
         self.time_factor = time_factor
         self.store = store or open_store()
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
+        self.emitted: list[dict[str, Any]] = []  # this process's events of the run, for a store that dropped
 
     def emit(self, node: str | None, phase: str, status: str, *, start: str | None = None, end: str | None = None,
              error: str | None = None, **attrs: Any) -> dict[str, Any]:
         event = {"run_id": self.run_id, "cluster": self.cluster, "node": node, "phase": phase, "status": status,
                  "start": start or now_iso(), "end": end, "error": error, "time_factor": self.time_factor, **attrs}
         event = json.loads(json.dumps(event, default=str))  # what the store keeps is what listeners see
-        self.store.append(event, host=host_id(), pid=os.getpid())
+        self.store.append(event, host=host_id(), pid=os.getpid())  # or its spool, when the store does not answer
+        self.emitted.append(event)
         if phase == "run":
             if status == "running":
                 _heartbeat.open(self.run_id, self.store)
@@ -98,8 +109,13 @@ class RunRecorder:
         return event
 
     def events(self) -> pd.DataFrame:
-        """This run's events so far."""
-        return load_events(run_ids=[self.run_id], store=self.store)
+        """This run's events so far (those of this process alone while the store does not answer)."""
+        try:
+            if self.store.flush_spool(force=True):
+                return load_events(run_ids=[self.run_id], store=self.store)
+        except StoreUnavailable:
+            pass
+        return frame([dict(e, _id=i) for i, e in enumerate(self.emitted)])
 
     @contextmanager
     def phase(self, node: str | None, phase: str, **attrs: Any) -> Iterator[dict[str, Any]]:
@@ -176,19 +192,6 @@ def owned_nodes(cluster: str, *, store: RecordStore | None = None) -> dict[str, 
         else:
             owned.pop(event["node"], None)
     return owned
-
-
-def process_alive(pid: object) -> bool:
-    """Whether a process of this machine still lives (a zombie does not count)."""
-    try:
-        with open(f"/proc/{int(pid)}/stat") as fh:  # type: ignore[arg-type]
-            return fh.read().split(") ", 1)[1][0] not in "ZX"
-    except (OSError, TypeError, ValueError, IndexError):
-        try:
-            os.kill(int(pid), 0)  # type: ignore[arg-type]
-            return True
-        except (OSError, TypeError, ValueError):
-            return False
 
 
 def run_alive(run: dict[str, Any]) -> bool:

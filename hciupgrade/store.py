@@ -12,17 +12,26 @@ cluster are indexed, so they cost the same after years of runs.
 
 Records written by earlier versions (one JSON Lines file per run under `$HCI_UPGRADE_HOME/records`) are imported
 once when the store opens, and the files moved to `records/imported/`.
+
+A store that drops (its PostgreSQL restarted or stopped, a network cut) never stops a run: a failed statement is
+tried again on a new connection for up to HCI_UPGRADE_RECORDS_RETRY_SECONDS (10); an event that still cannot be
+written waits in a local spool (`$HCI_UPGRADE_HOME/spool/<host>-<pid>.jsonl`, each line on disk before the run goes
+on) and the spool is written to the store, in order and before any newer event, as soon as it answers again; a
+spool its process left behind is written by the next process that opens the store. Cluster actions come first,
+records follow (DESIGN.md invariant 8 and the run records section).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import socket
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -73,6 +82,41 @@ ON CONFLICT (run_id) DO UPDATE SET
 """
 
 RUN_COLUMNS = ("run_id", "cluster", "host", "pid", "started", "ended", "status", "aside", "heartbeat")
+FLUSH_EVERY_SECONDS = 5.0  # a spool is offered to a store that did not answer at most this often
+log = logging.getLogger("hci_upgrade.records")
+
+
+class StoreUnavailable(RuntimeError):
+    """The record store did not answer within the retry budget."""
+
+
+def retry_seconds() -> float:
+    return float(os.environ.get("HCI_UPGRADE_RECORDS_RETRY_SECONDS", "10"))
+
+
+def _transient() -> tuple[type[BaseException], ...]:
+    """What a store that dropped raises: SQLite's operational errors, psycopg's connection and operational ones."""
+    errors: list[type[BaseException]] = [sqlite3.OperationalError]
+    try:
+        import psycopg
+
+        errors += [psycopg.OperationalError, psycopg.InterfaceError]
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def process_alive(pid: object) -> bool:
+    """Whether a process of this machine still lives (a zombie does not count)."""
+    try:
+        with open(f"/proc/{int(pid)}/stat") as fh:  # type: ignore[arg-type]
+            return fh.read().split(") ", 1)[1][0] not in "ZX"
+    except (OSError, TypeError, ValueError, IndexError):
+        try:
+            os.kill(int(pid), 0)  # type: ignore[arg-type]
+            return True
+        except (OSError, TypeError, ValueError):
+            return False
 
 
 def now_iso() -> str:
@@ -131,7 +175,11 @@ class RecordStore:
         self.postgres = url.startswith(("postgresql://", "postgres://"))
         self._lock = threading.RLock()
         self._conn: Any = None
-        self._connect()
+        self._spool_path: Path | None = None  # this process's spool, while it holds events the store has not
+        self._flush_tried = 0.0
+        self._retrying(self._create)
+
+    def _create(self) -> None:
         with self._tx() as cur:
             if self.postgres:  # two workers creating the tables at once would collide
                 cur.execute("SELECT pg_advisory_xact_lock(7163)")
@@ -164,11 +212,39 @@ class RecordStore:
     def _sql(self, text: str) -> str:
         return text.replace("?", "%s") if self.postgres else text
 
+    def _retrying(self, what: Callable[[], Any], budget: float | None = None) -> Any:
+        """`what()`, tried again on a new connection while the store does not answer, for up to `budget` s."""
+        deadline = time.monotonic() + (retry_seconds() if budget is None else budget)
+        pause = 0.2
+        while True:
+            try:
+                with self._lock:
+                    if self._conn is None:
+                        self._connect()
+                    return what()
+            except _transient() as e:
+                self._drop()
+                if time.monotonic() + pause > deadline:
+                    raise StoreUnavailable(f"the record store ({self!r}) does not answer: {e}".strip()) from None
+                time.sleep(pause)
+                pause = min(2 * pause, 2.0)
+
+    def _drop(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                try:
+                    self._conn.close()
+                except Exception:  # noqa: BLE001 - a broken connection may not close cleanly
+                    pass
+                self._conn = None
+
     @contextmanager
     def _tx(self) -> Iterator[Any]:
         """A write transaction. SQLite's IMMEDIATE takes the write lock at once (no deadlock between two
         processes that both read first); a PostgreSQL connection the server dropped is opened again."""
         with self._lock:
+            if self._conn is None:
+                self._connect()
             if self.postgres:
                 if self._conn.closed:
                     self._connect()
@@ -187,13 +263,15 @@ class RecordStore:
                 cur.close()
 
     def _query(self, text: str, params: Sequence[Any] = ()) -> list[tuple]:
-        with self._lock:
+        def read() -> list[tuple]:
             cur = self._conn.cursor()
             try:
                 cur.execute(self._sql(text), tuple(params))
                 return list(cur.fetchall())
             finally:
                 cur.close()
+
+        return self._retrying(read)
 
     def close(self) -> None:
         with self._lock:
@@ -208,8 +286,75 @@ class RecordStore:
 
     def append_many(self, events: Iterable[dict[str, Any]], *, host: str | None = None,
                     pid: int | None = None) -> None:
+        """Committed to the store; or, when it does not answer within the budget, kept in this process's spool
+        (on disk before this returns) to be written in order once it answers again."""
+        events = list(events)
+        with self._lock:
+            if self._spool_path is not None and not self.flush_spool():  # the older events first, always
+                self._spool(events, host, pid)
+                return
+            try:
+                self._retrying(lambda: self._commit(events, host, pid))
+            except StoreUnavailable as e:
+                log.warning("%s: the run goes on; its records wait in %s until the store answers", e,
+                            self._spool_file())
+                self._spool(events, host, pid)
+
+    def _commit(self, events: list[dict[str, Any]], host: str | None, pid: int | None) -> None:
         with self._tx() as cur:
             self._write(cur, *self._rows(events, host, pid))
+
+    def _spool_file(self) -> Path:
+        return home() / "spool" / f"{host_id()}-{os.getpid()}.jsonl"
+
+    def _spool(self, events: list[dict[str, Any]], host: str | None, pid: int | None) -> None:
+        path = self._spool_file()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as fh:
+            for event in events:
+                fh.write(json.dumps({"event": event, "host": host, "pid": pid}, default=str) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        self._spool_path = path
+
+    def flush_spool(self, path: Path | None = None, *, force: bool = False) -> bool:
+        """Write a spool to the store in one transaction (this process's by default) and remove it. False when
+        the store still does not answer (tried at most every FLUSH_EVERY_SECONDS unless `force`)."""
+        path = path or self._spool_path
+        if path is None:
+            return True
+        with self._lock:
+            if not force and time.monotonic() - self._flush_tried < FLUSH_EVERY_SECONDS:
+                return False
+            self._flush_tried = time.monotonic()
+            lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] \
+                if path.exists() else []
+            try:
+                if lines:
+                    self._retrying(lambda: self._commit_spooled(lines), budget=0)
+            except StoreUnavailable:
+                return False
+            path.unlink(missing_ok=True)
+            if path == self._spool_path:
+                self._spool_path = None
+            if lines:
+                log.warning("the record store answers again: %d spooled event(s) written", len(lines))
+            return True
+
+    def _commit_spooled(self, lines: list[dict[str, Any]]) -> None:
+        with self._tx() as cur:
+            for line in lines:
+                self._write(cur, *self._rows([line["event"]], line.get("host"), line.get("pid")))
+
+    def flush_left_spools(self) -> int:
+        """Write the spools that processes of this machine left behind (they died before their store answered)."""
+        directory = home() / "spool"
+        done = 0
+        for path in sorted(directory.glob(f"{host_id()}-*.jsonl")) if directory.is_dir() else []:
+            pid = path.stem.rsplit("-", 1)[-1]
+            if pid != str(os.getpid()) and not process_alive(pid) and self.flush_spool(path, force=True):
+                done += 1
+        return done
 
     def _rows(self, events: Iterable[dict[str, Any]], host: str | None, pid: int | None
               ) -> tuple[list[tuple], list[tuple]]:
@@ -234,10 +379,13 @@ class RecordStore:
 
     def beat(self, run_ids: Sequence[str]) -> None:
         """The runs' processes are alive: what tells a run on another machine from a dead one."""
-        if run_ids:
+        def write() -> None:
             with self._tx() as cur:
                 cur.executemany(self._sql("UPDATE hci_runs SET heartbeat = ? WHERE run_id = ? AND ended IS NULL"),
                                 [(now_iso(), r) for r in run_ids])
+
+        if run_ids:
+            self._retrying(write)
 
     def next_fence(self, cluster: str, at_least: int = 1) -> int:
         """A fence for a run that takes the cluster's lock: greater than every one this store gave the cluster,
@@ -245,9 +393,12 @@ class RecordStore:
         greatest = "GREATEST" if self.postgres else "MAX"
         statement = ("INSERT INTO hci_fences (cluster_key, fence) VALUES (?, ?) ON CONFLICT (cluster_key) DO UPDATE "
                      f"SET fence = {greatest}(hci_fences.fence + 1, excluded.fence) RETURNING fence")
-        with self._tx() as cur:
-            cur.execute(self._sql(statement), (cluster.lower(), max(1, at_least)))
-            return int(cur.fetchone()[0])
+        def take() -> int:
+            with self._tx() as cur:
+                cur.execute(self._sql(statement), (cluster.lower(), max(1, at_least)))
+                return int(cur.fetchone()[0])
+
+        return self._retrying(take)
 
     # --- reading --------------------------------------------------------------------------------------------
     def events(self, *, run_ids: Sequence[str] | None = None, cluster: str | None = None,
@@ -409,6 +560,7 @@ def open_store(url: str | None = None) -> RecordStore:
         if store is None:
             store = _stores[key] = RecordStore(url)
             import_legacy(store)
+            store.flush_left_spools()
     return store
 
 

@@ -5,14 +5,21 @@ preflight, plan, a node's recovery) as task runs of their own. The live connecti
 
 `TaskChain` runs each task run after the previous one (`wait_for` its state), so Prefect's run graph draws the
 upgrade as one chain, node after node; each task run is named after its step, node and attempt and tagged with
-both."""
+both.
+
+Prefect's API is for the record, never on the cluster's critical path: when it fails around a task run (its server
+restarting, its database down), the step's own outcome decides (it is kept apart from Prefect's state), and a step
+whose task run could not even start runs directly, with a warning. A run is not stopped halfway through a node
+because its bookkeeping could not be written."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 from prefect import allow_failure, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State
@@ -23,6 +30,28 @@ from hciupgrade.remote import NodeUnreachable, RemotingError
 
 RUNS: dict[str, RollingUpgrade] = {}
 PHASES: dict[str, Callable[[], Any]] = {}
+OUTCOMES: dict[str, dict[str, Any]] = {}  # a task run's key -> its body's own outcome ("result" or "error")
+log = logging.getLogger("hci_upgrade.tasks")
+
+
+def prefect_api_failure(error: BaseException) -> bool:
+    """Whether an exception is Prefect's API failing (a server that does not answer, or answers 5xx), not a step's."""
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    if isinstance(error, PrefectHTTPStatusError | httpx.HTTPStatusError):
+        return error.response.status_code >= 500
+    return isinstance(error, httpx.TransportError | ConnectionError)
+
+
+def kept(key: str, body: Callable[[], Any]) -> Any:
+    """Run a task's body and keep its outcome apart from Prefect's state."""
+    try:
+        result = body()
+    except BaseException as e:
+        OUTCOMES[key] = {"error": e}
+        raise
+    OUTCOMES[key] = {"result": result}
+    return result
 
 
 def transient(task, task_run, state) -> bool:  # noqa: ANN001 - Prefect's retry_condition_fn signature
@@ -35,12 +64,12 @@ def transient(task, task_run, state) -> bool:  # noqa: ANN001 - Prefect's retry_
       retries=3, retry_delay_seconds=10)
 def node_step(run_id: str, step: str, node: str) -> Any:
     engine = RUNS[run_id]
-    return perform(engine, step, node)
+    return kept(f"{run_id}/{step}/{node}", lambda: perform(engine, step, node))
 
 
 @task(name="phase", task_run_name="{name}", cache_policy=NO_CACHE)
 def phase(key: str, name: str) -> Any:
-    return PHASES[key]()
+    return kept(key, PHASES[key])
 
 
 def step_timeout_minutes(options: RunOptions, step: str) -> float:
@@ -64,13 +93,29 @@ class TaskChain:
     def tags(self, node: str | None) -> list[str]:
         return [f"cluster:{self.cluster}"] + ([f"node:{node}"] if node else []) if self.tagged else []
 
-    def _submit(self, runner: Any, *args: Any) -> Any:
+    def _submit(self, runner: Any, key: str, body: Callable[[], Any], *args: Any) -> Any:
         # run in this thread (no pool hand-off); the previous task run's state in wait_for draws the edge, and
         # allow_failure lets a recovery (or the next attempt) follow a failed step
-        state = runner(*args, wait_for=[allow_failure(self.last)] if self.last is not None else None,
-                       return_state=True)
-        self.last = state
-        return state.result()
+        OUTCOMES.pop(key, None)
+        try:
+            state = runner(*args, wait_for=[allow_failure(self.last)] if self.last is not None else None,
+                           return_state=True)
+        except Exception as e:
+            if not prefect_api_failure(e):
+                raise
+            state = None
+            log.warning("Prefect's API failed around %s (%s): the step's own outcome decides", key, e)
+        outcome = OUTCOMES.pop(key, None)  # the body's last attempt, whatever Prefect could record of it
+        if state is not None:
+            self.last = state
+            if outcome is None:
+                return state.result()
+        if outcome is None:  # its task run never started: the step runs without one
+            log.warning("%s runs without a task run: Prefect's API does not answer", key)
+            return body()
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["result"]
 
     def step(self, name: str, node: str) -> Any:
         options = self.engine.options
@@ -83,13 +128,15 @@ class TaskChain:
             task_run_name=f"{name}-{node}" + (f"-attempt-{attempt}" if attempt > 1 else ""),
             tags=self.tags(node), timeout_seconds=timeout,
             retries=options.task_retries, retry_delay_seconds=options.retry_delay_seconds)
-        return self._submit(runner, self.engine.recorder.run_id, name, node)
+        run_id = self.engine.recorder.run_id
+        return self._submit(runner, f"{run_id}/{name}/{node}", lambda: perform(self.engine, name, node), run_id,
+                            name, node)
 
     def phase(self, name: str, what: Callable[[], Any]) -> Any:
         key = f"{self.engine.recorder.run_id}/{name}"
         PHASES[key] = what
         try:
             node = name.removeprefix("recover-") if name.startswith("recover-") else None
-            return self._submit(phase.with_options(tags=self.tags(node)), key, name)
+            return self._submit(phase.with_options(tags=self.tags(node)), key, what, key, name)
         finally:
             PHASES.pop(key, None)

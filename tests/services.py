@@ -48,29 +48,51 @@ def postgres_bin() -> Path:
     return versions[-1].parent
 
 
+class Postgres:
+    """A PostgreSQL server of its own in a temporary directory, on a loopback port; `stop` and `start` for the
+    tests that take it away mid-run."""
+
+    def __init__(self) -> None:
+        self.binaries = postgres_bin()
+        self.root = Path(tempfile.mkdtemp(prefix="hci-pg-"))
+        self.data = self.root / "data"
+        self.as_user: list[str] = []
+        if os.geteuid() == 0:
+            shutil.chown(self.root, "postgres", "postgres")
+            self.as_user = ["runuser", "-u", "postgres", "--"]
+        self.port = free_port()
+        subprocess.run([*self.as_user, str(self.binaries / "initdb"), "-D", str(self.data), "-U", "hci",
+                        "--auth=trust", "-E", "UTF8", "--no-sync"], check=True, capture_output=True)
+
+    @property
+    def url(self) -> str:
+        """The URL of its superuser `hci` (trust on loopback) without a database name."""
+        return f"postgresql://hci@127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300"
+        subprocess.run([*self.as_user, str(self.binaries / "pg_ctl"), "-D", str(self.data), "-o", options, "-l",
+                        str(self.root / "log"), "-w", "-t", "60", "start"], check=True, capture_output=True)
+
+    def stop(self, mode: str = "immediate") -> None:
+        subprocess.run([*self.as_user, str(self.binaries / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w",
+                        "stop"], capture_output=True)
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
 @contextmanager
 def postgres() -> Iterator[str]:
     """A PostgreSQL server of its own; yields the URL of its superuser `hci` (trust on loopback) without a
     database name: append one made with `create_database`."""
-    binaries = postgres_bin()
-    root = Path(tempfile.mkdtemp(prefix="hci-pg-"))
-    data = root / "data"
-    as_user: list[str] = []
-    if os.geteuid() == 0:
-        shutil.chown(root, "postgres", "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    port = free_port()
-    subprocess.run([*as_user, str(binaries / "initdb"), "-D", str(data), "-U", "hci", "--auth=trust", "-E", "UTF8",
-                    "--no-sync"], check=True, capture_output=True)
-    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300"
-    subprocess.run([*as_user, str(binaries / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(root / "log"),
-                    "-w", "-t", "60", "start"], check=True, capture_output=True)
+    server = Postgres()
+    server.start()
     try:
-        yield f"postgresql://hci@127.0.0.1:{port}"
+        yield server.url
     finally:
-        subprocess.run([*as_user, str(binaries / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-                       capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
+        server.remove()
 
 
 def create_database(server: str, name: str) -> str:
@@ -81,33 +103,60 @@ def create_database(server: str, name: str) -> str:
     return f"{server}/{name}"
 
 
+LEASE_STORAGE = "prefect.server.concurrency.lease_storage.filesystem"  # leases that outlive a server restart
+
+
+class PrefectServer:
+    """`prefect server start` on a loopback port (on PostgreSQL when given), with the cluster locks' leases on
+    disk as the README's server path has it; `kill` and `start` for the tests that take it away mid-run."""
+
+    def __init__(self, home: Path, database_url: str | None = None) -> None:
+        self.port = free_port()
+        self.api = f"http://127.0.0.1:{self.port}/api"
+        self.env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": self.api,
+                    "PREFECT_SERVER_API_PORT": str(self.port), "PREFECT_UI_API_URL": self.api}
+        self.server_env = dict(self.env, PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE=LEASE_STORAGE)
+        self.server_env.pop("PREFECT_API_DATABASE_CONNECTION_URL", None)
+        if database_url:
+            self.server_env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url.replace("postgresql://",
+                                                                                          "postgresql+asyncpg://")
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen([*PREFECT, "server", "start", "--host", "127.0.0.1", "--port",
+                                         str(self.port)], env=self.server_env, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.api}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        self.stop()
+        raise RuntimeError("the Prefect server did not start")
+
+    def kill(self) -> None:
+        """SIGKILL: the server dies as a crashed machine's would, with nothing written on its way out."""
+        if self.process is not None:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop(self.process)
+
+
 @contextmanager
 def prefect_server(home: Path, database_url: str | None = None) -> Iterator[tuple[str, dict[str, str]]]:
-    """`prefect server start` on a loopback port (on PostgreSQL when given); yields its API URL and the
-    environment that points Prefect's clients at it."""
-    port = free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": api, "PREFECT_SERVER_API_PORT": str(port),
-           "PREFECT_UI_API_URL": api}
-    server_env = dict(env)
-    server_env.pop("PREFECT_API_DATABASE_CONNECTION_URL", None)
-    if database_url:
-        server_env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url.replace("postgresql://",
-                                                                                 "postgresql+asyncpg://")
-    process = subprocess.Popen([*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                               env=server_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{api}/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    else:
-        stop(process)
-        raise RuntimeError("the Prefect server did not start")
+    """A Prefect server (PrefectServer) for the test's duration; yields its API URL and the environment that points
+    Prefect's clients at it."""
+    server = PrefectServer(home, database_url)
+    server.start()
     try:
-        yield api, env
+        yield server.api, server.env
     finally:
-        stop(process)
+        server.stop()
