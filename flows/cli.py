@@ -7,6 +7,7 @@ import os
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -308,10 +309,14 @@ def upgrade(
     view = LiveView(run_id, console) if not json_out else None
     thread = view.start() if view else None
     with embedded_settings():
-        state = rolling_upgrade(inventory=str(inventory), cluster=target.name, options=run_options, run_id=run_id,
-                                return_state=True)
+        try:
+            state = rolling_upgrade(inventory=str(inventory), cluster=target.name, options=run_options,
+                                    run_id=run_id, return_state=True)
+        except Exception as e:  # the cluster's work is done; Prefect could not record its end
+            state = _late_state(run_id, e)
     if view and thread:
         view.stop(thread)
+    _settle_records()
     outcome = _outcome(run_id)
     if json_out:
         print(json.dumps(outcome, indent=2))
@@ -322,7 +327,52 @@ def upgrade(
             console.print(f"[red]Stopped:[/] {outcome['error']}")
     if outcome and outcome.get("window_ended"):
         raise typer.Exit(EXIT_WINDOW_ENDED)
-    raise typer.Exit(0 if outcome and outcome["succeeded"] and state.is_completed() else 1)
+    raise typer.Exit(0 if outcome and outcome["succeeded"] and (state is None or state.is_completed()) else 1)
+
+
+def _settle_records() -> None:
+    """A run that ended while its record store was down leaves events in its spool: wait for the store (two
+    minutes at most), or say where they wait."""
+    from hciupgrade.store import open_store
+
+    left = open_store().settle_spool(timeout=120)
+    if left is not None:
+        err.print(f"[yellow]warning:[/] the record store does not answer: this run's last events wait in {left}; "
+                  "the next run on this machine writes them")
+
+
+def _late_state(run_id: str, error: Exception) -> None:
+    """Prefect's API failed at the very end of a run whose work was done (its server or database down): the
+    outcome this process holds is the run's, and the flow run's state is set as soon as the API answers again
+    (within two minutes), so that the UI never shows it Running for good."""
+    from flows.rolling_upgrade import FINISHED
+    from tasks.node_steps import prefect_api_failure
+
+    if not prefect_api_failure(error) or run_id not in FINISHED:
+        raise error
+    outcome, flow_run_id = FINISHED[run_id]
+    err.print(f"[yellow]warning:[/] Prefect's API failed at the end of run {run_id} ({error}); its outcome is "
+              "this process's")
+    if flow_run_id is None:
+        return None
+    from uuid import UUID
+
+    from prefect import get_client
+    from prefect.states import Completed, Failed
+
+    final = Completed(message="upgraded") if outcome.succeeded else Failed(message=outcome.reason)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            with get_client(sync_client=True) as client:
+                client.set_flow_run_state(UUID(flow_run_id), final, force=True)
+            err.print(f"[yellow]warning:[/] flow run {flow_run_id} set {final.type.value} once Prefect answered")
+            return None
+        except Exception:  # noqa: BLE001 - still down: try again
+            time.sleep(5)
+    err.print(f"[red]flow run {flow_run_id} could not be set {final.type.value}: Prefect's API does not answer; "
+              "the next run of this cluster sets it[/]")
+    return None
 
 
 def _inputs(inventory: Path, cluster: str | None, options: Path | None,
@@ -615,9 +665,13 @@ def _announce(run_id: str, cluster: str) -> None:
 
 
 def _outcome(run_id: str) -> dict | None:
-    """The outcome a run recorded at its end (None if it has not ended)."""
+    """The outcome a run recorded at its end (None if it has not ended): this process's when it ran here (the
+    record store may not answer), the record's otherwise."""
+    from flows.rolling_upgrade import FINISHED
     from hciupgrade.store import open_store
 
+    if run_id in FINISHED:
+        return FINISHED[run_id][0].model_dump(mode="json")
     ends = [e for e in open_store().events(run_ids=[run_id], phases=["run"]) if "outcome" in e]
     return ends[-1]["outcome"] if ends else None
 

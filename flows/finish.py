@@ -17,6 +17,7 @@ from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 from pydantic import Field
 
+from flows.ghosts import bury_ghosts
 from flows.locking import cluster_lock, embedded, narrate_to_run_log, run_name
 from flows.readiness import readiness
 from flows.rolling_upgrade import UpgradeFailed, load_secret, prefect_engine, rolling_upgrade, run_engine
@@ -76,6 +77,7 @@ def post_upgrade(inventory: str, cluster: str | None = None, options: RunOptions
     client = ClusterClient(target, target.credential.resolve(secret_block=load_secret))
     recorder = RunRecorder(run_id or new_run_id(), target.name, time_factor=target.time_factor)
     narrate_to_run_log(recorder)
+    bury_ghosts(recorder)
 
     def given(steps: list[str], plan: str) -> Approval | None:
         return approval

@@ -30,6 +30,7 @@ embedded mode no other machine can, so a slot still counted then is stale and is
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -46,7 +47,11 @@ from hciupgrade.ownership import Held, LostOwnership
 
 log = logging.getLogger("hci_upgrade.lock")
 LEASE_STORAGE = "prefect.server.concurrency.lease_storage.filesystem"  # outlives a server restart
-REPORT_SECONDS = 60.0  # a waiting run says what holds the lock this often
+
+
+def report_seconds() -> float:
+    """How often a waiting run says what holds the lock (and reclaims a dead holder's slot): once a minute."""
+    return float(os.environ.get("HCI_UPGRADE_LOCK_REPORT_SECONDS", "60"))
 
 
 @contextmanager
@@ -139,13 +144,13 @@ class ClusterLease:
             raise LostOwnership(self.lost)
 
     def acquire(self, timeout: float, waiting: Callable[[float], None]) -> None:
-        """Take the slot, waiting up to `timeout` s; `waiting(seconds waited)` is called every REPORT_SECONDS."""
+        """Take the slot, waiting up to `timeout` s; `waiting(seconds waited)` is called every report_seconds()."""
         from prefect.client.schemas.objects import ConcurrencyLeaseHolder
         from prefect.runtime import flow_run
 
         holder = ConcurrencyLeaseHolder(type="flow_run", id=UUID(flow_run.id)) if flow_run.id else None
         started = time.monotonic()
-        next_report = started + REPORT_SECONDS
+        next_report = started + report_seconds()
         with get_client(sync_client=True) as client:
             while True:
                 asked = _clocks()
@@ -165,7 +170,7 @@ class ClusterLease:
                 if now - started >= timeout:
                     raise LockTimeout(f"cluster {self.cluster}: its lock was not free within {timeout / 60:.0f} min")
                 if now >= next_report:
-                    next_report = now + REPORT_SECONDS
+                    next_report = now + report_seconds()
                     waiting(now - started)
                 time.sleep(max(0.2, min(retry, 10.0, next_report - now, timeout - (now - started))))
         self._thread = threading.Thread(target=self._renew, name=f"hci-upgrade-lease-{self.cluster}", daemon=True)
@@ -193,12 +198,16 @@ class ClusterLease:
             self._thread.join(timeout=5)
         if self.lease_id is None:
             return
-        try:
-            with get_client(sync_client=True) as client:
-                client.release_concurrency_slots_with_lease(self.lease_id)
-        except Exception as e:  # noqa: BLE001 - the lease expires on its own; say so and go on
-            log.warning("could not release the lock of %s (its lease lapses in %g s): %s", self.cluster,
-                        self.seconds, e)
+        for pause in (2, 4, 0):  # a server restarting answers again within seconds
+            try:
+                with get_client(sync_client=True) as client:
+                    client.release_concurrency_slots_with_lease(self.lease_id)
+                return
+            except Exception as e:  # noqa: BLE001 - the lease expires on its own; say so and go on
+                if not pause:
+                    _warn("could not release the lock of %s (its lease lapses within %g s, or the next run "
+                          "releases it): %s", self.cluster, self.seconds, e)
+                time.sleep(pause)
 
 
 def holders(cluster: str) -> list[dict[str, Any]]:
@@ -231,6 +240,10 @@ def reclaim_dead_holder(cluster: str, limit: str) -> str | None:
             _reset_slots(client, limit)
         return (f"released the lease of dead run(s) {', '.join(released)}" if released
                 else "reset the slot count: no live run holds it and no lease was left to release")
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
 def _warn(message: str, *args: Any) -> None:
@@ -268,7 +281,7 @@ def cluster_lock(cluster: str, *, lease_seconds: float, timeout_seconds: float =
         lease = ClusterLease(cluster, name, lease_seconds)
 
         def waiting(waited: float) -> None:
-            _warn("waiting %.0f min for the lock of %s: held by %s", waited / 60, cluster, _describe(cluster))
+            _warn("waiting for the lock of %s (%s so far): held by %s", cluster, _duration(waited), _describe(cluster))
             done = reclaim_dead_holder(cluster, name)
             if done:
                 _warn("the lock of %s was held by a run that is dead by the records: %s", cluster, done)

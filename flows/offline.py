@@ -15,6 +15,7 @@ from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 from pydantic import Field
 
+from flows.ghosts import bury_ghosts
 from flows.locking import cluster_lock, embedded, narrate_to_run_log, run_name
 from flows.rolling_upgrade import UpgradeFailed, load_secret
 from hciupgrade.clock import ClusterClock
@@ -61,6 +62,7 @@ def offline_upgrade(inventory: str, cluster: str | None = None, options: RunOpti
     options.check_against(target)
     recorder = RunRecorder(new_run_id(), target.name, time_factor=target.time_factor)
     narrate_to_run_log(recorder)
+    bury_ghosts(recorder)
     if approval is None and (wait_for_approval if wait_for_approval is not None else not embedded()):
         answer = pause_flow_run(wait_for_input=DowntimeApproval.with_initial_data(
             description=f"### Take **{target.name}** down?\nEvery VM is shut down, the cluster stopped, every node "

@@ -18,6 +18,7 @@ from prefect.artifacts import (
 )
 from prefect.states import Completed, Failed
 
+from flows.ghosts import bury_ghosts
 from flows.heap import freeze_startup_heap
 from flows.locking import cluster_lock, embedded, narrate_to_run_log, run_name
 from hciupgrade.clock import ClusterClock
@@ -26,11 +27,15 @@ from hciupgrade.engine import RollingUpgrade
 from hciupgrade.models import ClusterInventory, RunOptions, RunOutcome, load_inventory
 from hciupgrade.records import PHASES, RunRecorder, new_run_id, node_summary
 from hciupgrade.steps import Steps
-from tasks.node_steps import RUNS, TaskChain
+from tasks.node_steps import RUNS, TaskChain, prefect_api_failure
 
 
 class UpgradeFailed(RuntimeError):
     pass
+
+
+# run id -> (its outcome, its flow run id): what the CLI reports when Prefect's API failed at the run's very end
+FINISHED: dict[str, tuple[RunOutcome, str | None]] = {}
 
 
 def load_secret(name: str) -> str:
@@ -46,6 +51,7 @@ def prefect_engine(target: ClusterInventory, options: RunOptions, run_id: str | 
     client = ClusterClient(target, target.credential.resolve(secret_block=load_secret))
     recorder = RunRecorder(run_id or new_run_id(), target.name, time_factor=target.time_factor)
     narrate_to_run_log(recorder)
+    bury_ghosts(recorder)
     key = f"upgrade-{target.name.lower()}"
     engine = RollingUpgrade(
         client, options, recorder, Steps(client, options, ClusterClock(target.time_factor)),
@@ -81,15 +87,27 @@ def run_engine(engine: RollingUpgrade, client: ClusterClient, *, dry_run: bool =
         outcome, _ = engine.run(dry_run=dry_run)
     except BaseException:  # cancelled: its summary still replaces the previous run's in the UI
         if engine.cancelled is not None:
-            publish(engine.recorder, engine.cancelled)
+            publish_if_possible(engine.recorder, engine.cancelled)
         raise
     finally:
         RUNS.pop(engine.recorder.run_id, None)
         if isinstance(engine.progress, Progress):
             engine.progress.close()
         client.close()
-    publish(engine.recorder, outcome)
+    FINISHED[engine.recorder.run_id] = (outcome, engine.recorder.run_attrs.get("flow_run_id"))
+    bury_ghosts(engine.recorder)  # a run this one found dead only after watching its heartbeat stop
+    publish_if_possible(engine.recorder, outcome)
     return outcome
+
+
+def publish_if_possible(recorder: RunRecorder, outcome: RunOutcome) -> None:
+    """The artifacts, unless Prefect's API fails (the outcome is the run's either way)."""
+    try:
+        publish(recorder, outcome)
+    except Exception as e:
+        if not prefect_api_failure(e):
+            raise
+        get_run_logger().warning("the run's artifacts could not be published: Prefect's API failed (%s)", e)
 
 
 @flow(name="rolling-upgrade", flow_run_name=run_name("upgrade"), log_prints=True)

@@ -24,9 +24,16 @@ class LiveView:
         self.nodes: dict[str, dict[str, Any]] = {}
         self._stop = threading.Event()
         self._last = 0
+        self.unavailable: str | None = None  # why the records cannot be read just now (the view goes on)
 
     def _read(self) -> None:
-        for event in open_store().events(run_ids=[self.run_id], after_id=self._last):
+        try:
+            events = open_store().events(run_ids=[self.run_id], after_id=self._last)
+            self.unavailable = None
+        except Exception as e:  # noqa: BLE001 - a store that dropped: the view waits for it, the run goes on
+            self.unavailable = str(e)
+            return
+        for event in events:
             self._last = event["_id"]
             if event.get("phase") == "plan":
                 for n in event.get("order", []):
@@ -42,7 +49,8 @@ class LiveView:
 
 
     def render(self) -> Table:
-        table = Table(title="Rolling upgrade", expand=False)
+        caption = f"records unavailable, the run goes on: {self.unavailable}" if self.unavailable else None
+        table = Table(title="Rolling upgrade", expand=False, caption=caption)
         for column in ("node", "phase", "progress", "result"):
             table.add_column(column)
         for name, row in self.nodes.items():

@@ -91,9 +91,12 @@ class RunRecorder:
         self.store = store or open_store()
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
         self.emitted: list[dict[str, Any]] = []  # this process's events of the run, for a store that dropped
+        self.run_attrs: dict[str, Any] = {}  # what the run's first event carries besides (its Prefect flow run)
 
     def emit(self, node: str | None, phase: str, status: str, *, start: str | None = None, end: str | None = None,
              error: str | None = None, **attrs: Any) -> dict[str, Any]:
+        if phase == "run" and status == "running":
+            attrs = {**self.run_attrs, **attrs}
         event = {"run_id": self.run_id, "cluster": self.cluster, "node": node, "phase": phase, "status": status,
                  "start": start or now_iso(), "end": end, "error": error, "time_factor": self.time_factor, **attrs}
         event = json.loads(json.dumps(event, default=str))  # what the store keeps is what listeners see

@@ -341,6 +341,14 @@ class RecordStore:
                 log.warning("the record store answers again: %d spooled event(s) written", len(lines))
             return True
 
+    def settle_spool(self, timeout: float) -> Path | None:
+        """Wait up to `timeout` s for this process's spool to reach the store (at a run's end); returns the spool
+        still waiting, if any (the next process to open the store writes it)."""
+        deadline = time.monotonic() + timeout
+        while self._spool_path is not None and not self.flush_spool(force=True) and time.monotonic() < deadline:
+            time.sleep(FLUSH_EVERY_SECONDS)
+        return self._spool_path
+
     def _commit_spooled(self, lines: list[dict[str, Any]]) -> None:
         with self._tx() as cur:
             for line in lines:

@@ -35,12 +35,18 @@ log = logging.getLogger("hci_upgrade.tasks")
 
 
 def prefect_api_failure(error: BaseException) -> bool:
-    """Whether an exception is Prefect's API failing (a server that does not answer, or answers 5xx), not a step's."""
-    from prefect.exceptions import PrefectHTTPStatusError
-
-    if isinstance(error, PrefectHTTPStatusError | httpx.HTTPStatusError):
-        return error.response.status_code >= 500
-    return isinstance(error, httpx.TransportError | ConnectionError)
+    """Whether an exception is Prefect's API failing (a server that does not answer, or answers 5xx), not a step's:
+    the error itself or what it was raised from (a task's concurrency slots that could not be asked for, say)."""
+    seen: BaseException | None = error
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, httpx.HTTPStatusError):
+            return seen.response.status_code >= 500
+        if isinstance(seen, httpx.TransportError | ConnectionError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def kept(key: str, body: Callable[[], Any]) -> Any:
@@ -100,7 +106,7 @@ class TaskChain:
         try:
             state = runner(*args, wait_for=[allow_failure(self.last)] if self.last is not None else None,
                            return_state=True)
-        except Exception as e:
+        except BaseException as e:  # Prefect's slot service raises some of its API failures as BaseException
             if not prefect_api_failure(e):
                 raise
             state = None

@@ -69,7 +69,13 @@ class Postgres:
         """The URL of its superuser `hci` (trust on loopback) without a database name."""
         return f"postgresql://hci@127.0.0.1:{self.port}"
 
+    def running(self) -> bool:
+        return subprocess.run([*self.as_user, str(self.binaries / "pg_ctl"), "-D", str(self.data), "status"],
+                              capture_output=True).returncode == 0
+
     def start(self) -> None:
+        if self.running():
+            return
         options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300"
         subprocess.run([*self.as_user, str(self.binaries / "pg_ctl"), "-D", str(self.data), "-o", options, "-l",
                         str(self.root / "log"), "-w", "-t", "60", "start"], check=True, capture_output=True)
