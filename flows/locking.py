@@ -265,6 +265,29 @@ def _describe(cluster: str) -> str:
                      f"{r['heartbeat']}" for r in runs)
 
 
+_CHECKED_SERVERS: set[str] = set()
+
+
+def check_lease_storage() -> None:
+    """On a Prefect server, say once per process when it keeps leases in memory: a restart of that server forgets
+    every lease, each run holding a cluster then stops (LostOwnership), and the slots stay taken until a later run
+    reclaims them."""
+    url = get_current_settings().api.url
+    if url is None or url in _CHECKED_SERVERS:
+        return
+    _CHECKED_SERVERS.add(url)
+    try:
+        with get_client(sync_client=True) as client:
+            settings = client.request("GET", "/admin/settings").json()
+        storage = settings.get("server", {}).get("concurrency", {}).get("lease_storage", "")
+    except Exception:  # noqa: BLE001 - a server that does not show its settings: nothing to say
+        return
+    if storage.endswith(".memory"):
+        _warn("the Prefect server keeps the cluster locks' leases in memory: a restart of the server forgets them, "
+              "and every run holding a cluster stops; start it with PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE=%s",
+              LEASE_STORAGE)
+
+
 _HELD: dict[str, Held] = {}  # clusters whose lock this process holds: a nested run takes it again at once
 
 
@@ -276,6 +299,7 @@ def cluster_lock(cluster: str, *, lease_seconds: float, timeout_seconds: float =
     if key in _HELD:  # post-OS's rolling restart inside the post-OS run: the same hold, the same fence
         yield _HELD[key]
         return
+    check_lease_storage()
     with host_lock(cluster, timeout=timeout_seconds):
         name = ensure_limit(cluster, reclaim_stale=embedded())
         lease = ClusterLease(cluster, name, lease_seconds)

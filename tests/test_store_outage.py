@@ -96,3 +96,20 @@ def test_a_spool_left_by_a_process_that_ended_is_written_by_the_next_one(pg, sto
     assert store.flush_left_spools() == 1  # its process is gone: the next one writes it
     assert [e["n"] for e in store.events(run_ids=["run-1"])] == [0, 1]
     assert not os.path.exists(spool)
+
+
+def test_the_live_view_goes_on_while_the_records_do_not_answer(monkeypatch):
+    from rich.console import Console
+
+    import flows.views as views
+
+    view = views.LiveView("run-1", Console(width=120, record=True))
+
+    def down(url=None):
+        raise StoreUnavailable("the record store (RecordStore(postgresql)) does not answer: connection refused")
+
+    monkeypatch.setattr(views, "open_store", down)
+    view._read()  # no exception: the view's thread lives on
+    console = Console(width=120, record=True)
+    console.print(view.render())
+    assert "records unavailable, the run goes on" in " ".join(console.export_text().split())
