@@ -10,6 +10,7 @@ import signal
 import subprocess
 from pathlib import Path
 
+import httpx
 import pytest
 
 from hciupgrade.sim.audit import check_invariants
@@ -65,12 +66,20 @@ def test_a_run_killed_mid_drain_on_one_worker_is_finished_on_another(tmp_path, s
     log = read_events(events)
     assert sorted(e["node"] for e in log if e["kind"] == "suspend") == ["node1", "node2", "node3"]  # once each
     store = RecordStore(records)
-    killed = store.runs(cluster=scenario.cluster.name, open_only=True)
-    assert [r["host"] for r in killed] == ["worker-a"]
+    killed = [r for r in store.runs(cluster=scenario.cluster.name) if r["host"] == "worker-a"]
+    assert [r["status"] for r in killed] == ["crashed"]  # no ghost: the run that finished the cluster ended it
+    assert store.runs(cluster=scenario.cluster.name, open_only=True) == []
     adopted = [e for e in store.events(run_ids=[outcome["run_id"]], phases=["ownership"]) if e.get("adopted_from")]
     assert [(e["node"], e["adopted_from"]) for e in adopted] == [("node2", killed[0]["run_id"])]
+    taken = [e for e in store.events(run_ids=[outcome["run_id"]], phases=["ownership"]) if e.get("taken_over_from")]
+    assert [(e["node"], e["taken_over_from"]) for e in taken] == [("node2", killed[0]["run_id"])]  # its mark too
     assert store.runs(run_ids=[outcome["run_id"]])[0]["host"] == "worker-b"
     assert check_invariants(log, scenario, outcome, SIM_USER) == []
+    # and Prefect does not show the killed run Running for good: Crashed, with the machine and process named
+    flow_run = next(e["flow_run_id"] for e in store.events(run_ids=[killed[0]["run_id"]], phases=["run"])
+                    if e.get("flow_run_id"))
+    state = httpx.get(f"{api}/flow_runs/{flow_run}", timeout=10).json()["state"]
+    assert state["type"] == "CRASHED" and f"worker-a (process {killed[0]['pid']})" in state["message"]
 
 
 def test_a_run_alive_on_another_machine_blocks_with_run_in_progress(tmp_path, shared):
