@@ -432,9 +432,10 @@ class ClusterClient:
         return int(objects[0]["ClusterFunctionalLevel"]) if objects else self.functional_level()
 
     def pool(self) -> tuple[str, int]:
-        """The S2D pool's FriendlyName and raw Version (the checker wants 28 or more)."""
-        call = Cmdlet("Get-StoragePool", {"IsPrimordial": False, **STOP})
-        obj = self.query(call)[0]
+        """The S2D pool's FriendlyName and metadata version as a number (the checker wants 28 or more): read by
+        Get-StoragePoolVersion.ps1 from the CIM property, as Get-StoragePool shows a friendly text."""
+        call = PackagedScript("Get-StoragePoolVersion.ps1")
+        obj = first(self.ask(call), self.name, call)
         return str(obj["FriendlyName"]), int(obj["Version"])
 
     def update_pool(self, name: str) -> None:
@@ -446,9 +447,14 @@ class ClusterClient:
         return self.session(node).run(Cmdlet("Get-VM")).objects
 
     def vm_call(self, node: str, cmdlet: str, vm: str, **extra: Any) -> None:
-        """Stop-VM, Start-VM or Update-VMVersion of one VM on its node; a failure is terminating."""
+        """Stop-VM, Start-VM or Update-VMVersion of one VM on its node; a failure is terminating. Stop-VM always
+        with -Force: without it, a guest whose console is locked is not shut down but prompts, and a remote
+        session cannot answer (Msvm_ShutdownComponent.InitiateShutdown: 32781 "The machine is locked and cannot
+        be shut down without the force option"); with it, the guest still gets its orderly shutdown."""
         if cmdlet not in ("Stop-VM", "Start-VM", "Update-VMVersion"):
             raise ValueError(cmdlet)
+        if cmdlet == "Stop-VM":
+            extra = {"Force": SWITCH, **extra}
         self.act(node, OWNED_COMMAND, {"Command": cmdlet, "Name": vm, **extra})
 
     def storage_replica(self) -> bool:
@@ -461,12 +467,12 @@ class ClusterClient:
             raise
 
     def validate(self) -> list[dict[str, Any]]:
-        """Test-Cluster's per-test results (packaged Invoke-ClusterValidation.ps1): Category, Test, Result."""
+        """Test-Cluster's per-test results (packaged Invoke-ClusterValidation.ps1): Category, Test, Result. Run
+        once, on the first node that answers a read: a validation cut off by a timeout may still run on its node,
+        so it is never started again on another."""
         for name in self.sessions:
-            try:
+            if self.reachable(name):
                 return self.sessions[name].run(PackagedScript("Invoke-ClusterValidation.ps1"), timeout=1800).objects
-            except NodeUnreachable:
-                continue
         raise NodeUnreachable(self.name, "no node of the cluster answered for Test-Cluster")
 
     def registry_value(self, node: str, key: str, name: str) -> Any:
@@ -486,9 +492,23 @@ class ClusterClient:
         """Stop-Cluster -Force: the cluster service stops on every node; roles, CSVs and the pool go offline."""
         self.act_on_cluster("Stop-Cluster", {"Force": SWITCH})
 
-    def start_cluster(self, node: str) -> None:
-        """Start-Cluster, run on a node and naming it (the cluster name resolves only when the cluster runs)."""
-        self.act(node, OWNED_COMMAND, {"Command": "Start-Cluster", "Name": node}, timeout=600)
+    def start_cluster_service(self, node: str) -> None:
+        """Start-Service ClusSvc on the node, in its own session. Not Start-Cluster: run in one node's session it
+        reaches the other nodes, a second hop Windows refuses without delegated credentials (Start-Cluster's docs:
+        it cannot be run remotely without CredSSP), and the cluster stays stopped."""
+        self.act(node, OWNED_COMMAND, {"Command": "Start-Service", "Name": "ClusSvc"}, timeout=600)
+
+    def second_hop(self) -> str | None:
+        """Whether a command in one node's session reaches another node (what Test-Cluster and CAU need): None
+        when it does, else Windows' refusal (Test-SecondHop.ps1; it changes nothing)."""
+        names = list(self.sessions)
+        if len(names) < 2:
+            return None
+        try:
+            self.session(names[0]).run(PackagedScript("Test-SecondHop.ps1", {"Name": names[1]}), timeout=120)
+        except CmdletFailed as e:
+            return f"from {names[0]} to {names[1]}: {e.errors[0].message}"
+        return None
 
     def set_cluster_service(self, node: str, startup: str) -> None:
         """Set-Service -Name ClusSvc -StartupType Disabled|Automatic on the node."""

@@ -6,8 +6,10 @@ the runbook:
     shut down the running VMs; take the cluster shared volumes offline; Stop-Cluster
     the cluster service Disabled on every node              (a restart must not rejoin a half-updated cluster)
     every node at once: the feature update, restart, back on 23H2; the cumulative update, restart
-    the cluster service Automatic; Start-Cluster; every node Up
-    the pool Healthy and no storage job; the volumes online; the VMs started again; volumes and disks checked
+    the cluster service Automatic, then started on each node through its own session (Start-Cluster from one node
+        would reach the others: a second hop Windows refuses without delegation); every node Up
+    the volumes online (a volume offline reads Detached, its health Unknown, so storage is judged after); the
+        pool Healthy and no storage job; the VMs started again; volumes and disks checked
 
 An abort at any step brings the cluster back up as far as it can (the service Automatic where a node answers,
 Start-Cluster, the volumes online, the VMs that ran started) and says what is left.
@@ -97,8 +99,8 @@ class OfflineUpgrade:
             ("cumulative-update", lambda: self.update_all(lcu)),
             ("cluster-service-automatic", lambda: self.cluster_service("Automatic")),
             ("start-cluster", self.start_cluster),
-            ("wait-storage", lambda: feature.wait_storage("cluster", settled=True) and None),
             ("volumes-online", lambda: self.volumes(online=True)),
+            ("wait-storage", lambda: feature.wait_storage("cluster", settled=True) and None),
             ("start-vms", self.start_vms),
             ("verify", self.verify),
         ]
@@ -181,10 +183,12 @@ class OfflineUpgrade:
         return build
 
     def start_cluster(self) -> None:
-        starter = next((n for n in self.nodes if self.client.reachable(n)), None)
-        if starter is None:
-            raise OfflineStopped("no node answers to start the cluster")
-        self.client.start_cluster(starter)
+        """The cluster service started on every node that answers, each through its own session: Start-Cluster
+        run on one node reaches the others, a second hop (its docs: it cannot be run remotely without CredSSP).
+        The cluster forms once a majority of the votes run it."""
+        failed = self._each("start the cluster service", self.client.start_cluster_service)
+        if len(failed) == len(self.nodes):
+            raise OfflineStopped("no node started its cluster service: " + "; ".join(failed))
 
         def all_up() -> bool:
             try:

@@ -96,6 +96,7 @@ class PostUpgrade:
             with self.recorder.phase(None, "verify"):
                 outcome.before = self.levels()
                 self.verify(outcome.before)
+                self.second_hop()
             if self.client.storage_replica():
                 with self.recorder.phase(None, "storage-replica-restart"):
                     if not self.restart(list(self.client.sessions)):
@@ -251,6 +252,21 @@ class PostUpgrade:
                 self.client.vm_call(node, "Start-VM", vm)
         except (RemoteError, StopIteration) as e:
             self.recorder.emit(node, "vm-start", "failed", vm=vm, error=f"could not start {vm} again: {e}")
+
+    def second_hop(self) -> None:
+        """Test-Cluster runs on one node and reaches every other (a second hop): proven before anything
+        irreversible, or the run is refused up front with the fix. Otherwise it would throw only at the end,
+        after the functional level and the pool were raised."""
+        refused = self.client.second_hop()
+        self.add("second hop for Test-Cluster", refused is None, "a node's session reaches the other nodes"
+                 if refused is None else f"{refused}. Test-Cluster reaches every node from the one it runs on: "
+                 "use auth: credssp in the inventory (Enable-WSManCredSSP -Role Server on the nodes), set up "
+                 "resource-based constrained delegation, or run Test-Cluster on a node by hand")
+        if refused is not None:
+            raise StopPostUpgrade(f"second hop refused {refused}: Test-Cluster would fail after the irreversible "
+                                  "steps; use auth: credssp (Enable-WSManCredSSP -Role Server on the nodes), "
+                                  "resource-based constrained delegation, or run Test-Cluster on a node by hand. "
+                                  "Nothing was changed")
 
     def add(self, check: str, ok: bool, detail: str, *, blocking: bool = True) -> None:
         finding = Finding(check, ok, detail, blocking)

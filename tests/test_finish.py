@@ -32,9 +32,9 @@ def private_home(tmp_path, monkeypatch):
 
 def upgraded_cluster(nodes: int = 3, build: str = AFTER_FEATURE_UPDATE, knobs: dict | None = None,
                      **kw: Any) -> SimCluster:
-    scenario = make_scenario(nodes=nodes, vms_per_node=1, time_factor=FACTOR, build=build, **kw)
-    if knobs:
-        scenario = scenario.model_copy(update={"knobs": scenario.knobs.model_copy(update=knobs)})
+    # set up for the second hop (CredSSP), so Test-Cluster reaches every node; the default refuses it
+    scenario = make_scenario(nodes=nodes, vms_per_node=1, time_factor=FACTOR, build=build,
+                             knobs={"second_hop": "allowed", **(knobs or {})}, **kw)
     return SimCluster(scenario)
 
 

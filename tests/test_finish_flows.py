@@ -23,7 +23,8 @@ AFTER_FEATURE_UPDATE = "10.0.25398.1486"
 
 
 def finished_scenario(build: str = AFTER_FEATURE_UPDATE):
-    return make_scenario(nodes=3, vms_per_node=1, time_factor=FAST, build=build)
+    return make_scenario(nodes=3, vms_per_node=1, time_factor=FAST, build=build,
+                         knobs={"second_hop": "allowed"})  # CredSSP set up: Test-Cluster reaches every node
 
 
 def events_of(path: Path) -> list[dict]:
@@ -122,7 +123,7 @@ def test_an_approval_that_times_out_leaves_nothing_irreversible_done(served):
 
 def test_the_offline_command_needs_its_approval_and_then_updates_every_node_at_once(tmp_path):
     extra = {"PREFECT_HOME": str(tmp_path / "prefect"), "COLUMNS": "200"}
-    scenario = make_scenario(nodes=3, vms_per_node=1, time_factor=FAST)
+    scenario = make_scenario(nodes=3, vms_per_node=1, time_factor=FAST, knobs={"second_hop": "allowed"})
     with serve_cluster(scenario, tmp_path, extra) as (inventory, env, events):
         refused = subprocess.run([*CLI, "offline", "--inventory", str(inventory)], capture_output=True, text=True,
                                  env=env, timeout=120)
@@ -157,7 +158,8 @@ def test_the_whole_path_as_one_parent_flow_resumes_where_it_stopped(prefect_serv
     from hciupgrade.models import Approval
     from hciupgrade.sim.harness import SimHarness
 
-    with SimHarness(make_scenario(nodes=2, vms_per_node=1, time_factor=FAST)) as harness:
+    with SimHarness(make_scenario(nodes=2, vms_per_node=1, time_factor=FAST,
+                                  knobs={"second_hop": "allowed"})) as harness:
         inventory = tmp_path / "inv.yaml"
         harness.inventory().write(inventory)
         os.environ.update(harness.environment())

@@ -13,7 +13,7 @@ param(
     [Parameter(Mandatory)]
     [ValidateSet('Restart-Computer', 'Stop-ScheduledTask', 'Update-ClusterFunctionalLevel', 'Update-StoragePool',
                  'Stop-VM', 'Start-VM', 'Update-VMVersion', 'Stop-Cluster', 'Start-Cluster', 'Set-Service',
-                 'Start-ClusterResource', 'Stop-ClusterResource')]
+                 'Start-ClusterResource', 'Stop-ClusterResource', 'Start-Service')]
     [string] $Command,
     [string] $Name,
     [string] $TaskName,

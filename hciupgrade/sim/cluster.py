@@ -97,6 +97,7 @@ class Vm:
     state: str = "Online"  # cluster group state name
     version: str = "10.0"  # the VM configuration version (Windows Server 2022 / 22H2)
     running: bool = True  # Hyper-V's view: Running or Off
+    locked_console: bool = False  # Stop-VM without -Force prompts (a remote session cannot answer)
 
 
 @dataclass
@@ -191,6 +192,7 @@ class SimCluster:
         self._firing_at: float | None = None
         self._seq = itertools.count()
         self.cluster_running = True
+        self._service_running: set[str] = set()  # nodes whose cluster service was started while it was stopped
         self.csv_online: dict[str, bool] = {v.name: True for v in spec.volumes}
         self.functional_level = spec.functional_level
         self.pool_version = spec.pool_version
@@ -205,7 +207,8 @@ class SimCluster:
             node.winrm_up = scenario.faults_for(n.name, FaultKind.winrm_refused) is None
             node.returns = scenario.faults_for(n.name, FaultKind.no_return) is None
             self.nodes[n.name] = node
-        self.vms = {v.name: Vm(v.name, v.owner, v.memory_gb, v.dynamic_memory) for v in spec.vms}
+        self.vms = {v.name: Vm(v.name, v.owner, v.memory_gb, v.dynamic_memory, locked_console=v.locked_console)
+                    for v in spec.vms}
         self.disks = {
             v.name: VirtualDisk(v.name, int(v.size_gb * GB), v.resiliency) for v in spec.volumes
         }
@@ -600,6 +603,7 @@ class SimCluster:
                         vm.running, vm.state = False, "Failed"
                         self._log("vm", vm.owner, vm=vm.name, status="Crashed", by=by, reason=f"{disk} offline")
             self._log("csv", None, disk=disk, online=online, by=by)
+            self._refresh_storage_health()
 
     def stop_cluster(self, *, by: str) -> None:
         """Stop-Cluster: the cluster service stops on every node; roles, CSVs and the pool go offline."""
@@ -608,6 +612,7 @@ class SimCluster:
         for disk in self.csv_online:
             self.set_csv(disk, False, by=by)
         self.cluster_running = False
+        self._service_running.clear()
         for node in self.nodes.values():
             node.away_since = None  # nothing writes while the whole cluster is stopped: no resync to come
             if node.state in (NodeState.Up, NodeState.Paused):
@@ -615,22 +620,41 @@ class SimCluster:
         self._log("cluster", None, status="Stopped", by=by)
         self._refresh_storage_health()
 
-    def start_cluster(self, *, by: str) -> None:
-        """Start-Cluster: the cluster service starts on every node whose OS runs and whose service is not
-        Disabled; it needs a majority of the votes (nodes, and the witness)."""
-        ready = [n for n in self.nodes.values() if n.os_running and n.clussvc_startup != "Disabled"]
+    def start_cluster(self, *, by: str, on: str | None = None) -> list[str]:
+        """Start-Cluster run on node `on`: the cluster service starts there, and on the other nodes only if the
+        call may reach them (a second hop: its docs say it cannot be run remotely without CredSSP; knob
+        `second_hop`). Returns the nodes it could not reach. Without `on`, every node (a console on a node)."""
+        local = [self.node(on)] if on else list(self.nodes.values())
+        others = [n for n in self.nodes.values() if n not in local]
+        reached = local + (others if self.knobs.second_hop == "allowed" else [])
+        for node in reached:
+            if node.os_running and node.clussvc_startup != "Disabled":
+                self.start_node_service(node.name, by=by)
+        return [n.name for n in others if n not in reached]
+
+    def start_node_service(self, name: str, *, by: str) -> None:
+        """The cluster service started on the node itself (Start-Service ClusSvc in its own session: no second
+        hop). The cluster forms once a majority of the votes run it (the witness counts); until then a started
+        node waits Down for quorum rather than refusing (reference/domain.md §3.7)."""
+        node = self.node(name)
+        if node.clussvc_startup == "Disabled":
+            raise Refused(f"Service 'Cluster Service (ClusSvc)' cannot be started due to the following error: "
+                          f"Cannot start service ClusSvc on computer '{node.name}'.", 1058, node.name,
+                          "start-service")
+        if node.name not in self._service_running:
+            self._service_running.add(node.name)
+            self._log("service", node.name, name="ClusSvc", status="Running", by=by)
         votes = len(self.nodes) + (0 if self.knobs.witness == "none" else 1)
-        if len(ready) + (0 if self.knobs.witness == "none" else 1) <= votes / 2:
-            raise Refused("The cluster could not be started: quorum was not achieved "
-                          f"({len(ready)} of {len(self.nodes)} nodes can start).", 5925, None, "start-cluster")
-        if not self.cluster_running:
+        if not self.cluster_running and \
+                len(self._service_running) + (0 if self.knobs.witness == "none" else 1) > votes / 2:
             self.cluster_running = True
             self._log("cluster", None, status="Started", by=by)
-        for node in ready:
-            if node.state == NodeState.Down:
-                node.was_paused_at_restart = False
-                self._move(node, "start", by)
-                self._after(self.d.join_seconds, lambda node=node: self._joined(node), "joined")
+        if self.cluster_running:
+            for started in (self.nodes[n] for n in sorted(self._service_running)):
+                if started.state == NodeState.Down and started.os_running:
+                    started.was_paused_at_restart = False
+                    self._move(started, "start", by)
+                    self._after(self.d.join_seconds, lambda node=started: self._joined(node), "joined")
         self._refresh_storage_health()
 
     def set_cluster_service(self, name: str, startup: str, *, by: str) -> None:
@@ -750,7 +774,9 @@ class SimCluster:
         away = [n for n in self.nodes.values() if n.away_since is not None]
         for disk in self.disks.values():
             repairing = any(j.disk == disk.name and j.state == JobState.Running for j in self.jobs)
-            if not self.cluster_running:  # the pool is a clustered resource: offline with the cluster
+            if not self.cluster_running or not self.csv_online[disk.name]:
+                # the pool is a clustered resource, offline with the cluster; a volume whose cluster resource is
+                # offline is detached from its nodes and its health is unknown until it is online again
                 new = (HealthStatus.Unknown, (OperationalStatus.Detached,))
             elif away:
                 new = (HealthStatus.Warning, (OperationalStatus.Degraded,))

@@ -431,12 +431,26 @@ def stop_cluster(inv: Invocation) -> list[Out]:
 
 @cmdlet("Start-Cluster", "Name IgnorePersistentState Wait", positional=("Name",))
 def start_cluster(inv: Invocation) -> list[Out]:
-    try:
-        inv.sim.start_cluster(by=inv.caller)
-    except Refused as refused:
-        raise _cluster_refusal(inv, refused) from None
+    """Run in a node's session it starts the cluster service there; reaching the other nodes is a second hop
+    (its docs: it cannot be run remotely without CredSSP), refused without delegation (knob `second_hop`): an error
+    per node not reached [INFER the text], the cluster object still written."""
+    unreached = inv.sim.start_cluster(by=inv.caller, on=inv.node)
+    for name in unreached:
+        inv.errors.append(ErrorOut(f"The cluster service could not be started on node '{name}'. Access is denied.",
+                                   f"StartClusterNode,{command_class(inv.command)}", "PermissionDenied", target=name,
+                                   exception_type=f"{CLUSTER_NS}.ClusterCmdletException", hresult=-2147024891))
     return [Out([f"{CLUSTER_NS}.Cluster", f"{CLUSTER_NS}.ClusterObject", "System.Object"],
                 {"Name": inv.sim.name}, to_string=inv.sim.name)]
+
+
+def second_hop_denied(inv: Invocation, target: str) -> ErrorOut:
+    """What Windows answers a command in a remote session that connects on to another node without delegated
+    credentials: the PSRemotingTransportException of a refused connection (access denied)."""
+    return ErrorOut(f"[{target}] Connecting to remote server {target} failed with the following error message : "
+                    "Access is denied. For more information, see the about_Remote_Troubleshooting Help topic.",
+                    "AccessDenied,PSSessionStateBroken", "OpenError", target=target,
+                    exception_type="System.Management.Automation.Remoting.PSRemotingTransportException",
+                    hresult=-2147024891)
 
 
 def _csv_name(disk: str) -> str:
@@ -536,12 +550,26 @@ def get_storage_pool(inv: Invocation) -> list[Out]:
         if primordial is not None and bool(primordial) != is_primordial:
             continue
         operational = OperationalStatus.OK if health == HealthStatus.Healthy else OperationalStatus.Degraded
+        extended: dict[str, Any] = {"HealthStatus": health, "OperationalStatus": operational}
+        if sim.knobs.pool_version_form == "text":  # the Storage module's friendly text shadows the CIM number
+            extended["Version"] = pool_version_text(version)
         out.append(Out(cim_types(STORAGE_NS, "MSFT_StoragePool"),
                        {"FriendlyName": name, "IsPrimordial": is_primordial, "IsReadOnly": False,
                         "HealthStatus": int(health), "OperationalStatus": int(operational), "Size": size,
                         "AllocatedSize": used, "Version": version},
-                       extended={"HealthStatus": health, "OperationalStatus": operational}, to_string=""))
+                       extended=extended, to_string=""))
     return out
+
+
+# MSFT_StoragePool.Version (UInt16) as the Storage module shows it. 28 = "Windows Server vNext" is the environment
+# checker's own comment (reference/domain.md §2); the others are [INFER] (a real pool of 2017 showed
+# "Windows Server 2016 RS3"). Only the display depends on them: hci-upgrade reads the number.
+POOL_VERSION_TEXT = {24: "Windows Server 2016 RS3", 26: "Windows Server 2019", 27: "Windows Server 2022",
+                     28: "Windows Server vNext", 29: "Windows Server 2025"}
+
+
+def pool_version_text(version: int) -> str:
+    return POOL_VERSION_TEXT.get(version, f"Unknown ({version})")
 
 
 @cmdlet("Update-StoragePool", "FriendlyName UniqueId Name PassThru", positional=("FriendlyName",))
@@ -777,6 +805,25 @@ def get_cluster_health(inv: Invocation) -> list[Out]:
     return out
 
 
+@packaged("Get-StoragePoolVersion.ps1")
+def get_storage_pool_version(inv: Invocation) -> list[Out]:
+    """The S2D pool's name and the CIM number behind its friendly Version text."""
+    sim = inv.sim
+    return [Out(["System.Management.Automation.PSCustomObject", "System.Object"], {}, extended={
+        "FriendlyName": f"S2D on {sim.name}", "Version": sim.pool_version,
+        "VersionText": pool_version_text(sim.pool_version)})]
+
+
+@packaged("Test-SecondHop.ps1")
+def test_second_hop(inv: Invocation) -> list[Out]:
+    """Invoke-Command from this node's session to another: refused without delegation (knob `second_hop`)."""
+    target = str(inv.params.get("Name", ""))
+    if inv.sim.knobs.second_hop == "denied" and target.lower() != inv.node.lower():
+        raise Terminating(second_hop_denied(inv, target))
+    return [Out(["System.Management.Automation.PSCustomObject", "System.Object"], {},
+                extended={"ComputerName": target})]
+
+
 @packaged("Invoke-NodeScript.ps1")
 def invoke_node_script(inv: Invocation) -> list[Out]:
     with owned(inv):
@@ -989,6 +1036,13 @@ def _vm_action(inv: Invocation, action: Callable[[str], Any]) -> list[Out]:
 
 @cmdlet("Stop-VM", "Name Force TurnOff Save Passthru", positional=("Name",))
 def stop_vm(inv: Invocation) -> list[Out]:
+    """A guest whose console is locked is shut down only with -Force; without it Stop-VM asks, and a remote
+    session cannot answer (Msvm_ShutdownComponent.InitiateShutdown: 32781, 'The machine is locked and cannot be
+    shut down without the force option')."""
+    name = str(inv.params.get("Name", ""))
+    vm = inv.sim.vms.get(name)
+    if vm is not None and vm.running and vm.locked_console and "Force" not in inv.params:
+        raise Terminating(NON_INTERACTIVE)
     return _vm_action(inv, lambda name: inv.sim.stop_vm(name, by=inv.caller))
 
 
@@ -1017,9 +1071,13 @@ def get_sr_group(inv: Invocation) -> list[Out]:
 
 @packaged("Invoke-ClusterValidation.ps1")
 def invoke_cluster_validation(inv: Invocation) -> list[Out]:
-    """Test-Cluster's per-test results, as the packaged script projects them from the validation data XML."""
+    """Test-Cluster's per-test results, as the packaged script projects them from the validation data XML. It
+    reaches every node from this one: without delegation the first other node refuses it (a second hop)."""
     require_cluster_node(inv)
     sim = inv.sim
+    others = [n for n in sim.nodes if n != inv.node]
+    if others and sim.knobs.second_hop == "denied":
+        raise Terminating(second_hop_denied(inv, others[0]))
     inv.sim._log("validation", None, by=inv.caller)
     warnings = set(sim.knobs.validation_warnings)
     rows = []
@@ -1302,6 +1360,14 @@ def start_service(inv: Invocation) -> list[Out]:
     name = str(inv.params.get("Name"))
     if name.lower() not in {s.lower() for s in KNOWN_SERVICES}:
         no_such_service(inv, name)
+        return []
+    if name.lower() == "clussvc":
+        try:
+            inv.sim.start_node_service(inv.node, by=inv.caller)
+        except Refused as refused:  # Start-Service writes it and goes on; -ErrorAction Stop makes it terminating
+            inv.errors.append(ErrorOut(refused.args[0], "CouldNotStartService,Microsoft.PowerShell.Commands."
+                                       "StartServiceCommand", "OpenError", target="ClusSvc",
+                                       exception_type="Microsoft.PowerShell.Commands.ServiceCommandException"))
         return []
     if name.lower() == "networkatc":
         if "NetworkATC" in state.missing_features:

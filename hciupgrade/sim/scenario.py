@@ -28,6 +28,10 @@ class VmSpec(Strict):
     owner: str
     memory_gb: float = Field(16, gt=0)
     dynamic_memory: bool = False
+    locked_console: bool = Field(False, description=(
+        "someone is logged on to the guest's console and locked it: Stop-VM without -Force prompts, which a remote "
+        "session cannot answer (Msvm_ShutdownComponent.InitiateShutdown returns 32781, 'The machine is locked and "
+        "cannot be shut down without the force option')"))
 
 
 class VolumeSpec(Strict):
@@ -119,6 +123,14 @@ class Knobs(Strict):
     witness: Literal["Cloud Witness", "File Share Witness", "none"] = "Cloud Witness"
     pool_version_after: int = Field(29, ge=28, description="the pool Version (raw CIM value) Update-StoragePool "
                                                            "sets; 22H2 pools are below 28 [UNVERIFIED values]")
+    second_hop: Literal["denied", "allowed"] = Field(
+        "denied", description=(
+            "a command run in one node's session that reaches another node (Start-Cluster, Test-Cluster, "
+            "Invoke-Command to another node) is refused there, as a domain without delegation refuses it (access "
+            "denied); allowed: CredSSP, or resource-based constrained delegation"))
+    pool_version_form: Literal["text", "number"] = Field(
+        "text", description="how Get-StoragePool shows Version: the Storage module's friendly text, as a real "
+                            "node does ('Windows Server 2016 RS3' in a real Format-List *), or the raw number")
     storage_replica: bool = Field(False, description="Storage Replica is configured (Get-SRGroup returns groups): "
                                                      "each node needs a second restart after the update")
     validation_warnings: list[str] = Field(
@@ -272,6 +284,7 @@ def make_scenario(
     vms_per_node: int = 3,
     faults: list[dict] | None = None,
     time_factor: float = 1000,
+    knobs: dict | None = None,
     **cluster: object,
 ) -> Scenario:
     """A scenario built in code, the shape of the demo's (tests and benchmarks)."""
@@ -289,5 +302,6 @@ def make_scenario(
         },
         "time_factor": time_factor,
         "faults": faults or [],
+        "knobs": knobs or {},
     }
     return parse_scenario(data, source="generated scenario")

@@ -1,0 +1,175 @@
+"""What the first real cluster would have shown: answers in the forms Windows gives them, and the second hop
+Windows refuses without delegation. Each case runs against the simulator set the way a real node answers (its
+knobs, harsher by default), first showing the form or refusal itself, then that hci-upgrade copes with it. The
+sources are named beside each case."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import pytest
+
+from hciupgrade.clock import ClusterClock
+from hciupgrade.models import Approval
+from hciupgrade.offline import OfflineUpgrade
+from hciupgrade.postupgrade import PostUpgrade
+from hciupgrade.psenums import HealthStatus, NodeState
+from hciupgrade.records import RunRecorder, new_run_id
+from hciupgrade.remote import SWITCH, Cmdlet, CmdletFailed
+from hciupgrade.sim.cluster import SimCluster
+from hciupgrade.sim.scenario import make_scenario, parse_scenario
+from tests.test_finish import AFTER_FEATURE_UPDATE, FACTOR
+from tests.test_safety import engine
+
+APPROVE_ALL = Approval(approver="test", reason="first contact", steps=["functional-level", "storage-pool"],
+                       source="cli")
+
+
+@pytest.fixture(autouse=True)
+def private_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("HCI_UPGRADE_HOME", str(tmp_path))
+
+
+def cluster(*, build: str | None = None, vms: list | None = None, **knobs) -> SimCluster:
+    extra = {"build": build} if build else {}
+    scenario = make_scenario(nodes=3, vms_per_node=1, time_factor=FACTOR, knobs=knobs, **extra)
+    if vms is not None:
+        data = scenario.model_dump(mode="json")
+        data["cluster"]["vms"] = vms
+        scenario = parse_scenario(data)
+    return SimCluster(scenario)
+
+
+def owned(sim: SimCluster):
+    """An engine's client that owns the cluster, as a flow's does under the lock."""
+    run = engine(sim)
+    recorder = RunRecorder(new_run_id(), sim.name, time_factor=FACTOR)
+    run.client.own(recorder.run_id, partial(recorder.store.next_fence, sim.name))
+    return run, recorder
+
+
+# --- the pool's version: Get-StoragePool shows a friendly text (a real `Get-StoragePool | Format-List *` shows
+# "Version : Windows Server 2016 RS3"); the number is the CIM property, as the environment checker reads it ---------
+@pytest.mark.parametrize("form", ["text", "number"])
+def test_the_pool_version_is_read_as_a_number_whatever_form_get_storagepool_shows(form):
+    sim = cluster(pool_version_form=form)
+    run = engine(sim)
+    raw = run.client.query(Cmdlet("Get-StoragePool", {"IsPrimordial": False}))[0]["Version"]
+    assert isinstance(raw, str) if form == "text" else raw == sim.pool_version  # int(raw) fails on a real pool
+    assert run.client.pool() == (f"S2D on {sim.name}", sim.pool_version)
+
+
+def test_finish_raises_the_pool_on_a_pool_that_shows_its_version_as_text():
+    sim = cluster(build=AFTER_FEATURE_UPDATE, second_hop="allowed", pool_version_form="text")
+    for node in sim.nodes.values():
+        node.build = sim.lcu_build
+    before = sim.pool_version
+    run, recorder = owned(sim)
+    outcome = PostUpgrade(run.client, run.options, recorder, lambda steps, plan: APPROVE_ALL).run()
+    assert outcome.succeeded, outcome.error
+    assert before < 28 <= sim.pool_version and outcome.after.pool_version == sim.pool_version
+
+
+# --- a guest with a locked console: Stop-VM without -Force prompts, and a remote session cannot answer
+# (Msvm_ShutdownComponent.InitiateShutdown 32781: "The machine is locked and cannot be shut down without the force
+# option") --------------------------------------------------------------------------------------------------------
+def locked_cluster() -> SimCluster:
+    vms = [{"name": "kiosk01", "owner": "node1", "locked_console": True},
+           {"name": "app01", "owner": "node2"}, {"name": "app02", "owner": "node3"}]
+    return cluster(vms=vms)
+
+
+def test_stop_vm_without_force_on_a_locked_guest_asks_and_fails_in_a_remote_session():
+    sim = locked_cluster()
+    session = engine(sim).client.session("node1")
+    with pytest.raises(CmdletFailed) as failed:
+        session.run(Cmdlet("Stop-VM", {"Name": "kiosk01", "ErrorAction": "Stop"}))
+    assert failed.value.has_error_id("HostFunctionNotImplemented")
+    assert sim.vms["kiosk01"].running
+
+
+def test_the_offline_path_shuts_down_a_locked_guest_and_starts_it_again():
+    sim = locked_cluster()
+    run, recorder = owned(sim)
+    outcome = OfflineUpgrade(run.client, run.options, recorder, ClusterClock(FACTOR)).run()
+    assert outcome.succeeded, outcome.error
+    assert [e["status"] for e in sim.events if e["kind"] == "vm" and e.get("vm") == "kiosk01"] == ["Off", "Running"]
+
+
+# --- volumes offline read Detached with an Unknown health: storage is judged once they are online ----------------
+def test_the_offline_path_brings_the_volumes_online_before_it_judges_storage():
+    sim = cluster()
+    run, recorder = owned(sim)
+    outcome = OfflineUpgrade(run.client, run.options, recorder, ClusterClock(FACTOR)).run()
+    assert outcome.succeeded, outcome.error
+    phases = [p for p in outcome.phases if p in ("start-cluster", "volumes-online", "wait-storage", "start-vms")]
+    assert phases == ["start-cluster", "volumes-online", "wait-storage", "start-vms"]
+    detached = [e for e in sim.events if e["kind"] == "disk_health" and e["operational"] == ["Detached"]]
+    assert detached and all(e["health"] == "Unknown" for e in detached)
+
+
+def test_a_volume_taken_offline_reads_detached_while_the_cluster_runs():
+    sim = cluster()
+    with sim.lock:
+        sim.set_csv("Volume01", False, by="operator")
+    assert (sim.disks["Volume01"].health, sim.disks["Volume02"].health) == (HealthStatus.Unknown,
+                                                                          HealthStatus.Healthy)
+
+
+# --- the second hop: Start-Cluster's docs say it cannot be run remotely without CredSSP; Test-Cluster reaches
+# every node from the one it runs on --------------------------------------------------------------------------------
+def stopped(sim: SimCluster) -> None:
+    with sim.lock:
+        sim.stop_cluster(by="operator")
+
+
+def test_start_cluster_in_one_nodes_session_is_refused_on_the_others_without_delegation():
+    sim = cluster()
+    stopped(sim)
+    result = engine(sim).client.session("node1").run(Cmdlet("Start-Cluster", {"Name": "node1"}))
+    assert sorted(e.target for e in result.errors) == ["node2", "node3"]
+    assert all("Access is denied" in e.message for e in result.errors)
+    assert not sim.cluster_running  # node1 and the witness: 2 of 4 votes, no quorum
+    assert {n.state for n in sim.nodes.values()} == {NodeState.Down}
+
+
+def test_the_offline_path_starts_each_nodes_cluster_service_in_its_own_session():
+    sim = cluster()  # second hop denied, as a domain without delegation
+    run, recorder = owned(sim)
+    outcome = OfflineUpgrade(run.client, run.options, recorder, ClusterClock(FACTOR)).run()
+    assert outcome.succeeded, outcome.error
+    assert sim.cluster_running and {n.state for n in sim.nodes.values()} == {NodeState.Up}
+    started = [e["node"] for e in sim.events if e["kind"] == "service" and e.get("status") == "Running"]
+    assert sorted(started) == ["node1", "node2", "node3"]
+
+
+def test_the_second_hop_is_proven_before_anything_irreversible_or_the_post_os_steps_are_refused():
+    sim = cluster(build=AFTER_FEATURE_UPDATE)  # second hop denied
+    for node in sim.nodes.values():
+        node.build = sim.lcu_build
+    level, pool = sim.functional_level, sim.pool_version
+    run, recorder = owned(sim)
+    asked: list = []
+    outcome = PostUpgrade(run.client, run.options, recorder, lambda steps, plan: asked.append(steps) or APPROVE_ALL
+                          ).run()
+    assert not outcome.succeeded and "second hop refused" in outcome.error and "credssp" in outcome.error
+    assert (sim.functional_level, sim.pool_version) == (level, pool) and asked == []  # nothing asked, nothing done
+    finding = next(f for f in outcome.findings if f["check"] == "second hop for Test-Cluster")
+    assert not finding["ok"] and "Access is denied" in finding["detail"]
+    assert not any(e["kind"] == "validation" for e in sim.events)
+
+
+def test_with_delegation_the_second_hop_answers_and_changes_nothing():
+    sim = cluster(second_hop="allowed")
+    seq = len(sim.events)
+    assert engine(sim).client.second_hop() is None
+    assert sim.events[seq:] == []
+    denied = engine(cluster()).client.second_hop()
+    assert denied is not None and denied.startswith("from node1 to node2: [node2] Connecting to remote server")
+
+
+def test_a_switch_reaches_the_owned_command_as_a_switch():
+    sim = cluster()
+    run, _ = owned(sim)
+    run.client.act_on_cluster("Stop-Cluster", {"Force": SWITCH})
+    assert not sim.cluster_running
