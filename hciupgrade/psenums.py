@@ -148,7 +148,10 @@ class CauRunState(enum.IntEnum):
 
 
 class VMState(enum.IntEnum):
-    """Microsoft.HyperV.PowerShell.VMState (the values Get-VM reports most; [INFER] from Msvm_ComputerSystem)."""
+    """Microsoft.HyperV.PowerShell.VMState, every name Hyper-V's module defines (the same list, in this order, as
+    Microsoft's SdnDiagnostics module restates it in enum/VMState.ps1). The numbers below 32768 are
+    Msvm_ComputerSystem.EnabledState's; the others are [INFER] from its DMTF-proposed range (Saving 32773, Pausing
+    32776 and Resuming 32777 as Win32_RDMSVirtualDesktop documents them)."""
 
     Other = 1
     Running = 2
@@ -157,6 +160,24 @@ class VMState(enum.IntEnum):
     Saved = 6
     Paused = 9
     Starting = 10
+    Reset = 11
+    Saving = 32773
+    Pausing = 32776
+    Resuming = 32777
+    FastSaved = 32779
+    FastSaving = 32780
+    RunningCritical = 32781
+    OffCritical = 32782
+    StoppingCritical = 32783
+    SavedCritical = 32784
+    PausedCritical = 32785
+    StartingCritical = 32786
+    ResetCritical = 32787
+    SavingCritical = 32788
+    PausingCritical = 32789
+    ResumingCritical = 32790
+    FastSavedCritical = 32791
+    FastSavingCritical = 32792
 
 
 class ReadinessStatus(enum.IntEnum):

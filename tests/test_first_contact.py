@@ -13,7 +13,7 @@ from hciupgrade.clock import ClusterClock
 from hciupgrade.models import Approval
 from hciupgrade.offline import OfflineUpgrade
 from hciupgrade.postupgrade import PostUpgrade
-from hciupgrade.psenums import HealthStatus, NodeState
+from hciupgrade.psenums import HealthStatus, NodeState, VMState, parse
 from hciupgrade.records import RunRecorder, new_run_id
 from hciupgrade.remote import SWITCH, Cmdlet, CmdletFailed
 from hciupgrade.sim.cluster import SimCluster
@@ -173,3 +173,25 @@ def test_a_switch_reaches_the_owned_command_as_a_switch():
     run, _ = owned(sim)
     run.client.act_on_cluster("Stop-Cluster", {"Force": SWITCH})
     assert not sim.cluster_running
+
+
+# --- every state Hyper-V reports: a VM Saved, Paused or in a *Critical state is read, and left as it is -----------
+def test_vms_in_any_hyperv_state_are_read_and_only_running_ones_are_shut_down():
+    vms = [{"name": "saved01", "owner": "node1", "state": "Saved"},
+           {"name": "crit01", "owner": "node2", "state": "RunningCritical"},
+           {"name": "fast01", "owner": "node2", "state": "fastsaved"},
+           {"name": "app01", "owner": "node3"}]
+    sim = cluster(vms=vms)
+    run, recorder = owned(sim)
+    states = {str(v["Name"]): v["State"] for node in sim.nodes for v in run.client.vms(node)}
+    assert {n: parse(VMState, s).name for n, s in states.items()} == {
+        "saved01": "Saved", "crit01": "RunningCritical", "fast01": "FastSaved", "app01": "Running"}
+    outcome = OfflineUpgrade(run.client, run.options, recorder, ClusterClock(FACTOR)).run()
+    assert outcome.succeeded, outcome.error
+    touched = {e["vm"] for e in sim.events if e["kind"] == "vm"}
+    assert touched == {"app01"}  # the others were not running: not shut down, not started
+
+
+def test_a_scenario_with_an_unknown_vm_state_is_refused_naming_the_state():
+    with pytest.raises(Exception, match="'Sleeping' is not a VMState"):
+        cluster(vms=[{"name": "x", "owner": "node1", "state": "Sleeping"}])

@@ -98,6 +98,7 @@ class Vm:
     version: str = "10.0"  # the VM configuration version (Windows Server 2022 / 22H2)
     running: bool = True  # Hyper-V's view: Running or Off
     locked_console: bool = False  # Stop-VM without -Force prompts (a remote session cannot answer)
+    hyperv_state: str | None = None  # a state other than Running and Off that the scenario gave it (Saved, ...)
 
 
 @dataclass
@@ -207,7 +208,9 @@ class SimCluster:
             node.winrm_up = scenario.faults_for(n.name, FaultKind.winrm_refused) is None
             node.returns = scenario.faults_for(n.name, FaultKind.no_return) is None
             self.nodes[n.name] = node
-        self.vms = {v.name: Vm(v.name, v.owner, v.memory_gb, v.dynamic_memory, locked_console=v.locked_console)
+        self.vms = {v.name: Vm(v.name, v.owner, v.memory_gb, v.dynamic_memory, locked_console=v.locked_console,
+                               running=v.state == "Running", state="Online" if v.state == "Running" else "Offline",
+                               hyperv_state=None if v.state in ("Running", "Off") else v.state)
                     for v in spec.vms}
         self.disks = {
             v.name: VirtualDisk(v.name, int(v.size_gb * GB), v.resiliency) for v in spec.volumes

@@ -996,7 +996,8 @@ def _vm_out(sim: SimCluster, vm: Any) -> Out:
     from hciupgrade.psenums import VMState
 
     return Out([f"{HYPERV}.VirtualMachine", f"{HYPERV}.VirtualMachineBase", "System.Object"],
-               {"Name": vm.name, "State": VMState.Running if vm.running else VMState.Off, "Version": vm.version,
+               {"Name": vm.name, "State": VMState[vm.hyperv_state] if vm.hyperv_state else
+                VMState.Running if vm.running else VMState.Off, "Version": vm.version,
                 "ComputerName": vm.owner, "Generation": 2, "IsClustered": True,
                 "MemoryAssigned": int(vm.memory_gb * 1024**3) if vm.running else 0}, to_string=vm.name)
 

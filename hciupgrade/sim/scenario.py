@@ -24,14 +24,30 @@ class Strict(BaseModel):
 
 
 class VmSpec(Strict):
+    """A VM and its cluster role."""
+
     name: str
     owner: str
     memory_gb: float = Field(16, gt=0)
     dynamic_memory: bool = False
+    state: str = Field("Running", description=(
+        "the VM's Hyper-V state at the start (any VMState name: Running, Off, Saved, Paused, Saving, FastSaved, "
+        "RunningCritical, ...); only a Running VM is live-migrated, shut down or started by hci-upgrade"))
+
     locked_console: bool = Field(False, description=(
         "someone is logged on to the guest's console and locked it: Stop-VM without -Force prompts, which a remote "
         "session cannot answer (Msvm_ShutdownComponent.InitiateShutdown returns 32781, 'The machine is locked and "
         "cannot be shut down without the force option')"))
+
+    @field_validator("state")
+    @classmethod
+    def _known_state(cls, value: str) -> str:
+        from hciupgrade.psenums import VMState, parse
+
+        try:
+            return parse(VMState, value).name
+        except ValueError as e:
+            raise ValueError(str(e)) from None
 
 
 class VolumeSpec(Strict):
