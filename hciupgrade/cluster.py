@@ -35,6 +35,7 @@ CURRENT_VERSION_KEY = r"HKLM:\SOFTWARE\Microsoft\Windows NT\CurrentVersion"
 MARKER_KEY = r"HKLM:\SOFTWARE\hci-upgrade"
 CURRENT_VERSION_LEAF, MARKER_LEAF = "currentversion", "hci-upgrade"  # each key's PSChildName, lower case
 SCHED_S_TASK_RUNNING = 0x41301
+SCHED_S_TASK_HAS_NOT_RUN = 0x41303  # what a task just started may still read before the scheduler launches it
 # What a failover-cluster cmdlet answers on a node whose cluster service is down or starting: ask another node
 CLUSTER_SERVICE_DOWN = ("ClusterEndpointNotRegistered", "ClusterRpcConnection")
 TASK_NOT_FOUND = "CmdletizationQuery_NotFound_TaskName"

@@ -15,6 +15,7 @@ from typing import TypeVar
 from hciupgrade.clock import ClusterClock
 from hciupgrade.cluster import (
     FEATURE,
+    SCHED_S_TASK_HAS_NOT_RUN,
     SCHED_S_TASK_RUNNING,
     UPDATES,
     ClusterClient,
@@ -174,7 +175,9 @@ class Steps:
 
         def finished() -> tuple[ScheduledTaskState, int] | None:
             code = self.client.update_result(node, kind)  # one call a poll: 0x41301 while it runs
-            return (ScheduledTaskState.Ready, code) if code != SCHED_S_TASK_RUNNING else None
+            # a task just started can read 0x41303 (has not run) until the scheduler launches it: not an end
+            return (ScheduledTaskState.Ready, code) if code not in (SCHED_S_TASK_RUNNING,
+                                                                     SCHED_S_TASK_HAS_NOT_RUN) else None
 
         status = self.wait(finished, self.options.install_timeout_minutes * 60, f"install-{kind.name}")
         if status is None:

@@ -195,3 +195,15 @@ def test_vms_in_any_hyperv_state_are_read_and_only_running_ones_are_shut_down():
 def test_a_scenario_with_an_unknown_vm_state_is_refused_naming_the_state():
     with pytest.raises(Exception, match="'Sleeping' is not a VMState"):
         cluster(vms=[{"name": "x", "owner": "node1", "state": "Sleeping"}])
+
+
+# --- a scheduled task just started can still read 0x41303 (SCHED_S_TASK_HAS_NOT_RUN) -------------------------------
+def test_a_task_that_has_not_run_yet_is_not_taken_as_finished():
+    from hciupgrade.cluster import FEATURE, SCHED_S_TASK_HAS_NOT_RUN
+
+    sim = cluster(task_start_lag_seconds=3600)  # an hour of cluster time: 0.18 s here
+    run, _ = owned(sim)
+    run.client.register_update("node1", FEATURE, r"C:\SetupFiles\WindowsServer\ExtractedFiles", start=True,
+                               marked=False)
+    assert run.client.update_result("node1", FEATURE) == SCHED_S_TASK_HAS_NOT_RUN  # the old client read an end
+    assert run.steps.install("node1") == 0  # setup's own exit code, once it ran

@@ -532,9 +532,12 @@ class SimCluster:
             return
         task.state = ScheduledTaskState.Running
         task.last_run_time = self.now()
-        task.last_result = SCHED_S_TASK_RUNNING
-        self._log("install", node.name, status="Running", by=by, update=task.kind)
         run = task.last_run_time
+        if self.knobs.task_start_lag_seconds:  # a task just started still reads its last result for a while
+            self._after(self.knobs.task_start_lag_seconds, lambda: self._task_launched(task, run), "task-launched")
+        else:
+            task.last_result = SCHED_S_TASK_RUNNING
+        self._log("install", node.name, status="Running", by=by, update=task.kind)
         if task.kind == "feature":
             fault = self.strikes(node.name, FaultKind.install_fails)
             minutes, code, at = self.install_minutes(node.name), SETUP_FAILED_ROLLED_BACK, None
@@ -555,6 +558,11 @@ class SimCluster:
         else:
             self._after(minutes * 60 * (at or 1), lambda: self._install_ended(node, task_name, code, run),
                         "install-done")
+
+    @staticmethod
+    def _task_launched(task: UpdateTask, run: float) -> None:
+        if task.state == ScheduledTaskState.Running and task.last_run_time == run:
+            task.last_result = SCHED_S_TASK_RUNNING
 
     def install_minutes(self, name: str) -> float:
         """Setup's down-level phase on this node: install_minutes plus a share of the spread that is fixed per

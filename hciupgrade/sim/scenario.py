@@ -139,6 +139,10 @@ class Knobs(Strict):
     witness: Literal["Cloud Witness", "File Share Witness", "none"] = "Cloud Witness"
     pool_version_after: int = Field(29, ge=28, description="the pool Version (raw CIM value) Update-StoragePool "
                                                            "sets; 22H2 pools are below 28 [UNVERIFIED values]")
+    task_start_lag_seconds: float = Field(
+        30, ge=0, description=(
+            "cluster seconds a freshly started scheduled task still reads LastTaskResult 0x41303 (SCHED_S_TASK_HAS_"
+            "NOT_RUN) before the Task Scheduler reports it running (0x41301); 0 answers at once"))
     second_hop: Literal["denied", "allowed"] = Field(
         "denied", description=(
             "a command run in one node's session that reaches another node (Start-Cluster, Test-Cluster, "
