@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import hmac
-import os
 import re
 import struct
 import threading
@@ -23,14 +22,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import spnego
+import spnego._ntlm as _ntlm
 from spnego.exceptions import SpnegoError
 
 BOUNDARY = "Encrypted Boundary"
 SPNEGO_ENCRYPTED = "application/HTTP-SPNEGO-session-encrypted"
 SOAP = "application/soap+xml;charset=UTF-8"
-# pyspnego's NTLM acceptor reads its credential file from the environment: one process may serve clusters with
-# different passwords, so each step runs with its endpoint's file, one at a time.
-_USER_FILE_LOCK = threading.Lock()
+# pyspnego's NTLM acceptor takes its credential file from the environment (NTLM_USER_FILE) when its context is
+# made. One process may serve clusters with different passwords, and setting the variable per exchange raced with
+# clients in the same process that read the environment at that moment (requests' proxy lookup iterates it: a
+# KeyError mid-iteration). So the acceptor is told its endpoint's file through a thread-local instead, and the
+# environment is never written.
+_ACCEPTOR_FILE = threading.local()
+_environment_file = _ntlm._get_credential_file
+
+
+def _credential_file() -> str | None:
+    return getattr(_ACCEPTOR_FILE, "path", None) or _environment_file()
+
+
+_ntlm._get_credential_file = _credential_file
 
 
 @dataclass
@@ -88,22 +99,17 @@ class NegotiateConnection:
             return Refusal(400, close=True)
 
     def _authenticate(self, token: bytes, body: bytes) -> Received | Refusal:
-        with _USER_FILE_LOCK:
-            previous = os.environ.get("NTLM_USER_FILE")
-            os.environ["NTLM_USER_FILE"] = str(self._user_file)
-            try:
-                if self._context is None or self._context.complete:
-                    options = spnego.NegotiateOptions.wrapping_winrm if self._encrypt else spnego.NegotiateOptions(0)
-                    self._context, self._caller = spnego.server(protocol="negotiate", options=options), None
-                out = self._context.step(token)
-            except SpnegoError:
-                self._context = None
-                return Refusal(401, {"WWW-Authenticate": "Negotiate"}, close=True)
-            finally:
-                if previous is None:
-                    os.environ.pop("NTLM_USER_FILE", None)
-                else:
-                    os.environ["NTLM_USER_FILE"] = previous
+        _ACCEPTOR_FILE.path = str(self._user_file)
+        try:
+            if self._context is None or self._context.complete:
+                options = spnego.NegotiateOptions.wrapping_winrm if self._encrypt else spnego.NegotiateOptions(0)
+                self._context, self._caller = spnego.server(protocol="negotiate", options=options), None
+            out = self._context.step(token)
+        except SpnegoError:
+            self._context = None
+            return Refusal(401, {"WWW-Authenticate": "Negotiate"}, close=True)
+        finally:
+            _ACCEPTOR_FILE.path = None
         reply = {"WWW-Authenticate": f"Negotiate {base64.b64encode(out).decode()}"} if out else {}
         if not self._context.complete:
             return Refusal(401, reply)
