@@ -38,6 +38,31 @@ def postgres_server() -> Iterator[str]:
         yield url
 
 
+@pytest.fixture(scope="module")
+def pg():
+    """A PostgreSQL server of the module's own, for the tests that stop and restart it under a run."""
+    from tests.services import Postgres
+
+    server = Postgres()
+    server.start()
+    yield server
+    server.remove()
+
+
+@pytest.fixture
+def server_on(pg, tmp_path, request):
+    """A Prefect server of the test's own on the module's PostgreSQL (leases on disk), and a records database."""
+    import hashlib
+
+    from tests.services import PrefectServer, create_database
+
+    name = hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:12]
+    server = PrefectServer(tmp_path / "prefect-server", create_database(pg.url, f"prefect_{name}"))
+    server.start()
+    yield server, create_database(pg.url, f"records_{name}")
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def prefect_server():
     from prefect.testing.utilities import prefect_test_harness
