@@ -138,9 +138,16 @@ def check(client: ClusterClient, options: RunOptions, owned: set[str]) -> Prefli
     return pre
 
 
+# A restart is pending when any of Windows' three places says so (the servicing stack, Windows Update, a file
+# rename queued for the next boot), as the PendingReboot checks operators use read them
 REBOOT_PENDING = r"HKLM:\SOFTWARE\Microsoft\Windows\CurrentVersion\Component Based Servicing\RebootPending"
+WU_REBOOT_REQUIRED = r"HKLM:\SOFTWARE\Microsoft\Windows\CurrentVersion\WindowsUpdate\Auto Update\RebootRequired"
+SESSION_MANAGER = r"HKLM:\SYSTEM\CurrentControlSet\Control\Session Manager"
 AU_POLICY = r"HKLM:\SOFTWARE\Policies\Microsoft\Windows\WindowsUpdate\AU"
-AU_AUTO_INSTALL = 4  # AUOptions: download and install on a schedule (and restart)
+AU_AUTO_INSTALL = 4  # AUOptions: download and install on a schedule (and restart), unless NoAutoUpdate is 1
+# The "Remote Shutdown" rule group by its indirect string: the display name is localised ("Remote Shutdown" on an
+# English node only), the group is not (reference/domain.md §5: `@firewallapi.dll,-36751`)
+REMOTE_SHUTDOWN_GROUP = "@firewallapi.dll,-36751"
 
 
 def prerequisites(client: ClusterClient, nodes: list[str], pre: Preflight) -> None:
@@ -149,10 +156,14 @@ def prerequisites(client: ClusterClient, nodes: list[str], pre: Preflight) -> No
     pending, automatic updates that do not install and restart on their own."""
     def read(node: str) -> tuple[bool, bool, bool]:  # (firewall closed, restart pending, installs by itself)
         session = client.session(node)
-        rules = session.run(Cmdlet("Get-NetFirewallRule", {"DisplayGroup": "Remote Shutdown"})).objects
+        rules = session.run(Cmdlet("Get-NetFirewallRule", {"Group": REMOTE_SHUTDOWN_GROUP})).objects
+        flagged = session.run(Cmdlet("Test-Path", {"Path": (REBOOT_PENDING, WU_REBOOT_REQUIRED)})).objects
+        renames = client.registry_value(node, SESSION_MANAGER, "PendingFileRenameOperations")
+        au = session.run(Cmdlet("Get-ItemProperty", {"Path": AU_POLICY})).objects
+        policy = au[0] if au and isinstance(au[0], dict) else {}
         return (not rules or any(str(r.get("Enabled")) != "True" for r in rules),
-                session.run(Cmdlet("Test-Path", {"Path": REBOOT_PENDING})).objects[:1] == [True],
-                client.registry_value(node, AU_POLICY, "AUOptions") == AU_AUTO_INSTALL)
+                True in flagged or bool(renames),
+                str(policy.get("NoAutoUpdate")) != "1" and str(policy.get("AUOptions")) == str(AU_AUTO_INSTALL))
 
     firewall, pending, auto = [], [], []
     for node, found in client.each(read, nodes).items():
@@ -165,7 +176,7 @@ def prerequisites(client: ClusterClient, nodes: list[str], pre: Preflight) -> No
     add = pre.findings.append
     add(Finding("Remote Shutdown firewall rules enabled", not firewall,
                 "on every node" if not firewall else f"disabled on {', '.join(firewall)}: run "
-                "Enable-NetFirewallRule -DisplayGroup 'Remote Shutdown' there"))
+                f"Enable-NetFirewallRule -Group '{REMOTE_SHUTDOWN_GROUP}' there (any display language)"))
     add(Finding("no restart pending", not pending,
                 "none" if not pending else f"{', '.join(pending)} wait for a restart: restart them one at a time "
                 "first (hci-upgrade upgrade with restart_only)"))

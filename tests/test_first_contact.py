@@ -207,3 +207,45 @@ def test_a_task_that_has_not_run_yet_is_not_taken_as_finished():
                                marked=False)
     assert run.client.update_result("node1", FEATURE) == SCHED_S_TASK_HAS_NOT_RUN  # the old client read an end
     assert run.steps.install("node1") == 0  # setup's own exit code, once it ran
+
+
+# --- prerequisites read the way every node answers ----------------------------------------------------------------
+def prerequisite_findings(sim: SimCluster) -> dict[str, tuple[bool, str]]:
+    from hciupgrade.preflight import Preflight, prerequisites
+
+    run = engine(sim)
+    pre = Preflight()
+    prerequisites(run.client, list(run.client.sessions), pre)
+    return {f.check: (f.ok, f.detail) for f in pre.findings}
+
+
+def with_node(node: dict, **knobs) -> SimCluster:
+    scenario = make_scenario(nodes=3, vms_per_node=1, time_factor=FACTOR, knobs=knobs)
+    data = scenario.model_dump(mode="json")
+    data["cluster"]["nodes"][1].update(node)
+    return SimCluster(parse_scenario(data))
+
+
+def test_the_remote_shutdown_rules_are_found_on_a_german_node_by_their_indirect_group_name():
+    german = with_node({}, display_language="de-DE")
+    raw = engine(german).client.session("node1").run(Cmdlet("Get-NetFirewallRule", {"DisplayGroup": "Remote Shutdown"}))
+    assert raw.objects == []  # the English display name finds nothing: the old check blocked every German node
+    assert prerequisite_findings(german)["Remote Shutdown firewall rules enabled"][0]
+    closed = prerequisite_findings(with_node({"remote_shutdown_rule": False}, display_language="de-DE"))
+    ok, detail = closed["Remote Shutdown firewall rules enabled"]
+    assert not ok and "node2" in detail and "@firewallapi.dll,-36751" in detail
+
+
+@pytest.mark.parametrize("source", ["cbs", "windows-update", "file-rename"])
+def test_a_pending_restart_is_found_wherever_windows_records_it(source):
+    found = prerequisite_findings(with_node({"reboot_pending": True, "reboot_pending_source": source}))
+    ok, detail = found["no restart pending"]
+    assert not ok and detail.startswith("node2 wait for a restart")
+    assert prerequisite_findings(with_node({}))["no restart pending"][0]
+
+
+def test_automatic_updates_switched_off_by_no_auto_update_do_not_block():
+    assert not prerequisite_findings(with_node({"auto_update": "install"}))[
+        "automatic updates do not install on their own"][0]
+    assert prerequisite_findings(with_node({"auto_update": "install", "no_auto_update": True}))[
+        "automatic updates do not install on their own"][0]

@@ -619,7 +619,13 @@ def registry_values(inv: Invocation, path: str) -> dict[str, Any] | None:
                 "CurrentBuildNumber": node.number, "CurrentBuild": node.number, "UBR": node.ubr,
                 "EditionID": "ServerAzureStackHCICor", "InstallationType": "Server Core"}
     if key == AU_KEY.lower():
-        return {"AUOptions": 4 if _spec(inv).auto_update == "install" else 2, "NoAutoUpdate": 0}
+        spec = _spec(inv)
+        return {"AUOptions": 4 if spec.auto_update == "install" else 2, "NoAutoUpdate": int(spec.no_auto_update)}
+    if key == SESSION_MANAGER_KEY.lower():
+        spec = _spec(inv)
+        renames = spec.reboot_pending and spec.reboot_pending_source == "file-rename"
+        return {"BootExecute": ["autocheck autochk *"],
+                **({"PendingFileRenameOperations": ["\\??\\C:\\Windows\\Temp\\x.tmp", ""]} if renames else {})}
     if key == MARKER_KEY.lower():
         marker = inv.sim.nodes[inv.node].marker
         return dict(marker) if marker else None
@@ -1300,17 +1306,26 @@ def new_item(inv: Invocation) -> list[Out]:
 
 @cmdlet("Test-Path", "Path LiteralPath", positional=("Path",))
 def test_path(inv: Invocation) -> list[Out]:
-    path = str(inv.params.get("Path") or inv.params.get("LiteralPath") or "")
+    """-Path is a string[]: a bool per path, in order."""
+    paths = inv.params.get("Path") or inv.params.get("LiteralPath") or ""
+    return [_exists(inv, str(p)) for p in (paths if isinstance(paths, list) else [paths])]  # type: ignore[misc]
+
+
+def _exists(inv: Invocation, path: str) -> bool:
+    spec = _spec(inv)
     if path.lower().endswith("vid\\parameters"):
-        return [_readiness(inv).vid_key]  # type: ignore[list-item]
-    if path.lower() == REBOOT_PENDING_KEY.lower():
-        return [_spec(inv).reboot_pending]  # type: ignore[list-item]
+        return _readiness(inv).vid_key
+    if path.lower() in PENDING_KEYS:
+        return spec.reboot_pending and PENDING_KEYS[path.lower()] == spec.reboot_pending_source
     if path.lower().endswith(".msu"):
-        return [not _spec(inv).package_missing]  # type: ignore[list-item]
-    return [True]  # type: ignore[list-item]
+        return not spec.package_missing
+    return True
 
 
 REBOOT_PENDING_KEY = r"HKLM:\SOFTWARE\Microsoft\Windows\CurrentVersion\Component Based Servicing\RebootPending"
+WU_REBOOT_REQUIRED_KEY = r"HKLM:\SOFTWARE\Microsoft\Windows\CurrentVersion\WindowsUpdate\Auto Update\RebootRequired"
+SESSION_MANAGER_KEY = r"HKLM:\SYSTEM\CurrentControlSet\Control\Session Manager"
+PENDING_KEYS = {REBOOT_PENDING_KEY.lower(): "cbs", WU_REBOOT_REQUIRED_KEY.lower(): "windows-update"}
 AU_KEY = r"HKLM:\SOFTWARE\Policies\Microsoft\Windows\WindowsUpdate\AU"
 
 
@@ -1318,15 +1333,25 @@ def _spec(inv: Invocation) -> Any:
     return next(n for n in inv.sim.scenario.cluster.nodes if n.name == inv.node)
 
 
-@cmdlet("Get-NetFirewallRule", "DisplayGroup Name DisplayName Enabled", positional=("Name",))
+# The "Remote Shutdown" group: its indirect string (reference/domain.md §5) and its display name per language
+# (en-US as CAU's docs name it; de-DE [INFER] the localised name)
+REMOTE_SHUTDOWN_GROUP = "@firewallapi.dll,-36751"
+REMOTE_SHUTDOWN_DISPLAY = {"en-US": "Remote Shutdown", "de-DE": "Herunterfahren des Remotecomputers"}
+
+
+@cmdlet("Get-NetFirewallRule", "DisplayGroup Group Name DisplayName Enabled", positional=("Name",))
 def get_net_firewall_rule(inv: Invocation) -> list[Out]:
-    group = str(inv.params.get("DisplayGroup", ""))
-    if group != "Remote Shutdown":
+    """The rules of a group, found by -Group (the indirect string, the same in every language) or -DisplayGroup
+    (the localised name: 'Remote Shutdown' finds nothing on a German node)."""
+    display = REMOTE_SHUTDOWN_DISPLAY[inv.sim.knobs.display_language]
+    if str(inv.params.get("Group", "")) != REMOTE_SHUTDOWN_GROUP and \
+            str(inv.params.get("DisplayGroup", "")) != display:
         return []
     enabled = "True" if _spec(inv).remote_shutdown_rule else "False"
     return [Out(cim_types("root/StandardCimv2", "MSFT_NetFirewallRule"),
-                {"Name": name, "DisplayName": name, "DisplayGroup": group, "Enabled": enabled, "Direction": 1},
-                to_string="") for name in ("WMI-RemoteShutdown-In-TCP", "WMI-RemoteShutdown-In-TCP-NoScope")]
+                {"Name": name, "DisplayName": name, "DisplayGroup": display, "Group": REMOTE_SHUTDOWN_GROUP,
+                 "Enabled": enabled, "Direction": 1}, to_string="")
+            for name in ("WMI-RemoteShutdown-In-TCP", "WMI-RemoteShutdown-In-TCP-NoScope")]
 
 
 @cmdlet("Get-FileHash", "Path LiteralPath Algorithm", positional=("Path",))

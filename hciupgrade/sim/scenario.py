@@ -67,9 +67,14 @@ class NodeSpec(Strict):
                                                         "(default: the cluster's lcu_build)")
     package_missing: bool = Field(False, description="the cumulative update is not staged on this node")
     remote_shutdown_rule: bool = Field(True, description="the firewall rule group 'Remote Shutdown' is enabled")
-    reboot_pending: bool = Field(False, description="a restart is pending (Component Based Servicing)")
+    reboot_pending: bool = Field(False, description="a restart is pending (see reboot_pending_source)")
+    reboot_pending_source: Literal["cbs", "windows-update", "file-rename"] = Field(
+        "cbs", description="where Windows says so: the servicing stack's RebootPending key, Windows Update's "
+                           "RebootRequired key, or PendingFileRenameOperations under Session Manager")
     auto_update: Literal["notify", "install"] = Field(
         "notify", description="the Windows Update policy: install means updates install (and restart) on their own")
+    no_auto_update: bool = Field(False, description="NoAutoUpdate 1: automatic updates are off, whatever AUOptions "
+                                                    "says")
     """A node that starts Paused was paused by someone else (an operator): the orchestrator must not resume it."""
 
     @field_validator("name")
@@ -148,6 +153,9 @@ class Knobs(Strict):
             "a command run in one node's session that reaches another node (Start-Cluster, Test-Cluster, "
             "Invoke-Command to another node) is refused there, as a domain without delegation refuses it (access "
             "denied); allowed: CredSSP, or resource-based constrained delegation"))
+    display_language: Literal["en-US", "de-DE"] = Field(
+        "en-US", description="the nodes' display language: display names Windows localises (a firewall rule "
+                             "group's DisplayGroup) come in it; indirect strings (@firewallapi.dll,-36751) do not")
     pool_version_form: Literal["text", "number"] = Field(
         "text", description="how Get-StoragePool shows Version: the Storage module's friendly text, as a real "
                             "node does ('Windows Server 2016 RS3' in a real Format-List *), or the raw number")
