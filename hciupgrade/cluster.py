@@ -443,6 +443,14 @@ class ClusterClient:
         """Irreversible: Update-StoragePool -Confirm:$false."""
         self.act_on_cluster("Update-StoragePool", {"FriendlyName": name})
 
+    def default_vm_version(self) -> str | None:
+        """The VM configuration version the hosts create VMs with (Get-VMHostSupportedVersion -Default, read on
+        every node; the lowest when they differ): what Update-VMVersion moves a VM to. None when none answers."""
+        found = self.each(lambda node: self.session(node).run(Cmdlet("Get-VMHostSupportedVersion",
+                                                                     {"Default": SWITCH})).objects)
+        versions = [str(o[0]["Version"]) for o in found.values() if isinstance(o, list) and o]
+        return min(versions, key=lambda v: tuple(int(x) for x in v.split(".") if x.isdigit())) if versions else None
+
     def vms(self, node: str) -> list[dict[str, Any]]:
         """The VMs on a node (Get-VM there): Name, State, Version."""
         return self.session(node).run(Cmdlet("Get-VM")).objects

@@ -32,7 +32,6 @@ from hciupgrade.remote import SWITCH, CmdletFailed, RemoteError
 
 TARGET_FUNCTIONAL_LEVEL = 12
 MIN_POOL_VERSION = 28
-TARGET_VM_VERSION = "12.0"  # [INFER] the highest configuration version a 23H2 host supports; a knob below
 REGISTRY_VALUES = (  # what the procedure set before the upgrade and asks to re-verify after it (§1.1)
     (r"HKLM:\SYSTEM\CurrentControlSet\Control\FileSystem", "RefsEnableMetadataValidation", 0),
     (r"HKLM:\SYSTEM\CurrentControlSet\Services\Vid\Parameters", "SkipSmallLocalAllocations", 0),
@@ -47,6 +46,7 @@ class Levels(Strict):
     pool_version: int
     builds: dict[str, str]
     vm_versions: dict[str, str] = Field(default_factory=dict)
+    vm_target: str | None = None  # the hosts' default VM configuration version (Get-VMHostSupportedVersion)
 
 
 class VmResult(Strict):
@@ -129,7 +129,8 @@ class PostUpgrade:
         vms = {str(vm["Name"]): str(vm["Version"]) for node in self.client.sessions
                for vm in self._vms(node)}
         return Levels(functional_level=self.client.functional_level(), pool=pool, pool_version=version,
-                      builds={n: self.client.os_build(n) for n in self.client.sessions}, vm_versions=vms)
+                      builds={n: self.client.os_build(n) for n in self.client.sessions}, vm_versions=vms,
+                      vm_target=self.client.default_vm_version())
 
     def _vms(self, node: str) -> list[dict[str, Any]]:
         try:
@@ -181,14 +182,14 @@ class PostUpgrade:
         vms = self.vms_to_update(levels)
         if vms:
             pending.append("vm-versions")
-            lines.append(f"- update the configuration version of {len(vms)} VM(s) to {TARGET_VM_VERSION}, one at a "
+            lines.append(f"- update the configuration version of {len(vms)} VM(s) to {levels.vm_target}, one at a "
                          f"time, each shut down for it: {', '.join(vms)}")
         return pending, "\n".join(lines)
 
     def vms_to_update(self, levels: Levels) -> list[str]:
         chosen = list(levels.vm_versions) if self.options.vm_version_update_all else [
             v for v in levels.vm_versions if v.lower() in {n.lower() for n in self.options.vm_version_update}]
-        return [v for v in chosen if levels.vm_versions[v] != TARGET_VM_VERSION]
+        return [v for v in chosen if levels.vm_target and levels.vm_versions[v] != levels.vm_target]
 
     # --- the approval and the irreversible steps ------------------------------------------------------------------
     def ask(self, pending: list[str], plan: str) -> Approval | None:

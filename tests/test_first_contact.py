@@ -249,3 +249,12 @@ def test_automatic_updates_switched_off_by_no_auto_update_do_not_block():
         "automatic updates do not install on their own"][0]
     assert prerequisite_findings(with_node({"auto_update": "install", "no_auto_update": True}))[
         "automatic updates do not install on their own"][0]
+
+
+# --- the VM version target is the host's own default, not a guess --------------------------------------------------
+def test_vm_versions_are_moved_to_the_hosts_default_as_get_vmhostsupportedversion_says():
+    sim = cluster(build=AFTER_FEATURE_UPDATE, second_hop="allowed")
+    run = engine(sim)
+    assert run.client.default_vm_version() == "12.0"  # each 23H2 host's -Default
+    older = cluster()  # 22H2 hosts: their default is the VMs' own version, nothing to update
+    assert engine(older).client.default_vm_version() == "10.0"

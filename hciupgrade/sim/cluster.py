@@ -44,7 +44,8 @@ ERROR_CLUSTER_NODE_DRAIN_IN_PROGRESS = 5962
 ERROR_CLUSTER_SPACE_DEGRADED = 5987
 ERROR_CLUSTER_UPGRADE_INCOMPLETE = 5977  # [INFER] a node not Up or not on the new OS: the level cannot be raised
 TARGET_FUNCTIONAL_LEVEL = 12  # 23H2 (the environment checker's rule)
-TARGET_VM_VERSION = "12.0"  # [INFER] the highest VM configuration version a 23H2 host supports
+TARGET_VM_VERSION = "12.0"  # [INFER] the default VM configuration version of a 23H2 host (Get-VMHostSupportedVersion)
+SOURCE_VM_VERSION = "10.0"  # the default of Windows Server 2022 / 22H2 hosts (Microsoft's supported-versions table)
 SETUP_FAILED_ROLLED_BACK = 0xC1900101  # setup.exe: "the installation failed ... rolled back"
 SCHED_S_TASK_RUNNING = 0x41301
 SCHED_S_TASK_TERMINATED = 0x41306
@@ -726,10 +727,15 @@ class SimCluster:
         if any(n.number != "25398" for n in self.nodes.values()):
             raise Refused(f"Cannot upgrade the configuration version of '{vm.name}': every host must run the "
                           "new operating system.", 5977, vm.owner, "update-vm")
-        if vm.version != TARGET_VM_VERSION:
-            old, vm.version = vm.version, TARGET_VM_VERSION
+        target = self.default_vm_version(vm.owner)
+        if vm.version != target:
+            old, vm.version = vm.version, target
             self._log("vm_version", vm.owner, vm=vm.name, old=old, new=vm.version, by=by)
         return vm
+
+    def default_vm_version(self, name: str) -> str:
+        """What a host creates VMs with, and what Update-VMVersion moves a VM to on it: its OS's default."""
+        return TARGET_VM_VERSION if self.node(name).number == "25398" else SOURCE_VM_VERSION
 
     def run_node_script(self, name: str, path: str, phase: str, *, by: str) -> None:
         """A Pre/PostUpdateScript on the node: it succeeds unless a *_script_fails fault strikes."""

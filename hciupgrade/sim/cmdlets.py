@@ -1041,6 +1041,17 @@ def _vm_action(inv: Invocation, action: Callable[[str], Any]) -> list[Out]:
     return out if "Passthru" in inv.params or "PassThru" in inv.params else []
 
 
+@cmdlet("Get-VMHostSupportedVersion", "Default", positional=())
+def get_vm_host_supported_version(inv: Invocation) -> list[Out]:
+    """The configuration versions this host supports; -Default: only the one it creates VMs with (what
+    Update-VMVersion moves a VM to)."""
+    default = inv.sim.default_vm_version(inv.node)
+    versions = [default] if "Default" in inv.params else sorted({"9.0", "10.0", default}, key=float)
+    return [Out([f"{HYPERV}.VMHostSupportedVersion", "System.Object"],
+                {"Name": f"Microsoft Hyper-V configuration version {v}", "Version": v, "IsDefault": v == default},
+                to_string=v) for v in versions]
+
+
 @cmdlet("Stop-VM", "Name Force TurnOff Save Passthru", positional=("Name",))
 def stop_vm(inv: Invocation) -> list[Out]:
     """A guest whose console is locked is shut down only with -Force; without it Stop-VM asks, and a remote
