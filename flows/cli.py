@@ -398,6 +398,56 @@ EXIT_AWAITING_APPROVAL = 3
 EXIT_WINDOW_ENDED = 4  # StopAfter passed: stopped cleanly between nodes; run again in the next window
 
 
+@app.command("survey")
+def survey_cmd(
+    inventory: Annotated[Path, typer.Option(help="inventory file (YAML)")],
+    cluster: Annotated[Optional[str], typer.Option(help="the cluster (optional with one cluster)")] = None,
+    options: Annotated[Optional[Path], typer.Option(help="run options (YAML): the media path, the target")] = None,
+    out: Annotated[Path, typer.Option(help="where survey.json, twin.yaml and the raw answers go")] = Path("survey"),
+    json_out: Annotated[bool, typer.Option("--json", help="print survey.json")] = False,
+) -> None:
+    """Read every node of a cluster, change nothing, and check each answer the upgrade depends on. The first
+    command against a real cluster, safe at any time. Exit 0 with nothing blocking, 1 with something blocking, 2
+    for bad input."""
+    import yaml
+
+    from hciupgrade.cluster import ClusterClient
+    from hciupgrade.survey import read_only, survey
+
+    target, run_options = _inputs(inventory, cluster, options)
+    client = read_only(ClusterClient(target, target.credential.resolve(secret_block=_secret)))
+    try:
+        found = survey(client, run_options)
+    finally:
+        client.close()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "survey.json").write_text(json.dumps(found.report(), indent=2) + "\n")
+    (out / "twin.yaml").write_text("# a scenario of " + target.name + " read by hci-upgrade survey: rehearse with "
+                                   "hci-upgrade demo --scenario twin.yaml\n" + yaml.safe_dump(found.scenario))
+    raw = out / "raw"
+    raw.mkdir(exist_ok=True)
+    for node, answers in found.answers.items():
+        (raw / f"{node}.json").write_text(json.dumps(answers, indent=1, default=str) + "\n")
+    if json_out:
+        print(json.dumps(found.report(), indent=2))
+    else:
+        table = Table(title=f"Survey of {target.name} (nothing was changed)")
+        for column in ("check", "expected", "observed", "verdict", "fix"):
+            table.add_column(column, overflow="fold")
+        style = {"ok": "green", "warning": "yellow", "blocking": "red"}
+        for f in found.findings:
+            table.add_row(f.check, f.expected, f.observed, f"[{style[f.verdict]}]{f.verdict}[/]", f.fix)
+        make_console().print(table)
+        make_console().print(f"Written: {out / 'survey.json'}, {out / 'twin.yaml'}, {raw}/")
+    raise typer.Exit(1 if found.blocking else 0)
+
+
+def _secret(name: str) -> str:
+    from flows.rolling_upgrade import load_secret
+
+    return load_secret(name)
+
+
 @app.command("fleet")
 def fleet_cmd(
     inventory: Annotated[Path, typer.Option(help="fleet inventory (YAML): clusters with tags, windows, waves")],
