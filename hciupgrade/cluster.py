@@ -347,9 +347,18 @@ class ClusterClient:
 
     # --- changes ---------------------------------------------------------------------------------------------
     def cau_run_state(self) -> str:
-        """Get-CauRun's RunState: RunNotInProgress, RunInProgress or RunFailed."""
-        objects = self.query(Cmdlet("Get-CauRun", {"ClusterName": self.name}))
-        return str(objects[0]) if objects else "RunNotInProgress"
+        """Get-CauRun's RunState: RunNotInProgress, RunInProgress or RunFailed. Found among what it writes (a
+        RunState value and, during a run, the CauRun object), whatever their order."""
+        from hciupgrade.psenums import CauRunState
+
+        for obj in self.query(Cmdlet("Get-CauRun", {"ClusterName": self.name})):
+            if isinstance(obj, dict):
+                continue
+            try:
+                return parse(CauRunState, obj).name
+            except ValueError:
+                continue
+        return "RunNotInProgress"
 
     def quorum_witness(self) -> str | None:
         objects = self.query(Cmdlet("Get-ClusterQuorum"))
@@ -467,13 +476,22 @@ class ClusterClient:
         self.act(node, OWNED_COMMAND, {"Command": cmdlet, "Name": vm, **extra})
 
     def storage_replica(self) -> bool:
-        """Whether Storage Replica groups exist (Get-SRGroup); a cluster without the feature has none."""
-        try:
-            return bool(self.query(Cmdlet("Get-SRGroup")))
-        except CmdletFailed as e:
-            if e.has_error_id("CommandNotFoundException"):
-                return False
-            raise
+        """Whether Storage Replica groups exist (Get-SRGroup), asked of every node: it lists the groups of the
+        server it runs on only, so a stretched cluster's other site would be missed. A node without the feature
+        has none."""
+        def groups(node: str) -> bool:
+            try:
+                return bool(self.session(node).run(Cmdlet("Get-SRGroup")).objects)
+            except CmdletFailed as e:
+                if e.has_error_id("CommandNotFoundException"):
+                    return False
+                raise
+
+        found = self.each(groups)
+        errors = [e for e in found.values() if isinstance(e, RemoteError)]
+        if errors and len(errors) == len(found):
+            raise errors[0]
+        return any(v is True for v in found.values())
 
     def validate(self) -> list[dict[str, Any]]:
         """Test-Cluster's per-test results (packaged Invoke-ClusterValidation.ps1): Category, Test, Result. Run

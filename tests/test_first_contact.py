@@ -258,3 +258,58 @@ def test_vm_versions_are_moved_to_the_hosts_default_as_get_vmhostsupportedversio
     assert run.client.default_vm_version() == "12.0"  # each 23H2 host's -Default
     older = cluster()  # 22H2 hosts: their default is the VMs' own version, nothing to update
     assert engine(older).client.default_vm_version() == "10.0"
+
+
+# --- smaller forms: Get-CauRun's order, Get-SRGroup per server, -WhatIf's output --------------------------------
+class Answers:
+    """A node session that answers each cmdlet with fixed objects (what a capture of a real node would give)."""
+
+    def __init__(self, answers: dict[str, list]) -> None:
+        self.answers, self.call_seconds = answers, []
+
+    def run(self, call, *, timeout=None):
+        from hciupgrade.remote import Result
+
+        objects = self.answers.get(str(call).split(" ")[0], [])
+        return Result(objects=objects, types=[("System.Object",)] * len(objects))
+
+    def reset(self, *, graceful: bool = True) -> None:
+        pass
+
+    close = reset
+
+
+def client_with(per_node: dict[str, dict[str, list]]):
+    from pydantic import SecretStr
+
+    from hciupgrade.cluster import ClusterClient
+    from hciupgrade.models import ClusterInventory, CredentialRef, NodeEndpoint, Transport
+
+    inventory = ClusterInventory(name="hci-x", nodes=[NodeEndpoint(name=n, address="127.0.0.1", port=5985)
+                                                      for n in per_node],
+                                 transport=Transport(scheme="http", auth="basic"),
+                                 credential=CredentialRef(username="u", password_env="UNUSED"))
+    return ClusterClient(inventory, SecretStr("x"), sessions={n: Answers(a) for n, a in per_node.items()})
+
+
+def test_the_cau_run_state_is_found_whatever_the_order_get_caurun_writes_it_in():
+    run = {"RunId": "6f1c2a9e", "CurrentOrchestrator": "node1"}
+    for objects in ([run, "RunInProgress"], ["RunInProgress", run], [1, run]):
+        assert client_with({"node1": {"Get-CauRun": objects}, "node2": {}}).cau_run_state() == "RunInProgress"
+    assert client_with({"node1": {"Get-CauRun": ["RunNotInProgress"]}, "node2": {}}).cau_run_state() == \
+        "RunNotInProgress"
+
+
+def test_storage_replica_groups_are_asked_of_every_server():
+    group = {"Name": "rg-site-b", "ComputerName": "node2"}
+    stretched = client_with({"node1": {"Get-SRGroup": []}, "node2": {"Get-SRGroup": [group]}})
+    assert stretched.storage_replica()  # the first node alone lists none: its site has no group of its own
+
+
+def test_functional_level_whatif_writes_the_cluster_object_and_changes_nothing():
+    sim = cluster(build=AFTER_FEATURE_UPDATE)
+    for node in sim.nodes.values():
+        node.build = sim.lcu_build
+    level = sim.functional_level
+    answer = engine(sim).client.ask(Cmdlet("Update-ClusterFunctionalLevel", {"WhatIf": SWITCH}))
+    assert [o["Name"] for o in answer.objects] == [sim.name] and sim.functional_level == level

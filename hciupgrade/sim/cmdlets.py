@@ -398,7 +398,7 @@ def update_cluster_functional_level(inv: Invocation) -> list[Out]:
         if blockers:
             raise Refused("The cluster functional level cannot be updated: " + "; ".join(blockers) + ".", 5977,
                           None, "update-functional-level")
-        return []
+        return get_cluster(inv)  # -WhatIf writes what would be changed: the cluster object, unchanged
     if "Force" not in inv.params:
         raise Terminating(NON_INTERACTIVE)
     sim.raise_functional_level(by=inv.caller)
@@ -1370,8 +1370,11 @@ def get_file_hash(inv: Invocation) -> list[Out]:
     path = str(inv.params.get("Path") or inv.params.get("LiteralPath") or "")
     spec = _spec(inv)
     if spec.package_missing:
+        # Windows PowerShell 5.1 (what a node runs): Get-FileHash is a script function of
+        # Microsoft.PowerShell.Utility.psm1 that resolves its path with Resolve-Path, so the error is Resolve-Path's
+        # [INFER from that module's source]; PowerShell 7's compiled cmdlet writes FileNotFound instead
         inv.errors.append(ErrorOut(f"Cannot find path '{path}' because it does not exist.",
-                                   "FileNotFound,Microsoft.PowerShell.Commands.GetFileHashCommand", "ObjectNotFound",
+                                   "PathNotFound,Microsoft.PowerShell.Commands.ResolvePathCommand", "ObjectNotFound",
                                    target=path, exception_type="System.Management.Automation.ItemNotFoundException"))
         return []
     content = spec.package_build or inv.sim.lcu_build
