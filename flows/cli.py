@@ -417,7 +417,9 @@ def survey_cmd(
     target, run_options = _inputs(inventory, cluster, options)
     client = read_only(ClusterClient(target, target.credential.resolve(secret_block=_secret)))
     try:
-        found = survey(client, run_options)
+        from flows.solution import azure_cluster
+
+        found = survey(client, run_options, azure_cluster(target) if target.azure is not None else None)
     finally:
         client.close()
     out.mkdir(parents=True, exist_ok=True)

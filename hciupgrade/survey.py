@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from hciupgrade.azure.arm import ArmError
+from hciupgrade.azure.solution import AzureCluster
 from hciupgrade.cluster import CURRENT_VERSION_KEY, ClusterClient, NodeInfo
 from hciupgrade.models import RunOptions
 from hciupgrade.preflight import REMOTE_SHUTDOWN_GROUP, Preflight, prerequisites
@@ -59,8 +61,9 @@ def read_only(client: ClusterClient) -> ClusterClient:
     return client
 
 
-def survey(client: ClusterClient, options: RunOptions) -> Survey:
-    """Every check, each on its own: a node that does not answer is reported and the others are surveyed."""
+def survey(client: ClusterClient, options: RunOptions, azure: AzureCluster | None = None) -> Survey:
+    """Every check, each on its own: a node that does not answer is reported and the others are surveyed. With
+    `azure` (the inventory's azure section), the cluster's Azure side is read too (GETs only)."""
     result = Survey(client.name)
     reachable = _transport(client, result)
     nodes = [n for n in client.sessions if n in reachable]
@@ -72,9 +75,25 @@ def survey(client: ClusterClient, options: RunOptions) -> Survey:
             except RemoteError as e:
                 result.add(check.__name__.strip("_").replace("_", " "), "blocking", "an answer",
                            f"{type(e).__name__}: {e}", "see the error; run the survey again")
+    if azure is not None:
+        _azure(azure, result)
     result.answers = {n: s.answers for n, s in client.sessions.items() if isinstance(s, ReadOnlySession)}
     result.scenario = twin_scenario(client, result, options, reachable)
     return result
+
+
+def _azure(azure: AzureCluster, result: Survey) -> None:
+    """The solution upgrade's prerequisites in Azure, read and never written (the cluster resource, each Arc
+    machine's LCM extension, the key vault and its secret, the IP pool); readiness is `hci-upgrade readiness`'s."""
+    try:
+        found = [p for p in azure.prerequisites([]) if p.check != "readiness"]
+    except ArmError as e:
+        result.add("Azure side", "blocking", "Azure Resource Manager answers", str(e),
+                   "check the inventory's azure section and its credential")
+        return
+    for p in found:
+        result.add(f"Azure: {p.check}", "ok" if p.ok else "blocking", "present as the solution upgrade needs",
+                   p.detail, p.detail)
 
 
 # --- the checks ---------------------------------------------------------------------------------------------------

@@ -156,3 +156,20 @@ def test_the_twin_rehearses_to_the_same_result_as_the_cluster_it_came_from(tmp_p
         outcome, _ = engine(SimCluster(scenario), node_order=["node1", "node2", "node3"]).run()
         results.append((outcome.succeeded, [(n.node, n.result, n.build_after) for n in outcome.nodes]))
     assert results[0] == results[1] and results[0][0]
+
+
+def test_the_azure_side_is_read_and_its_gaps_are_findings(tmp_path):
+    from hciupgrade.sim.arm import ArmFaults, FakeArm
+    from hciupgrade.survey import read_only, survey
+    from tests.test_solution import TOKEN, cluster_on
+
+    sim = SimCluster(make_scenario(nodes=2, vms_per_node=1, time_factor=1000, name="hci-demo"))
+    with FakeArm(token=TOKEN, time_factor=5000) as arm:
+        azure = cluster_on(arm, ArmFaults(old_extension=True))
+        found = survey(read_only(engine(sim).client), RunOptions(target_build=sim.target_build), azure)
+        written = [e for e in arm.clusters["hci-demo"].events if e["kind"] != "cluster"]
+    verdicts = {f.check: f for f in found.findings}
+    assert verdicts["Azure: LCM extension node2"].verdict == "blocking"
+    assert "30.2405.0.32 < 30.2408.0.537" in verdicts["Azure: LCM extension node2"].observed
+    assert verdicts["Azure: cluster resource"].verdict == "ok" and "Azure: readiness" not in verdicts
+    assert written == []  # read, never written
