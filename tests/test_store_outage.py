@@ -14,15 +14,7 @@ import time
 import pytest
 
 from hciupgrade.store import RecordStore, StoreUnavailable, home, host_id
-from tests.services import Postgres, create_database
-
-
-@pytest.fixture(scope="module")
-def pg():
-    server = Postgres()
-    server.start()
-    yield server
-    server.remove()
+from tests.services import create_database
 
 
 @pytest.fixture
