@@ -48,7 +48,8 @@ def test_the_deployment_file_deploys_and_each_deployment_runs_through_a_process_
     assert names == {"rolling-upgrade-hci-demo", "full-upgrade-hci-demo", "readiness-fleet", "fleet",
                      "rolling-upgrade-fleet"}
 
-    scenario = make_scenario(nodes=2, vms_per_node=1, time_factor=5000)
+    # set up for the second hop (CredSSP), so the full upgrade's Test-Cluster reaches every node
+    scenario = make_scenario(nodes=2, vms_per_node=1, time_factor=5000, knobs={"second_hop": "allowed"})
     with serve_cluster(scenario, tmp_path, {}) as (inventory, sim_env, events):
         # the simulator's password wins over whatever another test of this process left in the environment
         worker_env = {**sim_env, **env, PASSWORD_ENV: sim_env[PASSWORD_ENV], "HCI_UPGRADE_CHECKOUT": str(ROOT),

@@ -42,7 +42,8 @@ def machine(env: dict, root: Path, host: str, records: str, api: str | None) -> 
     home.mkdir(exist_ok=True)
     machine_env = {**env, "HCI_UPGRADE_HOME": str(home), "HCI_UPGRADE_HOST": host,
                    "HCI_UPGRADE_RECORDS_URL": records, "PREFECT_HOME": str(home / "prefect"),
-                   "HCI_UPGRADE_HEARTBEAT_SECONDS": "5"}  # a killed run is known dead after 20 s, not 2 min
+                   "HCI_UPGRADE_HEARTBEAT_SECONDS": "5",  # a killed run is known dead after 20 s, not 2 min
+                   "HCI_UPGRADE_LOCK_REPORT_SECONDS": "5"}  # and a waiter reclaims its slot 5 s later, not 60
     if api:
         machine_env["PREFECT_API_URL"] = api
     return machine_env
