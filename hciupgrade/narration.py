@@ -40,7 +40,15 @@ def describe(event: dict[str, Any]) -> tuple[int, str] | None:
         return INFO, f"plan, in this order: {steps}"
     if phase == "node":
         return _node(event)
+    if phase == "lock" and status == "acquired":
+        return INFO, f"holding the lock of {event['cluster']} (fence {event.get('fence')}): every change proves it"
+    if phase == "check":  # a post-OS check: a warning is a warning, named with its detail
+        level = INFO if status == "succeeded" else ERROR if event.get("blocking") else WARNING
+        return level, f"check {event.get('check')}: {event.get('detail')}"
     if phase == "ownership":
+        if status == "paused" and event.get("taken_over_from"):
+            return INFO, (f"{node}: taken over from run {event['taken_over_from']}, which is dead: its mark is "
+                          f"this run's now (fence {event.get('fence')})")
         if status == "paused":
             adopted = event.get("adopted_from")
             return INFO, (f"{node}: adopted from run {adopted}, continuing from its live state" if adopted else

@@ -121,3 +121,14 @@ def test_the_run_graph_is_one_chain_of_named_and_tagged_task_runs(run_upgrade):
     linked = [t for t in task_runs if any(getattr(i, "id", None) in ids for i in t.task_inputs.get("wait_for", []))]
     assert len(linked) == len(task_runs) - 1  # one chain: every task run but the first waits for another
     assert {"cluster:hci-demo", "node:node2"} <= set(by_name["install-node2-attempt-2"].tags)
+
+
+def test_the_log_says_what_the_lock_and_a_takeover_mean_and_a_warning_is_a_warning():
+    assert describe({"node": None, "cluster": "hci-demo", "phase": "lock", "status": "acquired", "fence": 7}) == \
+        (20, "holding the lock of hci-demo (fence 7): every change proves it")
+    assert describe({"node": "n2", "phase": "ownership", "status": "paused", "taken_over_from": "run-a",
+                     "fence": 7, "mark": "run-b"}) == \
+        (20, "n2: taken over from run run-a, which is dead: its mark is this run's now (fence 7)")
+    assert describe({"node": None, "phase": "check", "status": "failed", "check": "second hop for Test-Cluster",
+                     "detail": "access denied", "blocking": False}) == \
+        (30, "check second hop for Test-Cluster: access denied")  # never "cluster: check failed: None" at ERROR
