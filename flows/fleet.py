@@ -15,10 +15,9 @@ from typing import Any
 
 from prefect import flow, get_client, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.concurrency.sync import concurrency
 
 from flows.heap import freeze_startup_heap
-from flows.locking import embedded
+from flows.locking import embedded, fleet_slot
 from flows.rolling_upgrade import rolling_upgrade
 from hciupgrade.fleet import NodeEstimate, Wave, WindowFit, fleet_plan, until_open, window_fit
 from hciupgrade.models import Inventory, RunOptions, load_inventory
@@ -71,8 +70,7 @@ def run_cluster(inventory_path: str, inventory: Inventory, name: str, estimate: 
             time.sleep((fit.remaining_s or 0) + 1)
             continue
         result["windows"] += 1
-        with concurrency(FLEET_LIMIT, occupy=1, strict=True, lease_duration=lease_seconds,
-                         raise_on_lease_renewal_failure=False):
+        with fleet_slot(FLEET_LIMIT, lease_seconds=lease_seconds):
             state, flow_run_id = _run_child(inventory_path, name, cluster_options(options, fit), deployment)
         result["flow_run"], result["reason"] = str(flow_run_id), state.message
         if state.is_completed() and state.name == "WindowEnded":

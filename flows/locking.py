@@ -116,8 +116,9 @@ class ClusterLease:
     """One run's hold on the cluster's slot: acquired under a lease, renewed on a thread every quarter of the
     lease, checked by the run before every change."""
 
-    def __init__(self, cluster: str, limit: str, seconds: float) -> None:
+    def __init__(self, cluster: str, limit: str, seconds: float, *, poll_cap: float = 10.0) -> None:
         self.cluster, self.limit, self.seconds = cluster, limit, max(60.0, float(seconds))  # the server's least
+        self.poll_cap = poll_cap  # the longest wait between two attempts, whatever the server's Retry-After
         self.lease_id: UUID | None = None
         self.lost: str | None = None
         self._confirmed = _clocks()
@@ -172,7 +173,7 @@ class ClusterLease:
                 if now >= next_report:
                     next_report = now + report_seconds()
                     waiting(now - started)
-                time.sleep(max(0.2, min(retry, 10.0, next_report - now, timeout - (now - started))))
+                time.sleep(max(0.2, min(retry, self.poll_cap, next_report - now, timeout - (now - started))))
         self._thread = threading.Thread(target=self._renew, name=f"hci-upgrade-lease-{self.cluster}", daemon=True)
         self._thread.start()
 
@@ -286,6 +287,19 @@ def check_lease_storage() -> None:
         _warn("the Prefect server keeps the cluster locks' leases in memory: a restart of the server forgets them, "
               "and every run holding a cluster stops; start it with PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE=%s",
               LEASE_STORAGE)
+
+
+@contextmanager
+def fleet_slot(limit: str, *, lease_seconds: float) -> Iterator[None]:
+    """One of the fleet's K slots, held under a lease like a cluster's lock. Asked again every second while the
+    slots are taken: Prefect's own `concurrency()` waits as long as the server's Retry-After (up to 30 s), so a wave
+    could start with a slot freed a moment before and still wait half a minute for it."""
+    lease = ClusterLease("fleet", limit, lease_seconds, poll_cap=1.0)
+    lease.acquire(30 * 24 * 3600, lambda waited: _warn("waiting %s for a slot of %s", _duration(waited), limit))
+    try:
+        yield
+    finally:
+        lease.release()
 
 
 _HELD: dict[str, Held] = {}  # clusters whose lock this process holds: a nested run takes it again at once
