@@ -98,7 +98,9 @@ def run_upgrade(prefect_server, tmp_path: Path):
 
     def run(scenario, *, check: bool = True, **options: Any) -> UpgradeRun:
         scenario = quick(scenario)
-        defaults = {"poll_seconds": 10, "retry_delay_seconds": 0.05, "task_retries": 1, "gate_timeout_minutes": 5,
+        # the product's gate timeout (30 cluster minutes) is 0.36 s of wall time at 5000x: less, and one slow
+        # WinRM round trip on a loaded machine outlasts a repair the gate should have waited for
+        defaults = {"poll_seconds": 10, "retry_delay_seconds": 0.05, "task_retries": 1, "gate_timeout_minutes": 30,
                     "target_build": scenario.cluster.target_build}
         opts = RunOptions(**{**defaults, **options})
         run_id = new_run_id()
