@@ -539,6 +539,9 @@ def solution_cmd(
     reason: Annotated[Optional[str], typer.Option(help="why (a change ticket): required with --approve")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="after a failed Deploy: submit it again, as the "
                                                           "portal's resume")] = False,
+    assign_roles: Annotated[bool, typer.Option("--assign-roles", help="assign the template's three roles to each "
+                                                                      "Arc machine's identity (needs --approve)")]
+    = False,
     json_out: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
 ) -> None:
     """The solution upgrade through Azure: prerequisites, Validate, then (approved) Deploy, followed to its end;
@@ -556,6 +559,11 @@ def solution_cmd(
             raise InputError(f"cluster {target.name} has no azure section in {inventory}")
         if approve and not reason:
             raise InputError("--approve needs --reason (a change ticket): the approval is recorded")
+        if assign_roles and not approve:
+            raise InputError("--assign-roles needs --approve --reason: role assignments are changes in the tenant")
+        problems = target.azure.upgrade_problems([n.name for n in target.nodes])
+        if problems:
+            raise InputError(f"{inventory}, cluster {target.name}: the solution upgrade needs " + "; ".join(problems))
         target.azure.credential.build()  # a missing variable is bad input, before anything is read
     except Exception as e:  # noqa: BLE001
         err.print(f"[red]{e}[/]")
@@ -564,7 +572,8 @@ def solution_cmd(
                         source="cli") if approve else None
     with embedded_settings():
         result = solution_upgrade(inventory=str(inventory), cluster=target.name, approval=approval,
-                                  validate_only=validate_only, resume=resume, wait_for_approval=False)
+                                  validate_only=validate_only, resume=resume, wait_for_approval=False,
+                                  assign_roles=assign_roles)
     if json_out:
         print(json.dumps(result, indent=2, default=str))
     else:

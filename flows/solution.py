@@ -21,8 +21,17 @@ from pydantic import Field
 from flows.locking import embedded, narrate_to_run_log, run_name
 from flows.readiness import check_cluster
 from hciupgrade.azure.arm import ArmClient, ArmError
+from hciupgrade.azure.operations import Budget, Ledger, Stalled, verdict
 from hciupgrade.azure.resources import DeploymentSetting, Step, UpdateRun
-from hciupgrade.azure.solution import AzureCluster, fleet_updates, step_table, tree_progress, updates_table
+from hciupgrade.azure.solution import (
+    SETTINGS,
+    AzureCluster,
+    fleet_updates,
+    reported_tree,
+    step_table,
+    tree_progress,
+    updates_table,
+)
 from hciupgrade.models import Approval, ClusterInventory, InputError, load_inventory
 from hciupgrade.readiness.summary import FrameBuilder, blocking_checks
 from hciupgrade.records import RunRecorder, new_run_id
@@ -36,13 +45,16 @@ class SolutionApprovalInput(RunInput):
     deploy: bool = Field(False, description="start the solution upgrade (hours; no rollback is documented)")
 
 
-def azure_cluster(target: ClusterInventory) -> AzureCluster:
+def azure_cluster(target: ClusterInventory, recorder: RunRecorder | None = None, *, poll_seconds: float = 60,
+                  stall_minutes: float = 180) -> AzureCluster:
+    """The cluster's Azure side; with `recorder`, its submits are recorded for a rerun to follow."""
     if target.azure is None:
         raise InputError(f"cluster {target.name} has no azure section in the inventory: the solution upgrade "
                          "needs its subscription, resource group, key vault and IP pool")
     arm = ArmClient(target.azure.endpoint, credential=target.azure.credential.build(), scope=target.azure.scope,
                     time_factor=target.time_factor)
-    return AzureCluster(arm, target.azure, target.name, [n.name for n in target.nodes])
+    return AzureCluster(arm, target.azure, target.name, [n.name for n in target.nodes], ledger=Ledger(recorder),
+                        budget=Budget(poll_s=poll_seconds, stall_s=stall_minutes * 60))
 
 
 def readiness_blockers(inventory: str, cluster: str) -> list[str]:
@@ -71,23 +83,22 @@ class TreeWatcher:
             update_progress_artifact(self.progress, 100.0 * min(tree_progress(root), 0.99))
 
 
-def _tree(setting: DeploymentSetting, which: str) -> Step:
-    reported = setting.properties.reported_properties
-    tree = getattr(reported, which) if reported else None
-    return tree.root("Validation" if which == "validation_status" else "Deployment") if tree else Step(name=which)
+def _tree(setting: DeploymentSetting | None, which: str) -> Step:
+    return reported_tree(setting, which) or Step(name=which)
 
 
 @flow(name="solution-upgrade", flow_run_name=run_name("solution"))
 def solution_upgrade(inventory: str, cluster: str | None = None, approval: Approval | None = None,
                      validate_only: bool = False, resume: bool = False, wait_for_approval: bool | None = None,
-                     check_readiness: bool = True, poll_seconds: float = 60, run_id: str | None = None
-                     ) -> dict[str, Any]:
+                     check_readiness: bool = True, assign_roles: bool = False, poll_seconds: float = 60,
+                     stall_minutes: float = 180, run_id: str | None = None) -> dict[str, Any]:
     """The solution upgrade of one cluster. Without an approval it stops after Validate (awaiting approval), or
-    on a Prefect server pauses for the approval form (`wait_for_approval`, default: on a server)."""
+    on a Prefect server pauses for the approval form (`wait_for_approval`, default: on a server). A Deploy that
+    failed is resumed in Deploy mode (`resume`, approved), never validated again on a half-upgraded cluster."""
     logger = get_run_logger()
     target = load_inventory(inventory).cluster(cluster)
-    az = azure_cluster(target)
     recorder = RunRecorder(run_id or new_run_id(), target.name, time_factor=target.time_factor)
+    az = azure_cluster(target, recorder, poll_seconds=poll_seconds, stall_minutes=stall_minutes)
     narrate_to_run_log(recorder)
     recorder.emit(None, "run", "running", kind="solution-upgrade")
     result: dict[str, Any] = {"run_id": recorder.run_id, "cluster": target.name, "succeeded": False,
@@ -103,15 +114,43 @@ def solution_upgrade(inventory: str, cluster: str | None = None, approval: Appro
             logger.error("solution upgrade of %s: %s", target.name, error)
         return result
 
+    def approved() -> Approval | None:
+        if approval is None and (wait_for_approval if wait_for_approval is not None else not embedded()):
+            logger.warning("waiting for the approval of the Deploy")
+            answer = pause_flow_run(wait_for_input=SolutionApprovalInput.with_initial_data(
+                description=f"### Start the solution upgrade of {target.name}\nValidation passed. The Deploy "
+                            "takes hours and has no documented rollback."), timeout=24 * 3600, poll_interval=5)
+            if answer.deploy:
+                return Approval(approver=answer.approver, reason=answer.reason, steps=["solution-upgrade"],
+                                source="prefect-ui")
+        return approval
+
+    assert target.azure is not None
+    problems = target.azure.upgrade_problems([n.name for n in target.nodes])
+    if assign_roles and approval is None:
+        problems.append("assign_roles: role assignments are changes in the tenant: give an approval with it "
+                        "(--approve --reason)")
+    if problems:
+        return end("bad input, nothing was read or written: " + "; ".join(problems), stage="input")
     try:
-        running = az.setting()
-        deployed = _tree(running, "deployment_status").status if running else None
-        if deployed == "Succeeded":
+        current = az.setting()
+        deployment = reported_tree(current, "deployment_status")
+        deploy_status = verdict(deployment.status) if deployment else None
+        following = az.ledger.pending("deploy", SETTINGS) is not None or deploy_status == "running"
+        resuming = deploy_status == "failed" and current is not None and \
+            current.properties.deployment_mode == "Deploy"
+        if deploy_status == "succeeded" and current is not None and current.properties.deployment_mode == "Deploy" \
+                and not following:
             logger.info("the solution upgrade of %s is deployed already", target.name)
             return end(None, stage="deployed", deploy="already deployed")
-        if deployed != "InProgress":
+        if following:
+            logger.warning("a Deploy is running on %s: following it (never submitting a second one)", target.name)
+        elif resuming and not resume:
+            return end("the last Deploy failed: fix its cause, then resume (hci-upgrade solution --resume), as the "
+                       "portal's resume does", stage="deploy failed")
+        elif not resuming:
             blockers = readiness_blockers(inventory, target.name) if check_readiness else []
-            prereqs = az.prerequisites(blockers)
+            prereqs = az.prerequisites(blockers, assign_roles=assign_roles)
             result["prerequisites"] = [p.__dict__ for p in prereqs]
             for p in prereqs:
                 recorder.emit(None, "solution-prerequisite", "succeeded" if p.ok else "failed", check=p.check,
@@ -122,9 +161,15 @@ def solution_upgrade(inventory: str, cluster: str | None = None, approval: Appro
             missing = [f"{p.check}: {p.detail}" for p in prereqs if not p.ok]
             if missing:
                 return end("prerequisites not met: " + "; ".join(missing))
+            if assign_roles:
+                assert approval is not None
+                made = az.assign_roles()
+                recorder.emit(None, "solution-roles", "succeeded", assigned=made, approver=approval.approver,
+                              reason=approval.reason)
+                logger.info("role assignments made: %s", ", ".join(made) or "none missing")
             result["stage"] = "validate"
             watcher = TreeWatcher(recorder, "solution-validate", None)
-            setting = az.validate(on_poll=lambda s: watcher(_tree(s, "validation_status")))
+            setting = az.validate(current, on_poll=lambda s: watcher(_tree(s, "validation_status")))
             tree = _tree(setting, "validation_status")
             watcher(tree)
             table = step_table(tree)
@@ -132,39 +177,31 @@ def solution_upgrade(inventory: str, cluster: str | None = None, approval: Appro
             create_table_artifact(table.drop(columns=["path"]).fillna("").to_dict(orient="records"),
                                   key=f"solution-{target.name.lower()}-validation",
                                   description=f"Validation of the solution upgrade of {target.name}")
-            if tree.status != "Succeeded":
+            if verdict(tree.status) != "succeeded":
                 failing = tree.failing()
-                return end(f"validation {tree.status}: " + (f"{failing.name}: {'; '.join(failing.exception)}"
+                return end(f"validation {verdict(tree.status)} ({tree.status}): " + (f"{failing.name}: {'; '.join(failing.exception)}"
                                                             if failing else "no failing step reported"))
             if validate_only:
                 return end(None, stage="validated")
-            if approval is None and (wait_for_approval if wait_for_approval is not None else not embedded()):
-                logger.warning("validation passed: waiting for the approval of the Deploy")
-                answer = pause_flow_run(wait_for_input=SolutionApprovalInput.with_initial_data(
-                    description=f"### Start the solution upgrade of {target.name}\nValidation passed. The Deploy "
-                                "takes hours and has no documented rollback."), timeout=24 * 3600, poll_interval=5)
-                if answer.deploy:
-                    approval = Approval(approver=answer.approver, reason=answer.reason, steps=["solution-upgrade"],
-                                        source="prefect-ui")
-            if approval is None:
+            current = setting
+        if not following:
+            chosen = approved()
+            if chosen is None:
                 result["awaiting_approval"] = True
                 recorder.emit(None, "approval", "failed", error="the Deploy waits for an approval")
                 return end(None, stage="awaiting approval")
-            recorder.emit(None, "approval", "succeeded", approver=approval.approver, reason=approval.reason,
-                          steps=list(approval.steps), source=approval.source)
-        else:
-            logger.warning("a Deploy is running on %s: following it (never submitting a second one)", target.name)
+            recorder.emit(None, "approval", "succeeded", approver=chosen.approver, reason=chosen.reason,
+                          steps=list(chosen.steps), source=chosen.source)
         result["stage"] = "deploy"
         watcher = TreeWatcher(recorder, "solution-deploy", f"solution-{target.name.lower()}")
-        setting, done = az.deploy(on_poll=lambda s: watcher(_tree(s, "deployment_status")), resume=resume,
-                                  poll_seconds=poll_seconds)
+        setting, done = az.deploy(current, on_poll=lambda s: watcher(_tree(s, "deployment_status")), resume=resume)
         tree = _tree(setting, "deployment_status")
         watcher(tree)
         result["deploy"] = done
         result["deployment"] = step_table(tree).drop(columns=["path"]).to_dict(orient="records")
-        if tree.status != "Succeeded":
+        if verdict(tree.status) != "succeeded":
             failing = tree.failing()
-            return end(f"deployment {tree.status} at {failing.name if failing else '?'}: "
+            return end(f"deployment {verdict(tree.status)} ({tree.status}) at {failing.name if failing else '?'}: "
                        f"{'; '.join(failing.exception) if failing else ''} (fix the cause, then resume: "
                        "hci-upgrade solution --resume)", stage="deploy failed")
         if watcher.progress:
@@ -172,13 +209,15 @@ def solution_upgrade(inventory: str, cluster: str | None = None, approval: Appro
         create_markdown_artifact(f"# Solution upgrade of {target.name}: succeeded\nDeploy {done}; "
                                  f"{len(tree.steps)} steps.", key=f"solution-{target.name.lower()}-summary")
         return end(None, stage="deployed")
+    except Stalled as e:
+        return end(str(e), stage="stalled")
     except ArmError as e:
         return end(str(e))
 
 
 @flow(name="solution-updates", flow_run_name=run_name("updates"))
 def solution_updates(inventory: str, clusters: list[str] | None = None, apply: str | None = None,
-                     poll_seconds: float = 60) -> dict[str, Any]:
+                     poll_seconds: float = 60, stall_minutes: float = 180) -> dict[str, Any]:
     """The solution updates of the inventory's clusters (state, health checks: a table per cluster and for the
     fleet); with `apply`, apply that update on each selected cluster and follow its update run to the end (a run
     already in progress is followed, not applied again)."""
@@ -187,20 +226,21 @@ def solution_updates(inventory: str, clusters: list[str] | None = None, apply: s
     rows, applied = [], {}
     for name in names:
         target = inv.cluster(name)
-        az = azure_cluster(target)
+        recorder = RunRecorder(new_run_id(), target.name, time_factor=target.time_factor) if apply else None
+        az = azure_cluster(target, recorder, poll_seconds=poll_seconds, stall_minutes=stall_minutes)
         try:
-            if apply:
-                recorder = RunRecorder(new_run_id(), target.name, time_factor=target.time_factor)
+            if recorder is not None:
                 narrate_to_run_log(recorder)
                 recorder.emit(None, "run", "running", kind="solution-update", update=apply)
                 watcher = TreeWatcher(recorder, "solution-update", f"update-{target.name.lower()}")
                 try:
-                    run, done = az.apply(apply, on_poll=lambda r, w=watcher: w(_run_tree(r)),
-                                         poll_seconds=poll_seconds)
+                    run, done = az.apply(apply, on_poll=lambda r, w=watcher: w(_run_tree(r)))
                     watcher(_run_tree(run))
                     failing = _run_tree(run).failing()
-                    error = None if run.properties.state == "Succeeded" else \
+                    error = None if verdict(run.properties.state) == "succeeded" else \
                         f"update run {run.properties.state}" + (f" at {failing.name}" if failing else "")
+                except Stalled as e:
+                    run, done, error = None, "stalled", str(e)
                 except ArmError as e:
                     run, done, error = None, None, str(e)
                 applied[name] = {"update": apply, "done": done, "state": run.properties.state if run else None,

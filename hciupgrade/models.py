@@ -136,6 +136,14 @@ class ClusterInventory(Strict):
                 f"{remote[0]}; use scheme https, or auth negotiate/kerberos (loopback simulators excepted)")
         if remote and self.time_factor != 1.0:
             raise ValueError(f"cluster {self.name}: time_factor is for the simulator; a real cluster runs at 1")
+        if self.azure is not None and self.azure.node_addresses:
+            given = {n.lower() for n in self.azure.node_addresses}
+            unknown = sorted(given - set(names))
+            absent = sorted(set(names) - given)
+            if unknown or absent:
+                raise ValueError(f"cluster {self.name}: azure.node_addresses must name each node once: "
+                                 + "; ".join(([f"not a node: {', '.join(unknown)}"] if unknown else [])
+                                             + ([f"missing: {', '.join(absent)}"] if absent else [])))
         return self
 
     def node(self, name: str) -> NodeEndpoint:

@@ -64,6 +64,11 @@ def describe(event: dict[str, Any]) -> tuple[int, str] | None:
                           f"steps {', '.join(event.get('steps') or [])}")
         return (INFO, f"waiting for an approval of: {', '.join(event.get('steps') or [])}") if status == "running" \
             else (WARNING, str(error))
+    if phase == "azure-operation":  # the ledger: a submit, and the end its follow reached
+        if status == "running":
+            return (INFO, f"{event.get('kind')} submitted; following operation {event['status_url']}") \
+                if event.get("status_url") else (INFO, f"submitting {event.get('kind')} of {event.get('key')}")
+        return INFO, f"{event.get('kind')} followed to its end: {status}"
     if phase and status == "failed":
         return ERROR, f"{node or 'cluster'}: {phase} failed: {error}"
     if phase and status == "succeeded" and event.get("result") is not None and phase == "install":

@@ -32,6 +32,10 @@ def target(arm: FakeArm, **fields) -> AzureTarget:
     return AzureTarget(subscription_id="b8d594e5-51f3-4c11-9c54-a7771b81c712", resource_group="hci-rg",
                        location="westeurope", endpoint=arm.endpoint, key_vault="hci-upgrade-kv",
                        ip_pool={"start": "192.168.10.50", "end": "192.168.10.55"},
+                       network={"subnet_mask": "255.255.255.0", "gateway": "192.168.10.1",
+                                "dns_servers": ["192.168.10.5"]},
+                       node_addresses={"node1": "192.168.10.11", "node2": "192.168.10.12"},
+                       domain_fqdn="corp.contoso.com",
                        credential={"kind": "simulator", "token_env": "UNUSED"}, **fields)
 
 
@@ -60,8 +64,8 @@ def test_throttling_and_failing_status_reads_are_retried_and_the_operation_still
     faults = ArmFaults(throttle_storm=4, status_errors=3, throttle_every=9)
     az = cluster_on(arm, faults)
     arm.faults = faults  # the storm applies to every request
-    setting = az.validate()
-    assert setting.properties.reported_properties.validation_status.status == "Succeeded"
+    setting = az.validate(None)
+    assert setting.properties.reported_properties.validation_status.status == "Success"  # ECE's word
     assert arm.clusters["hci-demo"].status_reads > 3  # three 500s from the status URL, then read again
 
 
@@ -134,7 +138,8 @@ def served(prefect_server, tmp_path):
     harnesses = []
 
     def make(arm_factor: float = FACTOR, **faults) -> tuple[Path, SimHarness]:
-        scenario = make_scenario(nodes=2, vms_per_node=1, time_factor=FACTOR, build="10.0.25398.1913",
+        # one clock for both sides: the client's deadlines and stall budgets count in the cluster's seconds
+        scenario = make_scenario(nodes=2, vms_per_node=1, time_factor=arm_factor, build="10.0.25398.1913",
                                  functional_level=12, pool_version=29)
         scenario = scenario.model_copy(update={"azure": ArmFaults(**faults)})
         fake = FakeArm(token=TOKEN, time_factor=arm_factor, faults=scenario.azure).start()
@@ -162,7 +167,7 @@ def test_without_an_approval_the_run_validates_and_waits_with_nothing_deployed(s
     result = solution_upgrade(inventory=str(inventory), wait_for_approval=False, check_readiness=False)
     assert result["awaiting_approval"] and not result["succeeded"] and result["error"] is None
     assert [r["step"].strip() for r in result["validation"]][:2] == ["Validation", "Validate Azure resources"]
-    assert {r["status"] for r in result["validation"]} == {"Succeeded", "Success"}
+    assert {r["status"] for r in result["validation"]} == {"Success"}  # ECE's words, the overall one too
     assert "deploy_started" not in kinds(harness)
 
 
@@ -191,7 +196,7 @@ def test_a_failing_validation_step_names_its_exception_and_nothing_is_deployed(s
     inventory, harness = served(validation_fails="Upgrade readiness")
     result = solution_upgrade(inventory=str(inventory), approval=Approval(approver="a", reason="r"),
                               check_readiness=False)
-    assert result["error"].startswith("validation Failed: Upgrade readiness: Type 'InvokeRunEnvironmentChecker'")
+    assert result["error"].startswith("validation failed (Error): Upgrade readiness: Type 'InvokeRunEnvironmentChecker'")
     assert "deploy_started" not in kinds(harness)
 
 
@@ -202,7 +207,7 @@ def test_a_failed_deployment_step_is_named_and_resume_submits_again_from_it(serv
     inventory, harness = served(deployment_fails="Deploy ARB VM")
     approval = Approval(approver="a", reason="r", steps=["solution-upgrade"])
     failed = solution_upgrade(inventory=str(inventory), approval=approval, check_readiness=False)
-    assert failed["error"].startswith("deployment Failed at Deploy ARB VM: Type 'InvokeDeployArcResourceBridge'")
+    assert failed["error"].startswith("deployment failed (Error) at Deploy ARB VM: Type 'InvokeDeployArcResourceBridge'")
     assert "hci-upgrade solution --resume" in failed["error"]
     again = solution_upgrade(inventory=str(inventory), approval=approval, check_readiness=False)
     assert again["error"].startswith("the last Deploy failed")  # not re-submitted without --resume

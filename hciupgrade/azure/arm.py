@@ -3,8 +3,14 @@
 - a bearer token from an azure-identity credential (scope https://management.azure.com/.default), refreshed five
   minutes before it expires; the token never reaches a log, a record or an error message;
 - 429 and 5xx retried with backoff, honouring Retry-After (seconds) and the retryable error codes;
+- a *submit* (a PUT or POST that starts work: apply, Validate, Deploy) is sent again only when it surely did not
+  arrive (the connection was refused, or a 429): after a read timeout, a dropped answer or a 5xx it may have been
+  taken, so `SubmitUncertain` is raised and the caller reads the resource instead. azure-core's RetryPolicy is the
+  model: it never retries a POST after a read error (policies/_retry.py, `_is_method_retryable`), and a second
+  apply meets 409 while the first installs;
 - long-running operations: Azure-AsyncOperation preferred, then Location; Retry-After honoured, 60 s when absent;
-  an error from the *status* URL is a failed read, retried, never a failed operation;
+  an error from the *status* URL is a failed read, not a failed operation: transient within a budget (a fresh
+  operation id answers 404 while ARM replicates it: MicrosoftDocs azure-resource-manager async-operations);
 - lists followed by nextLink, sent as it is (it carries its own api-version and $skipToken: httpx's `params=`
   would replace that query);
 - x-ms-request-id and x-ms-correlation-request-id in every log line and error.
@@ -16,7 +22,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -52,14 +58,31 @@ class OperationFailed(ArmError):
     """A long-running operation that ended Failed or Canceled."""
 
 
+class SubmitUncertain(ArmError):
+    """A submit whose answer was lost (read timeout, dropped connection, 5xx): Azure may have taken it."""
+
+
 @dataclass
 class Operation:
-    """A long-running operation: where to poll, and the resource it works on."""
+    """A long-running operation: where to poll, the resource it works on, and when it was accepted (cluster
+    seconds of this client's clock, for the grace given to a fresh operation id)."""
 
     status_url: str | None  # Azure-AsyncOperation
     location_url: str | None  # Location
     resource_url: str
     retry_after: float
+    accepted_at: float = 0.0
+
+
+@dataclass
+class OperationRead:
+    """One read of an operation's status: `state` is succeeded, failed, running, or unread (the read failed in
+    a way that says nothing of the operation); `wait` is what to wait before the next read."""
+
+    state: str
+    document: dict[str, Any]
+    wait: float
+    note: str = ""
 
 
 class ArmClient:
@@ -110,20 +133,34 @@ class ArmClient:
         except ValueError:
             return self.default_retry_after  # an http-date: ARM documents seconds
 
+    def now(self) -> float:
+        """Seconds of the cluster's clock (wall seconds x time_factor), for deadlines and stall budgets."""
+        return time.monotonic() * self.time_factor
+
     def request(self, method: str, path_or_url: str, *, api_version: str | None = None,
-                json: Any = None) -> httpx.Response:
-        """One request, retried on 429, 5xx and retryable error codes (Retry-After, else exponential backoff)."""
+                json: Any = None, submit: bool = False) -> httpx.Response:
+        """One request, retried on 429, 5xx and retryable error codes (Retry-After, else exponential backoff). A
+        `submit` is retried only when it surely did not arrive (connection refused, 429); otherwise its lost
+        answer raises SubmitUncertain."""
         url = self.url(path_or_url, api_version)
         for attempt in range(self.max_retries + 1):
             try:
                 response = self._http.request(method, url, json=json, headers=self._headers())
             except httpx.TransportError as e:
+                unsent = isinstance(e, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
+                if submit and not unsent:
+                    raise SubmitUncertain(f"{method} {_short(url)}: {type(e).__name__} after it was sent: Azure "
+                                          "may have taken it", correlation_id=self.correlation_id) from None
                 if attempt == self.max_retries:
                     raise ArmError(f"{method} {_short(url)}: {type(e).__name__}: {e}") from None
                 self.sleep(min(2 ** attempt, 60))
                 continue
             request_id = response.headers.get("x-ms-request-id")
             code = _error_code(response)
+            if submit and response.status_code >= 500:
+                raise SubmitUncertain(f"{method} {_short(url)}: {response.status_code} {code or ''}: Azure may have "
+                                      "taken it", status=response.status_code, code=code, request_id=request_id,
+                                      correlation_id=self.correlation_id)
             retryable = response.status_code == 429 or response.status_code >= 500 or code in RETRYABLE_CODES
             log.debug("%s %s -> %s (x-ms-request-id %s, x-ms-correlation-request-id %s)", method, _short(url),
                       response.status_code, request_id, self.correlation_id)
@@ -161,50 +198,38 @@ class ArmClient:
             url = page.get("nextLink")
 
     def begin(self, method: str, path: str, api_version: str, body: Any = None) -> tuple[httpx.Response, Operation]:
-        """Start a long-running operation (PUT, POST, DELETE); returns the first response and how to follow it."""
-        response = self.request(method, path, api_version=api_version, json=body)
+        """Submit a long-running operation (PUT, POST); returns the first response and how to follow it."""
+        response = self.request(method, path, api_version=api_version, json=body, submit=True)
         return response, Operation(response.headers.get("Azure-AsyncOperation"), response.headers.get("Location"),
-                                   self.url(path, api_version), self.retry_after(response))
+                                   self.url(path, api_version), self.retry_after(response), self.now())
 
-    def wait(self, op: Operation, *, on_poll: Callable[[dict[str, Any]], None] | None = None,
-             timeout_s: float = 24 * 3600) -> dict[str, Any]:
-        """Follow an operation to its end; returns its last status document. Errors reading the status URL are
-        retried (the operation goes on); a Failed or Canceled status raises OperationFailed."""
-        waited = 0.0
-        delay = op.retry_after
-        while waited < timeout_s:
-            self.sleep(delay)
-            waited += delay
-            try:
-                if op.status_url:
-                    response = self.request("GET", op.status_url)
-                    status = response.json()
-                    state = str(status.get("status", "")).lower()
-                elif op.location_url:
-                    response = self.request("GET", op.location_url)
-                    status = response.json() if response.content else {}
-                    state = "inprogress" if response.status_code == 202 else "succeeded"
-                else:
-                    status = self.get(op.resource_url)
-                    state = str(status.get("properties", {}).get("provisioningState", "Succeeded")).lower()
-            except ArmError as e:
-                if e.status is not None and e.status < 500 and e.status != 429:
-                    raise
-                log.warning("reading the operation's status failed (%s): the operation goes on; reading again", e)
-                delay = self.default_retry_after
-                continue
-            if on_poll:
-                on_poll(status)
-            delay = self.retry_after(response) if "Retry-After" in response.headers else self.default_retry_after
-            if state in TERMINAL:
-                if state != "succeeded":
-                    error = status.get("error") or {}
-                    raise OperationFailed(f"the operation ended {status.get('status')}: {error.get('code', '')} "
-                                          f"{error.get('message', '')}".strip(), code=error.get("code"),
-                                          request_id=response.headers.get("x-ms-request-id"),
-                                          correlation_id=self.correlation_id)
-                return status
-        raise ArmError(f"the operation did not end within {timeout_s / 3600:.0f} h")
+    def read_operation(self, op: Operation, *, grace_s: float = 600.0) -> OperationRead:
+        """Read an operation's status once. An error reading it (a 404 while ARM replicates a fresh id, a 5xx, a
+        lost answer) is `unread` for `grace_s` cluster seconds after the last good read, then raised: a status
+        URL is never taken for the operation's verdict by its own failure."""
+        url = op.status_url or op.location_url
+        if url is None:  # neither header: the resource's provisioningState is the operation's
+            url = op.resource_url
+        try:
+            response = self.request("GET", url)
+        except ArmError as e:
+            if e.status in (401, 403) or self.now() - op.accepted_at > grace_s:
+                raise
+            return OperationRead("unread", {}, self.default_retry_after if e.status is None or e.status >= 500
+                                 else max(op.retry_after, 10.0), note=str(e))
+        op.accepted_at = self.now()  # the grace runs from the last good read
+        wait = self.retry_after(response) if "Retry-After" in response.headers else self.default_retry_after
+        document = response.json() if response.content else {}
+        if url == op.status_url:
+            word = str(document.get("status", ""))
+        elif url == op.location_url:
+            word = "InProgress" if response.status_code == 202 else "Succeeded"
+        else:
+            word = str(document.get("properties", {}).get("provisioningState", "Succeeded"))
+        state = word.lower()
+        state = "succeeded" if state == "succeeded" else ("failed" if state in ("failed", "canceled", "cancelled")
+                                                          else "running")
+        return OperationRead(state, document, wait)
 
 
 def _short(url: str) -> str:

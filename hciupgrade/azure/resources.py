@@ -158,7 +158,12 @@ class ArcMachineProperties(Open):
 
 
 class ArcMachine(Resource):
+    identity: dict[str, Any] | None = None  # {type: SystemAssigned, principalId, tenantId}
     properties: ArcMachineProperties
+
+    @property
+    def principal_id(self) -> str | None:
+        return (self.identity or {}).get("principalId")
 
 
 class ExtensionProperties(Open):

@@ -1,5 +1,8 @@
 """A cluster's Azure side, as the inventory names it: where its resources are, how to authenticate, and what the
-solution upgrade needs (the key vault with the LCM deployment user's secret, six free addresses)."""
+solution upgrade needs: the key vault with the LCM deployment user's secret, six free addresses, and what the
+documented upgrade template puts in the deploymentSettings (the management subnet, its gateway and DNS servers,
+each node's management address, the domain, the naming prefix, observability). Source of every field:
+Azure/azure-quickstart-templates quickstarts/microsoft.azurestackhci/upgrade-cluster/azuredeploy.json@15c284b4."""
 
 from __future__ import annotations
 
@@ -11,6 +14,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 LCM_EXTENSION_MINIMUM = "30.2408.0.537"  # the LcmController extension; the checker wants the service >= 10.2408.0.537
+# deploymentSettings' api-version: the 2503+ template's (it creates edgeDevices first); 2024-04-01 is the one of
+# upgrade-cluster-2411.3 (2411.3 and earlier, no edge devices)
+TEMPLATE_API_VERSION = "2024-09-01-preview"
+VAULT_SUFFIXES = {  # Key Vault's DNS suffix per cloud, from ARM's host (az cloud show: suffixes.keyvaultDns)
+    "management.azure.com": "vault.azure.net",
+    "management.chinacloudapi.cn": "vault.azure.cn",
+    "management.usgovcloudapi.net": "vault.usgovcloudapi.net",
+}
 
 
 class AzureCredential(BaseModel):
@@ -83,6 +94,39 @@ class IpPool(BaseModel):
         return [ipaddress.IPv4Address(i) for i in range(int(self.start), int(self.end) + 1)]
 
 
+class ManagementNetwork(BaseModel):
+    """The management network of the template's infrastructureNetwork: its subnet (mask and gateway) and DNS."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    subnet_mask: ipaddress.IPv4Address = Field(description="e.g. 255.255.255.0")
+    gateway: ipaddress.IPv4Address = Field(description="the management subnet's default gateway")
+    dns_servers: list[ipaddress.IPv4Address] = Field(min_length=1, description="the DNS servers the nodes use")
+
+    @property
+    def subnet(self) -> ipaddress.IPv4Network:
+        return ipaddress.IPv4Network(f"{self.gateway}/{self.subnet_mask}", strict=False)
+
+    @model_validator(mode="after")
+    def _mask(self) -> ManagementNetwork:
+        try:
+            ipaddress.IPv4Network(f"0.0.0.0/{self.subnet_mask}")
+        except ValueError:
+            raise ValueError(f"subnet_mask: {self.subnet_mask} is not a netmask (its ones must be contiguous, e.g. "
+                             "255.255.255.0)") from None
+        return self
+
+
+class Observability(BaseModel):
+    """deploymentData.observability (the template sets all three true; euLocation is for EU data residency)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    streaming_data_client: bool = True
+    eu_location: bool = False
+    episodic_data_upload: bool = True
+
+
 class AzureTarget(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -101,6 +145,21 @@ class AzureTarget(BaseModel):
     custom_location: str | None = Field(None, description="default <cluster>-cl")
     lcm_extension_minimum: str = LCM_EXTENSION_MINIMUM
     solution_version: str = Field("10.1.0.0", description="deploymentConfiguration.version of the upgrade template")
+    api_version: str = Field(TEMPLATE_API_VERSION, pattern=r"^\d{4}-\d{2}-\d{2}(-preview)?$",
+                             description="deploymentSettings' api-version: 2024-09-01-preview (the 2503+ template, "
+                                         "edge devices first) or 2024-04-01 (2411.3 and earlier)")
+    network: ManagementNetwork | None = Field(None, description="the management subnet, gateway and DNS servers")
+    node_addresses: dict[str, ipaddress.IPv4Address] = Field(
+        default_factory=dict, description="each node's management IPv4 address (physicalNodes[].ipv4Address)")
+    domain_fqdn: str | None = Field(None, max_length=253, pattern=r"^([A-Za-z0-9-]{1,63}\.)+[A-Za-z]{2,63}$",
+                                    description="the Active Directory domain, e.g. corp.contoso.com")
+    failover_cluster_name: str | None = Field(None, description="the failover cluster's name (default: the cluster's)")
+    naming_prefix: str = Field("HCI001", pattern=r"^[A-Za-z0-9-]{1,8}$",
+                               description="namingPrefix: up to 8 letters, digits and hyphens (the template's HCI001)")
+    adou_path: str = Field("", description="adouPath (the template's empty string: the domain's default OU)")
+    observability: Observability = Observability()
+    key_vault_suffix: str | None = Field(None, description="Key Vault's DNS suffix, for a cloud hci-upgrade does "
+                                                           "not know (default: from the endpoint)")
 
     @model_validator(mode="after")
     def _pool(self) -> AzureTarget:
@@ -113,4 +172,60 @@ class AzureTarget(BaseModel):
         if self.cluster_ip is not None and self.cluster_ip in self.ip_pool.addresses:
             raise ValueError(f"ip_pool: the cluster IP {self.cluster_ip} is inside it "
                              "(AzStackHci_Upgrade_ClusterIPExcludedFromIPPool)")
+        from urllib.parse import urlsplit
+
+        from hciupgrade.models import is_loopback
+
+        host = urlsplit(self.endpoint).hostname or ""
+        if self.key_vault_suffix is None and host not in VAULT_SUFFIXES and not is_loopback(host):
+            raise ValueError(f"key_vault_suffix: {host} is not a cloud hci-upgrade knows; give its Key Vault DNS "
+                             "suffix (az cloud show --query suffixes.keyvaultDns)")
+        pool = set(self.ip_pool.addresses)
+        for node, address in self.node_addresses.items():
+            if address in pool:
+                raise ValueError(f"node_addresses.{node}: {address} is inside ip_pool, which must be free")
+        if len(set(self.node_addresses.values())) != len(self.node_addresses):
+            raise ValueError("node_addresses: two nodes have the same address")
+        if self.network is not None:
+            subnet = self.network.subnet
+            outside = [(f"ip_pool.{k}", a) for k, a in (("start", self.ip_pool.start), ("end", self.ip_pool.end))
+                       if a not in subnet] + [(f"node_addresses.{n}", a) for n, a in self.node_addresses.items()
+                                              if a not in subnet]
+            if outside:
+                field, address = outside[0]
+                raise ValueError(f"{field}: {address} is outside the management subnet {subnet} (network.gateway "
+                                 f"{self.network.gateway}, network.subnet_mask {self.network.subnet_mask})")
+            if self.network.gateway in pool:
+                raise ValueError(f"ip_pool: the gateway {self.network.gateway} is inside it")
+            taken = [d for d in self.network.dns_servers if d in pool]
+            if taken:
+                raise ValueError(f"ip_pool: the DNS server {taken[0]} is inside it")
         return self
+
+    @property
+    def vault_suffix(self) -> str:
+        """Key Vault's DNS suffix in this cloud (the secret's location in the deploymentSettings)."""
+        from urllib.parse import urlsplit
+
+        host = urlsplit(self.endpoint).hostname or ""
+        return self.key_vault_suffix or VAULT_SUFFIXES.get(host, "vault.azure.net")  # a simulator: the public one
+
+    @property
+    def edge_devices(self) -> bool:
+        """The 2503+ template creates Microsoft.AzureStackHCI/edgeDevices/default on each Arc machine (kind HCI)
+        before the deploymentSettings, in Validate mode; the 2024-04-01 one did not."""
+        return self.api_version >= "2024-09-01"
+
+    def upgrade_problems(self, nodes: list[str]) -> list[str]:
+        """The template's fields the inventory leaves out for the solution upgrade, each with what to write
+        (the updates need none of them)."""
+        missing = []
+        if self.network is None:
+            missing.append("azure.network: {subnet_mask, gateway, dns_servers} of the management subnet")
+        if not self.domain_fqdn:
+            missing.append("azure.domain_fqdn: the Active Directory domain (e.g. corp.contoso.com)")
+        given = {n.lower() for n in self.node_addresses}
+        absent = [n for n in nodes if n.lower() not in given]
+        if absent:
+            missing.append(f"azure.node_addresses: each node's management IPv4 address (missing: {', '.join(absent)})")
+        return missing

@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 from typing import Any, Literal
 
-from hciupgrade.azure.target import AzureCredential, AzureTarget, IpPool
+from hciupgrade.azure.target import AzureCredential, AzureTarget, IpPool, ManagementNetwork
 from hciupgrade.models import ClusterInventory, CredentialRef, Inventory, NodeEndpoint, Transport
 from hciupgrade.sim.arm import FakeArm
 from hciupgrade.sim.cluster import SimCluster
@@ -118,7 +118,11 @@ class SimHarness:
                 resource_group=self.azure.clusters[self.sim.name.lower()].resource_group, location="westeurope",
                 endpoint=self.azure.endpoint, credential=AzureCredential(kind="simulator", token_env=ARM_TOKEN_ENV),
                 key_vault=self.azure.clusters[self.sim.name.lower()].key_vault,
-                ip_pool=IpPool(start="192.168.10.50", end="192.168.10.55"), cluster_ip="192.168.10.20")
+                ip_pool=IpPool(start="192.168.10.50", end="192.168.10.55"), cluster_ip="192.168.10.20",
+                network=ManagementNetwork(subnet_mask="255.255.255.0", gateway="192.168.10.1",
+                                          dns_servers=["192.168.10.5"]),
+                node_addresses={name: f"192.168.10.{11 + i}" for i, name in enumerate(self.endpoints)},
+                domain_fqdn="corp.contoso.com")
         return Inventory(clusters=[ClusterInventory(
             name=self.sim.name,
             nodes=[NodeEndpoint(name=name, address="127.0.0.1", port=ep.port) for name, ep in self.endpoints.items()],
