@@ -67,9 +67,27 @@ def embedded_settings() -> Iterator[None]:
     from flows.reaper import start_reaper
 
     start_reaper()  # the temporary server must not outlive a killed CLI
+    start_temporary_server()
 
     with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         yield
+
+
+def start_temporary_server() -> None:
+    """Start this process's temporary Prefect server now, one process at a time on this machine. Prefect starts
+    it lazily with a random port (checked free, then bound by the child: two processes starting together may
+    pick the same one) and a 20 s wait counted in sleeps; seven CLIs started at once on a 2-core machine all
+    failed so ("Timed out while attempting to connect to ephemeral Prefect API server", benchmarks/
+    concurrent_clis.py). Under a machine-wide file lock each start binds its port and migrates the shared
+    SQLite database before the next begins, with HCI_UPGRADE_PREFECT_START_SECONDS (180) to do it."""
+    from prefect.server.api.server import SubprocessASGIServer
+
+    budget = float(os.environ.get("HCI_UPGRADE_PREFECT_START_SECONDS", "180"))
+    server = SubprocessASGIServer()
+    if server.running:
+        return
+    with host_lock("_prefect-start", timeout=budget):  # "_": no cluster name has one, so no cluster's lock
+        server.start(timeout=int(budget))
 
 
 def limit_name(cluster: str) -> str:

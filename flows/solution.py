@@ -24,7 +24,6 @@ from hciupgrade.azure.arm import ArmClient, ArmError
 from hciupgrade.azure.operations import Budget, Ledger, Stalled, verdict
 from hciupgrade.azure.resources import DeploymentSetting, Step, UpdateRun
 from hciupgrade.azure.solution import (
-    SETTINGS,
     AzureCluster,
     fleet_updates,
     reported_tree,
@@ -136,7 +135,7 @@ def solution_upgrade(inventory: str, cluster: str | None = None, approval: Appro
         current = az.setting()
         deployment = reported_tree(current, "deployment_status")
         deploy_status = verdict(deployment.status) if deployment else None
-        following = az.ledger.pending("deploy", SETTINGS) is not None or deploy_status == "running"
+        following = az.ledger.pending("deploy", az.settings_key) is not None or deploy_status == "running"
         resuming = deploy_status == "failed" and current is not None and \
             current.properties.deployment_mode == "Deploy"
         if deploy_status == "succeeded" and current is not None and current.properties.deployment_mode == "Deploy" \
@@ -179,8 +178,9 @@ def solution_upgrade(inventory: str, cluster: str | None = None, approval: Appro
                                   description=f"Validation of the solution upgrade of {target.name}")
             if verdict(tree.status) != "succeeded":
                 failing = tree.failing()
-                return end(f"validation {verdict(tree.status)} ({tree.status}): " + (f"{failing.name}: {'; '.join(failing.exception)}"
-                                                            if failing else "no failing step reported"))
+                return end(f"validation {verdict(tree.status)} ({tree.status}): "
+                           + (f"{failing.name}: {'; '.join(failing.exception)}" if failing
+                              else "no failing step reported"))
             if validate_only:
                 return end(None, stage="validated")
             current = setting

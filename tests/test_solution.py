@@ -187,6 +187,7 @@ def test_an_approved_run_deploys_follows_the_tree_and_records_the_approval(serve
     assert '"approver": "alice"' in record and '"reason": "CHG-77"' in record
     assert '"step": "Deployment > Deploy Arc Resource Bridge"' in record  # step-level events
     assert harness.azure.token not in record
+    assert harness.azure.judge() == []  # no hot polling, each operation read to its end, nothing sent twice
 
 
 def test_a_failing_validation_step_names_its_exception_and_nothing_is_deployed(served):
@@ -196,7 +197,8 @@ def test_a_failing_validation_step_names_its_exception_and_nothing_is_deployed(s
     inventory, harness = served(validation_fails="Upgrade readiness")
     result = solution_upgrade(inventory=str(inventory), approval=Approval(approver="a", reason="r"),
                               check_readiness=False)
-    assert result["error"].startswith("validation failed (Error): Upgrade readiness: Type 'InvokeRunEnvironmentChecker'")
+    assert result["error"].startswith("validation failed (Error): Upgrade readiness: "
+                                      "Type 'InvokeRunEnvironmentChecker'")
     assert "deploy_started" not in kinds(harness)
 
 
@@ -207,7 +209,8 @@ def test_a_failed_deployment_step_is_named_and_resume_submits_again_from_it(serv
     inventory, harness = served(deployment_fails="Deploy ARB VM")
     approval = Approval(approver="a", reason="r", steps=["solution-upgrade"])
     failed = solution_upgrade(inventory=str(inventory), approval=approval, check_readiness=False)
-    assert failed["error"].startswith("deployment failed (Error) at Deploy ARB VM: Type 'InvokeDeployArcResourceBridge'")
+    assert failed["error"].startswith("deployment failed (Error) at Deploy ARB VM: "
+                                      "Type 'InvokeDeployArcResourceBridge'")
     assert "hci-upgrade solution --resume" in failed["error"]
     again = solution_upgrade(inventory=str(inventory), approval=approval, check_readiness=False)
     assert again["error"].startswith("the last Deploy failed")  # not re-submitted without --resume
@@ -215,6 +218,21 @@ def test_a_failed_deployment_step_is_named_and_resume_submits_again_from_it(serv
     assert resumed["succeeded"] and resumed["deploy"] == "resumed"
     events = harness.azure.clusters["hci-demo"].events
     assert [e.get("from") for e in events if e["kind"] == "deploy_resumed"] == ["Deploy Arc Resource Bridge"]
+    # resumed in Deploy mode, not validated again on a half-upgraded cluster; the stale Failed status the
+    # cluster still reported after the resume's PUT (reported_lag_s) did not end the follow
+    assert kinds(harness).count("validate_started") == 1 and harness.azure.judge() == []
+
+
+def test_a_stalled_deploy_ends_as_stalled_and_the_rerun_follows_it_without_submitting(served):
+    from flows.solution import solution_upgrade
+    from hciupgrade.models import Approval
+
+    inventory, harness = served(step_stuck="Install Lifecycle Manager")
+    approval = Approval(approver="a", reason="r", steps=["solution-upgrade"])
+    first = solution_upgrade(inventory=str(inventory), approval=approval, check_readiness=False)
+    assert first["stage"] == "stalled" and "Install Lifecycle Manager has not changed for" in first["error"]
+    again = solution_upgrade(inventory=str(inventory), approval=approval, check_readiness=False)
+    assert again["stage"] == "stalled" and kinds(harness).count("deploy_started") == 1
 
 
 def test_a_crash_mid_deployment_is_followed_by_the_rerun_never_deployed_twice(served, tmp_path):
@@ -250,6 +268,17 @@ def test_the_cli_refuses_bad_input_and_waits_for_an_approval_with_exit_3(served,
                            capture_output=True, text=True, timeout=300)
     assert waits.returncode == 3, waits.stderr[-2000:]
     assert json.loads(waits.stdout)["stage"] == "awaiting approval"
+    import yaml
+
+    bare = yaml.safe_load(inventory.read_text())
+    del bare["clusters"][0]["azure"]["network"]
+    (tmp_path / "bare.yaml").write_text(yaml.safe_dump(bare))
+    refused = subprocess.run([*CLI, "solution", "--inventory", str(tmp_path / "bare.yaml")], env=env,
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "azure.network" in refused.stderr and "subnet_mask" in refused.stderr
+    roles = subprocess.run([*CLI, "solution", "--inventory", str(inventory), "--assign-roles"], env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert roles.returncode == 2 and "--assign-roles needs --approve" in roles.stderr
 
 
 # --- updates -----------------------------------------------------------------------------------------------------
@@ -261,14 +290,20 @@ def test_updates_are_summarised_applied_and_followed_and_a_running_one_is_not_ap
     states = {u["update"]: (u["state"], u["warnings"]) for u in listed["updates"]}
     assert states == {"Solution10.2411.3.2": ("Installed", 0), "Solution10.2503.0.13": ("Ready", 0),
                       "Solution10.2504.1001.19": ("HasPrerequisite", 1)}
-    # an apply whose orchestrator died right after the POST: the rerun follows that run
+    # an apply whose orchestrator died right after the POST was recorded: the rerun follows that operation,
+    # although Azure shows no run of it yet (run_lag_s) and the update still reads Ready
+    from hciupgrade.azure.operations import Ledger
+    from hciupgrade.records import RunRecorder, new_run_id
+
     az = AzureCluster(ArmClient(harness.azure.endpoint, credential=StaticToken(TOKEN), time_factor=FACTOR),
-                      target(harness.azure), "hci-demo", ["node1", "node2"])
-    az.arm.begin("POST", f"{az.base}/updates/Solution10.2503.0.13/apply", "2024-04-01")
+                      target(harness.azure), "hci-demo", ["node1", "node2"],
+                      ledger=Ledger(RunRecorder(new_run_id(), "hci-demo", time_factor=FACTOR)))
+    az._submit("apply", az.update_key("Solution10.2503.0.13"), "POST", f"{az.base}/updates/Solution10.2503.0.13/apply",
+               "2024-04-01", None, [])
     applied = solution_updates(inventory=str(inventory), apply="Solution10.2503.0.13")
     assert applied["applied"]["hci-demo"] == {"update": "Solution10.2503.0.13", "done": "followed",
                                               "state": "Succeeded", "error": None}
-    assert kinds(harness).count("update_applied") == 1
+    assert kinds(harness).count("update_applied") == 1 and harness.azure.judge() == []
     table = updates_table("hci-demo", az.updates())
     assert table.set_index("update").loc["Solution10.2503.0.13", "state"] == "Installed"
     with pytest.raises(ArmError, match="HasPrerequisite"):

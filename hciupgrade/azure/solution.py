@@ -46,7 +46,6 @@ from hciupgrade.azure.target import AzureTarget
 log = logging.getLogger(__name__)
 
 READY_TO_APPLY = ("Ready", "ReadyToInstall", "InstallationFailed")  # InstallationFailed: a retry of the apply
-SETTINGS = "deploymentSettings/default"  # the ledger's key for Validate and Deploy
 ROLE_API_VERSION = "2022-04-01"  # Microsoft.Authorization/roleAssignments, as the template
 # the role definitions the upgrade template assigns each Arc machine's identity at resource-group scope
 # (azure-quickstart-templates upgrade-cluster azuredeploy.json@15c284b4: arcMachineRoleAssignment,
@@ -88,6 +87,11 @@ class AzureCluster:
         self.group = group
         self.base = f"{group}/providers/Microsoft.AzureStackHCI/clusters/{self.name}"
         self.settings_path = f"{self.base}/deploymentSettings/default"
+        # the ledger's keys: where the resource is (another endpoint or subscription is another resource)
+        self.settings_key = f"{arm.endpoint}{self.settings_path}"
+
+    def update_key(self, update: str) -> str:
+        return f"{self.arm.endpoint}{self.base}/updates/{update}"
 
     def arc_id(self, node: str) -> str:
         return f"{self.group}/providers/Microsoft.HybridCompute/machines/{node}"
@@ -293,9 +297,9 @@ class AzureCluster:
         except Stalled:
             raise  # Azure may still be working: the ledger keeps it pending, a rerun follows it
         except ArmError as e:
-            self.ledger.ended(kind, SETTINGS, "failed", str(e))
+            self.ledger.ended(kind, self.settings_key, "failed", str(e))
             raise
-        self.ledger.ended(kind, SETTINGS, end.verdict)
+        self.ledger.ended(kind, self.settings_key, end.verdict)
         return end.value
 
     def validate(self, current: DeploymentSetting | None,
@@ -303,7 +307,7 @@ class AzureCluster:
         """Validate mode: creates the prerequisite resources and runs the checks (about 10 minutes), followed
         to its end. Returns the settings with the validation's step tree, whatever its result. A Validate
         recorded and not followed to its end (the orchestrator died) is followed, not submitted again."""
-        pending = self.ledger.pending("validate", SETTINGS)
+        pending = self.ledger.pending("validate", self.settings_key)
         if pending is not None:
             op, before = recorded_operation(pending, self.arm), pending.get("before")
         else:
@@ -311,7 +315,7 @@ class AzureCluster:
                 self.ensure_edge_devices()
             root = reported_tree(current, "validation_status")
             before = tree_fingerprint(root) if root else None
-            op = self._submit("validate", SETTINGS, "PUT", self.settings_path, self.target.api_version,
+            op = self._submit("validate", self.settings_key, "PUT", self.settings_path, self.target.api_version,
                               self.settings_body("Validate"), before)
         return self._follow_settings("validate", "validation_status", op, before, on_poll, 2 * 3600)
 
@@ -322,7 +326,7 @@ class AzureCluster:
         with `resume`, submit it again after a failed Deploy, in Deploy mode, as the portal's resume does.
         Returns the settings at the end and what was done: "submitted", "followed", "resumed", "already
         deployed"."""
-        pending = self.ledger.pending("deploy", SETTINGS)
+        pending = self.ledger.pending("deploy", self.settings_key)
         root = reported_tree(current, "deployment_status")
         status = verdict(root.status) if root else None
         if pending is not None:
@@ -336,7 +340,7 @@ class AzureCluster:
                            "as the portal's resume does")
         else:
             before = tree_fingerprint(root) if root else None
-            op = self._submit("deploy", SETTINGS, "PUT", self.settings_path, self.target.api_version,
+            op = self._submit("deploy", self.settings_key, "PUT", self.settings_path, self.target.api_version,
                               self.settings_body("Deploy"), before)
             done = "resumed" if status == "failed" else "submitted"
         return self._follow_settings("deploy", "deployment_status", op, before, on_poll, 12 * 3600), done
@@ -365,7 +369,7 @@ class AzureCluster:
         """Apply an update and follow its operation and then its run to the end; a run in progress or an apply
         recorded and not followed to its end (the orchestrator was restarted) is followed, never applied twice.
         Returns the last run and "applied" or "followed"."""
-        pending = self.ledger.pending("apply", update)
+        pending = self.ledger.pending("apply", self.update_key(update))
         if pending is not None:
             op, before, done = recorded_operation(pending, self.arm), list(pending.get("before") or []), "followed"
         else:
@@ -379,8 +383,8 @@ class AzureCluster:
                     raise ArmError(f"update {update} is {state}: only an update that is "
                                    f"{' or '.join(READY_TO_APPLY)} can be applied")
                 before = [r.name for r in runs]
-                op = self._submit("apply", update, "POST", f"{self.base}/updates/{update}/apply", API_VERSION,
-                                  None, before)
+                op = self._submit("apply", self.update_key(update), "POST", f"{self.base}/updates/{update}/apply",
+                                  API_VERSION, None, before)
                 done = "applied"
         try:
             end = follow(self.arm, op, lambda: self._run_view(update, before), budget=self.budget,
@@ -388,9 +392,9 @@ class AzureCluster:
         except Stalled:
             raise
         except ArmError as e:
-            self.ledger.ended("apply", update, "failed", str(e))
+            self.ledger.ended("apply", self.update_key(update), "failed", str(e))
             raise
-        self.ledger.ended("apply", update, end.verdict)
+        self.ledger.ended("apply", self.update_key(update), end.verdict)
         return end.value, done
 
 
