@@ -3,7 +3,8 @@ and an operator who pauses a node at a random moment (before its gate, between i
 another node is upgraded or resyncs), in both storage behaviours and every enum wire form, the engine (run,
 killed, run again) never breaks DESIGN.md's invariants 1 to 4, never touches the operator's node, and never goes
 on past more failed nodes than MaxFailedNodes allows. The engine runs against the simulator through in-process
-sessions that keep the wire's object and error shapes (hciupgrade.sim.inprocess), so 200 examples fit in CI."""
+sessions that keep the wire's object and error shapes (hciupgrade.sim.inprocess), so 150 examples fit in CI
+(HCI_PROPERTY_EXAMPLES for more)."""
 
 from __future__ import annotations
 
@@ -120,7 +121,7 @@ def engine_for(sim: SimCluster, options: RunOptions, budget: list[int] | None = 
     return RollingUpgrade(client, options, recorder, Steps(client, options, ClusterClock(FACTOR)))
 
 
-@settings(max_examples=int(os.environ.get("HCI_PROPERTY_EXAMPLES", "200")), deadline=None,
+@settings(max_examples=int(os.environ.get("HCI_PROPERTY_EXAMPLES", "150")), deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(cases())
 def test_invariants_hold_under_random_faults_and_kills(case):
