@@ -5,12 +5,14 @@ and ends the ones still running once the CLI is gone. Run: python -m flows.reape
 
 from __future__ import annotations
 
+import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import psutil
 
 _STARTED: set[int] = set()
 
@@ -25,48 +27,41 @@ def start_reaper() -> None:
                      cwd=Path(__file__).resolve().parent.parent)
 
 
-def _stat(pid: int) -> tuple[int, str] | None:
-    """(parent pid, start time) of a live process, or None."""
+def _started(pid: int) -> float | None:
+    """When a live process started (to tell a reused pid from the process we saw), or None."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
-    except (OSError, IndexError):
+        process = psutil.Process(pid)
+        return None if process.status() == psutil.STATUS_ZOMBIE else process.create_time()
+    except psutil.Error:
         return None
-    return (int(fields[1]), fields[19]) if fields[0] not in "ZX" else None
 
 
-def descendants(root: int) -> dict[int, str]:
-    """Every live descendant of `root`: pid -> start time (to tell a reused pid from the process we saw)."""
-    parents: dict[int, tuple[int, str]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and (stat := _stat(int(entry))) is not None:
-            parents[int(entry)] = stat
-    found: dict[int, str] = {}
-    frontier = {root}
-    while frontier:
-        children = {pid for pid, (ppid, _) in parents.items() if ppid in frontier and pid not in found}
-        found.update({pid: parents[pid][1] for pid in children})
-        frontier = children
+def descendants(root: int) -> dict[int, float]:
+    """Every live descendant of `root`: pid -> start time."""
+    try:
+        children = psutil.Process(root).children(recursive=True)
+    except psutil.Error:
+        return {}
+    found = {}
+    for child in children:
+        with contextlib.suppress(psutil.Error):
+            found[child.pid] = child.create_time()
     return found
 
 
 def watch(pid: int, poll: float = 0.5) -> None:
-    seen: dict[int, str] = {}
-    root = _stat(pid)
-    while root is not None and (now := _stat(pid)) is not None and now[1] == root[1]:  # the same process lives
+    seen: dict[int, float] = {}
+    root = _started(pid)
+    while root is not None and _started(pid) == root:  # the same process lives
         seen.update(descendants(pid))
         time.sleep(poll)
     seen.pop(os.getpid(), None)  # the watcher is the CLI's child too
-    alive = {p for p, started in seen.items() if (stat := _stat(p)) is not None and stat[1] == started}
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for p in alive:
-            try:
-                os.kill(p, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and any(_stat(p) for p in alive):
-            time.sleep(0.1)
-        alive = {p for p in alive if _stat(p) is not None}
+    alive = [psutil.Process(p) for p, started in seen.items() if _started(p) == started]
+    for end in (psutil.Process.terminate, psutil.Process.kill):  # SIGTERM, then SIGKILL (TerminateProcess)
+        for process in alive:
+            with contextlib.suppress(psutil.Error):
+                end(process)
+        _, alive = psutil.wait_procs(alive, timeout=5)
         if not alive:
             return
 

@@ -1,14 +1,15 @@
-"""A per-cluster lock between processes on one machine (flock): in Prefect's embedded mode every process starts
-its own temporary server, so its concurrency limits do not see each other. The kernel drops the lock when the
-holder dies, even on SIGKILL."""
+"""A per-cluster lock between processes on one machine: in Prefect's embedded mode every process starts its own
+temporary server, so its concurrency limits do not see each other. filelock gives the operating system's lock on
+both hosts an operator uses (flock on Linux, LockFileEx on the Windows admin host); either is dropped when the
+holder dies, even on SIGKILL or TerminateProcess."""
 
 from __future__ import annotations
 
-import fcntl
 import os
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+from filelock import FileLock, Timeout
 
 from hciupgrade.store import home
 
@@ -21,19 +22,13 @@ class LockTimeout(TimeoutError):
 def host_lock(cluster: str, *, timeout: float, poll: float = 0.05) -> Iterator[None]:
     directory = home() / "locks"
     directory.mkdir(parents=True, exist_ok=True)
-    fd = os.open(directory / f"{cluster.lower()}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    lock = FileLock(directory / f"{cluster.lower()}.lock", timeout=timeout, poll_interval=poll, thread_local=False)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise LockTimeout(f"cluster {cluster} is locked by another run on this machine") from None
-                time.sleep(poll)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        lock.acquire()
+    except Timeout:
+        raise LockTimeout(f"cluster {cluster} is locked by another run on this machine") from None
+    try:
+        (directory / f"{cluster.lower()}.owner").write_text(f"{os.getpid()}\n")  # for an operator who looks
         yield
     finally:
-        os.close(fd)  # closing releases the lock
+        lock.release()

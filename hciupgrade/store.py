@@ -107,16 +107,14 @@ def _transient() -> tuple[type[BaseException], ...]:
 
 
 def process_alive(pid: object) -> bool:
-    """Whether a process of this machine still lives (a zombie does not count)."""
+    """Whether a process of this machine still lives (a zombie does not count). psutil, not the process table
+    read by hand nor a kill with signal 0: on Windows that sends CTRL_C_EVENT to the process it asks about."""
+    import psutil
+
     try:
-        with open(f"/proc/{int(pid)}/stat") as fh:  # type: ignore[arg-type]
-            return fh.read().split(") ", 1)[1][0] not in "ZX"
-    except (OSError, TypeError, ValueError, IndexError):
-        try:
-            os.kill(int(pid), 0)  # type: ignore[arg-type]
-            return True
-        except (OSError, TypeError, ValueError):
-            return False
+        return psutil.Process(int(pid)).status() != psutil.STATUS_ZOMBIE  # type: ignore[arg-type]
+    except (psutil.Error, TypeError, ValueError):
+        return False
 
 
 def now_iso() -> str:

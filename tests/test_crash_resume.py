@@ -154,7 +154,7 @@ def test_two_runs_against_one_cluster_never_overlap(tmp_path, prefect_home):
 def test_killing_the_cli_leaves_no_process_behind(tmp_path, prefect_home):
     """SIGKILL of `hci-upgrade` alone (not its process group, as an operator or a supervisor does it): Prefect's
     temporary server and anything else it started end too."""
-    from flows.reaper import _stat, descendants
+    from flows.reaper import _started, descendants
 
     options = {"NodeOrder": ["node1", "node2", "node3"], "poll_seconds": 5}
     with served_cluster(tmp_path, prefect_home, options) as (upgrade, env, events, scenario):
@@ -165,7 +165,7 @@ def test_killing_the_cli_leaves_no_process_behind(tmp_path, prefect_home):
         run.kill()
         run.wait(timeout=10)
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and any(_stat(p) and _stat(p)[1] == s for p, s in children.items()):
+        while time.monotonic() < deadline and any(_started(p) == s for p, s in children.items()):
             time.sleep(0.2)
-        left = [p for p, s in children.items() if _stat(p) and _stat(p)[1] == s]
+        left = [p for p, s in children.items() if _started(p) == s]
         assert left == [], f"left behind: {left}"
