@@ -13,7 +13,7 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/hci-upgrade demo
 
 test: $(VENV)/.installed
-	$(VENV)/bin/ruff check flows hciupgrade tasks tests benchmarks
+	$(VENV)/bin/ruff check cli flows hciupgrade tasks tests benchmarks
 	$(PY) -m pytest -q
 
 bench: $(VENV)/.installed

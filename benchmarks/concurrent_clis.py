@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-CLI = [sys.executable, "-c", "from flows.cli import app; app()"]
+CLI = [sys.executable, "-c", "from cli.app import app; app()"]
 
 
 def run_clis(count: int, workdir: Path) -> list[dict[str, object]]:

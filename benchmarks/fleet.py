@@ -30,7 +30,7 @@ from hciupgrade.sim.harness import PASSWORD_ENV  # noqa: E402
 from hciupgrade.sim.scenario import Durations, make_scenario  # noqa: E402
 from tests.services import create_database, postgres, prefect_server, stop  # noqa: E402
 
-CLI = [sys.executable, "-c", "from flows.cli import app; app()"]
+CLI = [sys.executable, "-c", "from cli.app import app; app()"]
 
 
 def group_usage(pgid: int) -> tuple[float, float]:

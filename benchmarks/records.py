@@ -111,7 +111,7 @@ def timed(fn, repeat: int = 5) -> float:
 def measure(url: str, home: Path, cluster: str) -> dict[str, float]:
     store = RecordStore(url)
     env = {**os.environ, "HCI_UPGRADE_HOME": str(home), "HCI_UPGRADE_RECORDS_URL": url}
-    command = [sys.executable, "-c", "from flows.cli import app; app()", "status", cluster]
+    command = [sys.executable, "-c", "from cli.app import app; app()", "status", cluster]
 
     def status() -> None:
         subprocess.run(command, env=env, check=True, capture_output=True)

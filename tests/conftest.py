@@ -132,7 +132,7 @@ def record_text(run_id: str) -> str:
                    for e in open_store().events(run_ids=[run_id]))
 
 
-CLI = [sys.executable, "-c", "from flows.cli import app; app()"]
+CLI = [sys.executable, "-c", "from cli.app import app; app()"]
 
 
 def quick(scenario: Any) -> Any:

@@ -12,7 +12,7 @@ import yaml
 
 from hciupgrade.sim.scenario import make_scenario
 
-CLI = [sys.executable, "-c", "from flows.cli import app; app()"]
+CLI = [sys.executable, "-c", "from cli.app import app; app()"]
 
 
 def run_cli(*args: str, tmp: Path) -> subprocess.CompletedProcess:

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from flows.cli import app
+from cli.app import app
 from hciupgrade.fleet import estimates, node_durations, plan_waves, window_fit
 from hciupgrade.models import ClusterInventory, CredentialRef, Inventory, NodeEndpoint, RunOptions, WavePolicy
 from hciupgrade.sim.cluster import SimCluster

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PRELUDE = textwrap.dedent('''
     import builtins, os, sys
     sys.modules["fcntl"] = None  # "import fcntl" raises ImportError, as on Windows
-    OURS = ("hciupgrade", "flows", "tasks", "__main__")
+    OURS = ("cli", "hciupgrade", "flows", "tasks", "__main__")
 
     def ours() -> bool:
         frame = sys._getframe(2)
@@ -45,12 +45,12 @@ PRELUDE = textwrap.dedent('''
 
 CHECK = textwrap.dedent('''
     import importlib, os, pkgutil, tempfile
-    import hciupgrade, flows, tasks
-    for package in (hciupgrade, flows, tasks):
+    import cli, hciupgrade, flows, tasks
+    for package in (cli, hciupgrade, flows, tasks):
         for module in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
             importlib.import_module(module.name)
     from typer.testing import CliRunner
-    from flows.cli import app
+    from cli.app import app
     runner = CliRunner()
     names = [c.name or c.callback.__name__ for c in app.registered_commands]
     for args in [["--help"]] + [[n, "--help"] for n in names]:
@@ -82,6 +82,6 @@ def test_no_module_of_ours_names_fcntl_proc_or_signal_zero():
 
     patterns = [re.compile(r"^\s*(import fcntl|from fcntl)", re.M), re.compile(r"[\"']/proc"),
                 re.compile(r"os\.kill\([^)]*,\s*0\)")]
-    sources = [p for d in ("hciupgrade", "flows", "tasks") for p in (ROOT / d).rglob("*.py")]
+    sources = [p for d in ("cli", "hciupgrade", "flows", "tasks") for p in (ROOT / d).rglob("*.py")]
     offending = [f"{p.relative_to(ROOT)}: {rx.pattern}" for p in sources for rx in patterns if rx.search(p.read_text())]
     assert offending == []

@@ -148,7 +148,7 @@ def test_the_fleet_view_ranks_checks_by_clusters_blocked():
     assert blocking.iloc[0]["name"] == "AzStackHci_Upgrade_ClusterNodeUp" and blocking.iloc[0]["clusters_blocked"] == 2
 
 
-CLI = [sys.executable, "-c", "from flows.cli import app; app()"]
+CLI = [sys.executable, "-c", "from cli.app import app; app()"]
 
 
 def test_the_cli_exit_codes_and_files(tmp_path):

@@ -172,7 +172,7 @@ def test_records_of_earlier_versions_are_imported_once_without_loss(tmp_path, mo
 def test_records_prune_command(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    from flows.cli import app
+    from cli.app import app
 
     monkeypatch.setenv("HCI_UPGRADE_HOME", str(tmp_path))
     monkeypatch.delenv("HCI_UPGRADE_RECORDS_URL", raising=False)

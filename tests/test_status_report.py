@@ -6,7 +6,7 @@ import json
 
 from typer.testing import CliRunner
 
-from flows.cli import app
+from cli.app import app
 from hciupgrade.models import RunOptions
 from hciupgrade.sim.cluster import SimCluster
 from hciupgrade.sim.scenario import make_scenario

@@ -93,7 +93,7 @@ def test_a_spool_left_by_a_process_that_ended_is_written_by_the_next_one(pg, sto
 def test_the_live_view_goes_on_while_the_records_do_not_answer(monkeypatch):
     from rich.console import Console
 
-    import flows.views as views
+    import cli.render as views
 
     view = views.LiveView("run-1", Console(width=120, record=True))
 
