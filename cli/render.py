@@ -13,6 +13,7 @@ from rich.live import Live
 from rich.table import Table
 
 from hciupgrade.records import PHASES, load_events, node_summary
+from hciupgrade.runbook import LABELS
 from hciupgrade.store import open_store
 
 
@@ -87,8 +88,7 @@ def make_console(stderr: bool = False) -> Console:
     return probe if probe.is_terminal else Console(stderr=stderr, width=180)
 
 
-SHORT = {"build_before": "before", "build_after": "after", "wait-back": "back", "wait-repair": "repair?",
-         "wait-storage": "resync"}
+SHORT = {"build_before": "before", "build_after": "after", **LABELS}
 
 
 def node_table(df: pd.DataFrame, title: str) -> Table:
@@ -102,7 +102,7 @@ def node_table(df: pd.DataFrame, title: str) -> Table:
     df = df.rename(columns=SHORT)
     table = Table(title=title, box=box.SIMPLE_HEAD)
     for column in df.columns:
-        phase = column in PHASES or column in ("back", "repair?", "resync")
+        phase = column in PHASES or column in LABELS.values()
         table.add_column(str(column), justify="right" if phase else "left", no_wrap=not phase)
     for _, row in df.iterrows():
         table.add_row(*["" if (v is None or v != v) else (f"{v:.1f}" if isinstance(v, float) else str(v))

@@ -40,45 +40,32 @@ from hciupgrade.preflight import PlannedNode, Preflight, check
 from hciupgrade.psenums import NodeState
 from hciupgrade.records import RunRecorder, owned_nodes, runs_in_progress
 from hciupgrade.remote import NodeUnreachable, RemoteError
+from hciupgrade.runbook import RESUME, STEPS, WAIT_BACK, WAIT_STORAGE, Ownership, wanted
 from hciupgrade.steps import GateRefused, PausedByOther, StepFailed, Steps, StorageNotHealthy
 from hciupgrade.store import host_id
-
-READS = frozenset({"gate", "gate-adopted", "wait-back", "wait-repair", "wait-storage"})  # steps that change nothing
 
 
 def perform(engine: RollingUpgrade, step: str, node: str) -> Any:
     """Run one step on one node and record it as a phase. The one place a step's name meets its code."""
     steps, recorder, owned = engine.steps, engine.recorder, engine.owned
-    mark = recorder.run_id
-    actions: dict[str, Callable[[], Any]] = {
-        "gate": lambda: steps.gate(node) and None,
-        "gate-adopted": lambda: steps.gate_adopted(node),
-        "pre-script": lambda: steps.script(node, "Pre"),
-        "drain": lambda: steps.drain(node) and None,
-        "install": lambda: steps.install(node),
-        "reboot": lambda: steps.reboot(node),
-        "wait-back": lambda: steps.wait_back(node),
-        "wait-repair": lambda: steps.wait_storage(node, settled=False) and None,
-        "resume": lambda: steps.resume(node) and None,
-        "post-script": lambda: steps.script(node, "Post"),
-        "wait-storage": lambda: steps.wait_storage(node, settled=True) and None,
-    }
-    if step not in READS:
+    spec, mark = STEPS[step], recorder.run_id
+    if not spec.reads:
         engine.take_over(node)  # a dead run's mark still on it (it was away when this run took the cluster)
-    if step == "drain" and node not in owned:
+    if spec.ownership == Ownership.TAKES and node not in owned:
         owned[node] = mark  # before the call: an answer lost on the way may hide a pause (the mark tells)
         recorder.emit(node, "ownership", "paused", mark=mark)
     try:
         with recorder.phase(node, step) as extra:
-            result = actions[step]()
+            result = getattr(steps, spec.method)(node)
+            result = result if spec.keeps_result else None
             if result is not None:
                 extra["result"] = result
     except (PausedByOther, GateRefused) as e:
-        if node in owned and step == "drain":  # our pause never happened (someone else's, or unsafe now)
+        if node in owned and spec.ownership == Ownership.TAKES:  # our pause never happened (another's, or unsafe)
             owned.pop(node)
             recorder.emit(node, "ownership", "released", reason=str(e))
         raise
-    if step == "resume":
+    if spec.ownership == Ownership.RELEASES:
         owned.pop(node, None)
         recorder.emit(node, "ownership", "released")
     return result
@@ -264,16 +251,9 @@ class RollingUpgrade:
             if action == "run":
                 action = "adopt" if position.value.startswith("ours") else self.mode.value
             detail = f"paused by {facts.held_by}" if position == Position.PAUSED_BY_OTHER else decision.why
-            planned.append(PlannedNode(node, action, detail, tuple(s for s in decision.steps if self._wanted(s)),
-                                       position.value))
+            steps = tuple(s for s in decision.steps if wanted(self.options, s))
+            planned.append(PlannedNode(node, action, detail, steps, position.value))
         return planned
-
-    def _wanted(self, step: str) -> bool:
-        if step == "pre-script":
-            return self.options.pre_update_script is not None
-        if step == "post-script":
-            return self.options.post_update_script is not None
-        return True
 
     # --- the run ----------------------------------------------------------------------------------------------
     def run(self, *, dry_run: bool = False) -> tuple[RunOutcome, Preflight]:
@@ -379,7 +359,7 @@ class RollingUpgrade:
             self.progress(0.99 * (index + 1) / len(plan))  # 100% only for a run that ends upgraded
         # the run ends with healthy storage, also when every node was done already (a rerun after a crash
         # during the last resync); a last step that waited for exactly that has shown it already
-        if self.last_step == "wait-storage":
+        if self.last_step == WAIT_STORAGE:
             if not failed:
                 self.progress(1.0)
             return
@@ -414,12 +394,12 @@ class RollingUpgrade:
                     self.recorder.emit(node, "node", "running", build_before=outcome.build_before,
                                        position=position.value, steps=list(decision.steps))
                 for step in decision.steps:
-                    if self._wanted(step):
+                    if wanted(self.options, step):
                         results[step] = self.step(step, node)
             except LostOwnership:
                 raise  # nothing more is done to the cluster: no recovery, no retry (the run says what it leaves)
             except (NotStarted, PausedByOther) as e:
-                if isinstance(e, PausedByOther) and e.step == "resume":  # our mark is gone: not ours to resume
+                if isinstance(e, PausedByOther) and e.step == RESUME:  # our mark is gone: not ours to resume
                     self.owned.pop(node, None)
                     outcome.error = str(e)
                     break
@@ -449,7 +429,7 @@ class RollingUpgrade:
                 self._node_failed(node, outcome)
                 raise
             # wait-back read the build the node came back on; an adopted node that skipped it is read now
-            outcome.build_after = results.get("wait-back") or self.client.os_build(node)
+            outcome.build_after = results.get(WAIT_BACK) or self.client.os_build(node)
             outcome.result, outcome.error = "upgraded" if self.mode == Mode.UPGRADE else "restarted", None
             self.recorder.emit(node, "node", "succeeded", result=outcome.result, attempts=attempt,
                                build_before=outcome.build_before, build_after=outcome.build_after)

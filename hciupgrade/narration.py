@@ -7,8 +7,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from hciupgrade import runbook
+
 INFO, WARNING, ERROR = logging.INFO, logging.WARNING, logging.ERROR
-QUIET_PHASES = {"wait-repair", "gate-adopted"}  # their start says nothing an operator acts on
+QUIET_PHASES = runbook.QUIET  # steps whose start says nothing an operator acts on
 
 
 def once(node: str | None, text: object) -> str:
@@ -71,7 +73,7 @@ def describe(event: dict[str, Any]) -> tuple[int, str] | None:
         return INFO, f"{event.get('kind')} followed to its end: {status}"
     if phase and status == "failed":
         return ERROR, f"{node or 'cluster'}: {phase} failed: {error}"
-    if phase and status == "succeeded" and event.get("result") is not None and phase == "install":
+    if phase and status == "succeeded" and event.get("result") is not None and phase == runbook.INSTALL:
         return INFO, f"{node}: installer exit code {event['result']}"
     if phase and status == "running" and phase not in QUIET_PHASES:
         return INFO, f"{node or 'cluster'}: {phase}"

@@ -31,6 +31,7 @@ from hciupgrade.models import LCU_MINIMUM, RunOptions, Strict
 from hciupgrade.psenums import NodeState, VMState, parse
 from hciupgrade.records import RunRecorder
 from hciupgrade.remote import RemoteError
+from hciupgrade.runbook import WAIT_STORAGE
 from hciupgrade.steps import StepFailed, Steps
 
 # (phase, what to do to one node, the nodes) -> node -> its result or the exception it raised
@@ -100,7 +101,7 @@ class OfflineUpgrade:
             ("cluster-service-automatic", lambda: self.cluster_service("Automatic")),
             ("start-cluster", self.start_cluster),
             ("volumes-online", lambda: self.volumes(online=True)),
-            ("wait-storage", lambda: feature.wait_storage("cluster", settled=True) and None),
+            (WAIT_STORAGE, lambda: feature.wait_storage("cluster", settled=True) and None),
             ("start-vms", self.start_vms),
             ("verify", self.verify),
         ]

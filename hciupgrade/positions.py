@@ -25,12 +25,7 @@ from enum import StrEnum
 from typing import Any
 
 from hciupgrade.psenums import NodeState
-
-AFTER_REBOOT = ("wait-back", "wait-repair", "resume", "post-script", "wait-storage")
-FULL = ("gate", "pre-script", "drain", "install", "reboot", *AFTER_REBOOT)
-RESTART = ("gate", "drain", "reboot", *AFTER_REBOOT)
-CONTINUE_UPGRADE = ("gate-adopted", "drain", "install", "reboot", *AFTER_REBOOT)
-CONTINUE_RESTART = ("gate-adopted", "drain", "reboot", *AFTER_REBOOT)
+from hciupgrade.runbook import AFTER_REBOOT, CONTINUE_RESTART, CONTINUE_UPGRADE, FULL, RESTART, WAIT_STORAGE
 
 
 class Position(StrEnum):
@@ -103,7 +98,7 @@ REFUSE = Decision("refuse")
 DECISIONS: dict[tuple[Mode, Position], Decision] = {
     (Mode.UPGRADE, Position.FRESH): Decision("run", FULL, "upgrade"),
     (Mode.UPGRADE, Position.DONE): Decision("skip", why="already on the target build"),
-    (Mode.UPGRADE, Position.RESYNCING): Decision("run", ("wait-storage",), "on the target; wait for its resync"),
+    (Mode.UPGRADE, Position.RESYNCING): Decision("run", (WAIT_STORAGE,), "on the target; wait for its resync"),
     (Mode.UPGRADE, Position.OURS_PAUSED): Decision("run", CONTINUE_UPGRADE,
                                                    "paused by a run of ours: continue at its drain"),
     (Mode.UPGRADE, Position.OURS_BACK): Decision("run", AFTER_REBOOT, "ours, back on the target: finish it"),

@@ -18,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 
+from hciupgrade import runbook
 from hciupgrade.store import (
     RecordStore,
     StoreUnavailable,
@@ -32,8 +33,7 @@ from hciupgrade.store import (
 __all__ = ["PHASES", "RunRecorder", "home", "load_events", "new_run_id", "node_summary", "now_iso", "owned_nodes",
            "phase_durations", "runs_in_progress"]
 
-PHASES = ("gate", "pre-script", "drain", "install", "reboot", "wait-back", "wait-repair", "resume", "post-script",
-          "wait-storage")
+PHASES = runbook.PHASES  # a node's steps, in order (hciupgrade/runbook.py)
 
 
 def new_run_id() -> str:

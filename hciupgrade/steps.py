@@ -277,6 +277,20 @@ class Steps:
         if others:
             raise StepFailed(node, "gate", "; ".join(f"node {n.name} is {n.state.name}" for n in others))
 
+    def pre_script(self, node: str) -> None:
+        self.script(node, "Pre")
+
+    def post_script(self, node: str) -> None:
+        self.script(node, "Post")
+
+    def wait_repair(self, node: str) -> ClusterSnapshot:
+        """Wait out a repair that runs now (the node is still paused: its drives resync first)."""
+        return self.wait_storage(node, settled=False)
+
+    def wait_settled(self, node: str) -> ClusterSnapshot:
+        """Wait until storage is healthy and settled after the node's resume."""
+        return self.wait_storage(node, settled=True)
+
     def script(self, node: str, phase: str) -> None:
         path = self.options.pre_update_script if phase == "Pre" else self.options.post_update_script
         if path is None:

@@ -25,8 +25,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State
 
 from hciupgrade.engine import RollingUpgrade, perform
-from hciupgrade.models import RunOptions
 from hciupgrade.remote import NodeUnreachable, RemotingError
+from hciupgrade.runbook import timeout_minutes
 
 RUNS: dict[str, RollingUpgrade] = {}
 PHASES: dict[str, Callable[[], Any]] = {}
@@ -78,14 +78,6 @@ def phase(key: str, name: str) -> Any:
     return kept(key, PHASES[key])
 
 
-def step_timeout_minutes(options: RunOptions, step: str) -> float:
-    """The cluster minutes a step may take (its own wait's timeout), for the task run's backstop timeout."""
-    return {"gate": options.gate_timeout_minutes, "drain": 2 * options.drain_timeout_minutes,
-            "install": options.install_timeout_minutes, "reboot": options.restart_timeout_minutes,
-            "wait-back": options.restart_timeout_minutes, "wait-repair": options.repair_timeout_minutes,
-            "wait-storage": options.repair_timeout_minutes}.get(step, 30)
-
-
 class TaskChain:
     """The engine's step and phase runners for a flow: each a task run submitted after the previous one."""
 
@@ -127,7 +119,7 @@ class TaskChain:
         options = self.engine.options
         attempt = self.engine.attempts.get(node, 1)
         # a backstop above the step's own timeout: the step's own message is the one an operator should read
-        timeout = step_timeout_minutes(options, name) * 60 * 1.5 / self.time_factor + 120
+        timeout = timeout_minutes(options, name) * 60 * 1.5 / self.time_factor + 120
         if threading.current_thread() is not threading.main_thread():
             timeout = None  # a fleet's cluster runs in a thread, where Prefect cannot interrupt a task (it warns)
         runner = node_step.with_options(
