@@ -11,7 +11,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.locking import run_name
-from flows.rolling_upgrade import load_secret, prefect_engine, run_engine
+from flows.rolling_upgrade import load_secret, rolling_upgrade
 from hciupgrade.cluster import ClusterClient
 from hciupgrade.models import RunOptions, load_inventory
 from hciupgrade.readiness.collect import run_checker
@@ -20,32 +20,51 @@ from hciupgrade.readiness.summary import FrameBuilder, decide, failures
 
 
 @task(name="environment-checker", task_run_name="checker-{cluster}", cache_policy=NO_CACHE, retries=1)
-def check_cluster(inventory: str, cluster: str, install_module: bool, steps: list[str],
-                  options: dict | None = None) -> dict:
+def check_cluster(inventory: str, cluster: str, install_module: bool) -> dict:
+    """The environment checker on every node, and the pool's free space where a storage check failed. It
+    changes nothing (installing the checker's module aside), so a retry repeats nothing that matters."""
     target = load_inventory(inventory).cluster(cluster)
     client = ClusterClient(target, target.credential.resolve(secret_block=load_secret))
     try:
         rows, problems = run_checker(client, install_module=install_module)
-        done = []
-        if steps:
-            failed = [r for r in rows if r["status"] != "SUCCESS"]
-            results = remediate(client, failed, set(steps))
-            done = [r.__dict__ for r in results]
-            restart = sorted({r.node for r in results if r.restart})
-            if restart:  # one node at a time, through the rolling engine: drain, restart, resume, resync
-                engine, restart_client = prefect_engine(target, RunOptions(restart_only=restart, **(options or {})))
-                outcome = run_engine(engine, restart_client)
-                done.append({"node": ", ".join(restart), "step": "rolling-restart", "changed": True,
-                             "detail": "restarted" if outcome.succeeded else f"FAILED: {outcome.error}"})
-            if done:
-                rows, problems = run_checker(client, install_module=install_module)
         notes = {}
         if any(r["name"].endswith("Storage_Pool") or r["name"].endswith("_Storage") for r in rows
                if r["status"] != "SUCCESS"):
             notes["pool"] = pool_space(client)
-        return {"rows": rows, "problems": [str(p) for p in problems], "remediated": done, "notes": notes}
+        return {"rows": rows, "problems": [str(p) for p in problems], "notes": notes}
     finally:
         client.close()
+
+
+@task(name="remediate", task_run_name="remediate-{cluster}", cache_policy=NO_CACHE, retries=0)
+def remediate_cluster(inventory: str, cluster: str, rows: list[dict], steps: list[str]) -> list[dict]:
+    """The operator's chosen remediation steps for what failed: a change, so never retried by Prefect (each step
+    checks before it changes; a rerun of the flow does what is still needed)."""
+    target = load_inventory(inventory).cluster(cluster)
+    client = ClusterClient(target, target.credential.resolve(secret_block=load_secret))
+    try:
+        return [r.__dict__ for r in remediate(client, [r for r in rows if r["status"] != "SUCCESS"], set(steps))]
+    finally:
+        client.close()
+
+
+def readiness_of(inventory: str, cluster: str, install_module: bool, steps: list[str],
+                 restart_options: dict | None) -> dict:
+    """One cluster: check; with `steps`, remediate, restart what needs it through the rolling flow (a subflow:
+    drain, restart, resume, resync, node by node, under the cluster's lock), and check again."""
+    result = check_cluster(inventory, cluster, install_module)
+    done: list[dict] = []
+    if steps:
+        done = remediate_cluster(inventory, cluster, result["rows"], steps)
+        restart = sorted({r["node"] for r in done if r["restart"]})
+        if restart:
+            state = rolling_upgrade(inventory=inventory, cluster=cluster, return_state=True,
+                                    options=RunOptions(restart_only=restart, **(restart_options or {})))
+            done.append({"node": ", ".join(restart), "step": "rolling-restart", "changed": True,
+                         "detail": "restarted" if state.is_completed() else f"FAILED: {state.message}"})
+        if done:
+            result = check_cluster(inventory, cluster, install_module)
+    return {**result, "remediated": done}
 
 
 def markdown_report(df: pd.DataFrame, notes: dict[str, dict[str, str]]) -> str:
@@ -75,7 +94,7 @@ def readiness(inventory: str, clusters: list[str] | None = None, install_module:
     names = clusters or [c.name for c in inv.clusters]
     builder, problems, remediated, notes = FrameBuilder(), [], [], {}
     for name in names:
-        result = check_cluster(inventory, name, install_module, remediate_steps or [], restart_options)
+        result = readiness_of(inventory, name, install_module, remediate_steps or [], restart_options)
         builder.extend(result["rows"], name)
         problems += result["problems"]
         remediated += result["remediated"]

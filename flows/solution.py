@@ -58,7 +58,7 @@ def azure_cluster(target: ClusterInventory, recorder: RunRecorder | None = None,
 
 def readiness_blockers(inventory: str, cluster: str) -> list[str]:
     """The environment checker's Critical failures on the cluster now (the readiness issue's decision)."""
-    result = check_cluster(inventory, cluster, False, [])
+    result = check_cluster(inventory, cluster, False)
     builder = FrameBuilder()
     builder.extend(result["rows"], cluster)
     return blocking_checks(builder.frame())

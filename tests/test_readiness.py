@@ -237,3 +237,12 @@ def test_the_cli_names_each_failing_check_with_its_cause_and_each_cluster_once(t
     assert len(headers) == 2  # each cluster's name once, above its findings
     findings = [line for line in lines if line.strip().startswith("CRITICAL")]
     assert findings and all("(AzStackHci_" in line for line in findings)  # the check's own Name beside its title
+
+
+def test_remediation_and_its_restart_are_flow_steps_never_inside_a_retried_task():
+    from flows import readiness as flow
+
+    assert flow.check_cluster.retries == 1  # reads only: a retry repeats nothing that matters
+    assert flow.remediate_cluster.retries == 0  # a change: a rerun of the flow does what is still needed
+    source = flow.readiness_of.__code__.co_names
+    assert "rolling_upgrade" in source and "run_engine" not in source  # the restart is the rolling flow itself
