@@ -386,15 +386,15 @@ def readiness_cmd(
 ) -> None:
     """Readiness for the solution upgrade: 0 when nothing blocks, 1 when a Critical check fails, 2 when the input
     cannot be read. With --results, each file counts as one cluster named after the file."""
-    from hciupgrade.readiness.remediation import STEPS, guidance
+    from hciupgrade.readiness.remediation import REMEDIATIONS, guidance
     from hciupgrade.readiness.results import read_file
     from hciupgrade.readiness.summary import FrameBuilder, cluster_table, decide, failures, nodes_by_check
 
     if bool(results) == bool(inventory):
         refuse("[red]give --results FILE... or --inventory FILE[/]")
-    bad = [s for s in remediate or [] if s not in STEPS]
+    bad = [s for s in remediate or [] if s not in REMEDIATIONS]
     if bad:
-        refuse(f"[red]--remediate: {bad[0]!r} is not a step; allowed: {', '.join(STEPS)}[/]")
+        refuse(f"[red]--remediate: {bad[0]!r} is not a remediation; allowed: {', '.join(REMEDIATIONS)}[/]")
     problems: list[str] = []
     notes: dict[str, dict[str, str]] = {}
     if results:

@@ -77,12 +77,12 @@ def updates_cmd(
     from hciupgrade.models import InputError, load_inventory
 
     with bad_input():
-        inv = load_inventory(inventory)
-        names = [inv.cluster(c).name for c in cluster] if cluster else [c.name for c in inv.clusters if c.azure]
+        parsed = load_inventory(inventory)
+        names = [parsed.cluster(c).name for c in cluster] if cluster else [c.name for c in parsed.clusters if c.azure]
         if not names:
             raise InputError(f"no cluster of {inventory} has an azure section")
         for name in names:
-            if inv.cluster(name).azure is None:
+            if parsed.cluster(name).azure is None:
                 raise InputError(f"cluster {name} has no azure section")
     with embedded_settings():
         result = solution_updates(inventory=str(inventory), clusters=names, apply=apply)

@@ -90,8 +90,8 @@ def markdown_report(df: pd.DataFrame, notes: dict[str, dict[str, str]]) -> str:
 def readiness(inventory: str, clusters: list[str] | None = None, install_module: bool = False,
               remediate_steps: list[str] | None = None, out_dir: str | None = None,
               restart_options: dict | None = None) -> dict:
-    inv = load_inventory(inventory)
-    names = clusters or [c.name for c in inv.clusters]
+    parsed = load_inventory(inventory)
+    names = clusters or [c.name for c in parsed.clusters]
     builder, problems, remediated, notes = FrameBuilder(), [], [], {}
     for name in names:
         result = readiness_of(inventory, name, install_module, remediate_steps or [], restart_options)

@@ -221,11 +221,11 @@ def solution_updates(inventory: str, clusters: list[str] | None = None, apply: s
     """The solution updates of the inventory's clusters (state, health checks: a table per cluster and for the
     fleet); with `apply`, apply that update on each selected cluster and follow its update run to the end (a run
     already in progress is followed, not applied again)."""
-    inv = load_inventory(inventory)
-    names = clusters or [c.name for c in inv.clusters if c.azure is not None]
+    parsed = load_inventory(inventory)
+    names = clusters or [c.name for c in parsed.clusters if c.azure is not None]
     rows, applied = [], {}
     for name in names:
-        target = inv.cluster(name)
+        target = parsed.cluster(name)
         recorder = RunRecorder(new_run_id(), target.name, time_factor=target.time_factor) if apply else None
         az = azure_cluster(target, recorder, poll_seconds=poll_seconds, stall_minutes=stall_minutes)
         try:

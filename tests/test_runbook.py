@@ -20,8 +20,8 @@ RESTART_MINUTES = OPTIONS.restart_timeout_minutes  # the feature update's restar
 def test_every_step_has_a_method_and_a_timeout(name):
     spec = STEPS[name]
     assert callable(getattr(Steps, spec.method, None)), f"Steps.{spec.method} is missing"
-    expected = {"gate": 7, "drain": 22, "install": 240, "reboot": RESTART_MINUTES, "wait-back": RESTART_MINUTES, "wait-repair": 600,
-                "wait-storage": 600}.get(name, 30)  # no step silently gets the default it should not
+    expected = {"gate": 7, "drain": 22, "install": 240, "reboot": RESTART_MINUTES, "wait-back": RESTART_MINUTES,
+                "wait-repair": 600, "wait-storage": 600}.get(name, 30)  # no step gets the default by mistake
     assert timeout_minutes(OPTIONS, name) == expected
 
 

@@ -38,7 +38,7 @@ def test_a_rebooted_node_returns_paused_and_repair_starts_on_resume():
     drive(sim, 600)
     sim.restart("node1", by="t")
     assert sim.nodes["node1"].state == NodeState.Down and not sim.reachable("node1")
-    drive(sim, sim.d.reboot_minutes * 60 + sim.d.join_seconds + 1)
+    drive(sim, sim.durations.reboot_minutes * 60 + sim.durations.join_seconds + 1)
     assert sim.nodes["node1"].state == NodeState.Paused and sim.reachable("node1")
     assert not sim.jobs  # drives still in storage maintenance mode
     sim.resume("node1", failback="Immediate", by="t")
@@ -54,7 +54,7 @@ def test_the_pre_21h2_knob_starts_repair_when_the_node_is_back():
     sim.suspend("node1", drain=True, force_drain=False, by="t")
     drive(sim, 600)
     sim.restart("node1", by="t")
-    drive(sim, sim.d.reboot_minutes * 60 + sim.d.join_seconds + 1)
+    drive(sim, sim.durations.reboot_minutes * 60 + sim.durations.join_seconds + 1)
     assert sim.nodes["node1"].state == NodeState.Paused
     assert sim.running_jobs()
 

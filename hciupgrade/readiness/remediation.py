@@ -82,7 +82,7 @@ def pool_space(client: ClusterClient) -> str:
 
 
 @dataclass
-class StepResult:
+class Remedied:
     node: str
     step: str
     changed: bool
@@ -90,37 +90,37 @@ class StepResult:
     restart: bool = False  # the change takes effect after a restart (the rolling engine does it)
 
 
-def suspend_bitlocker(client: ClusterClient, node: str) -> StepResult:
+def suspend_bitlocker(client: ClusterClient, node: str) -> Remedied:
     """Suspend BitLocker on C: until it is resumed (-RebootCount 0); a volume already suspended is left alone."""
     session = client.session(node)
     volumes = session.run(Cmdlet("Get-BitLockerVolume", {"MountPoint": "C:"})).objects
     if not volumes or volumes[0].get("ProtectionStatus") != "On":
-        return StepResult(node, "bitlocker", False, "protection already off")
+        return Remedied(node, "bitlocker", False, "protection already off")
     session.run(Cmdlet("Suspend-BitLocker", {"MountPoint": "C:", "RebootCount": 0}))
-    return StepResult(node, "bitlocker", True, "suspended until Resume-BitLocker -MountPoint C:")
+    return Remedied(node, "bitlocker", True, "suspended until Resume-BitLocker -MountPoint C:")
 
 
-def resume_bitlocker(client: ClusterClient, node: str) -> StepResult:
+def resume_bitlocker(client: ClusterClient, node: str) -> Remedied:
     """After the upgrade: resume the protection a suspension left off (a volume already protected is left alone)."""
     session = client.session(node)
     volumes = session.run(Cmdlet("Get-BitLockerVolume", {"MountPoint": "C:"})).objects
     if not volumes or volumes[0].get("ProtectionStatus") != "Off":
-        return StepResult(node, "bitlocker-resume", False, "no suspended protection on C:")
+        return Remedied(node, "bitlocker-resume", False, "no suspended protection on C:")
     session.run(Cmdlet("Resume-BitLocker", {"MountPoint": "C:"}))
-    return StepResult(node, "bitlocker-resume", True, "protection resumed")
+    return Remedied(node, "bitlocker-resume", True, "protection resumed")
 
 
-def install_features(client: ClusterClient, node: str, features: list[str]) -> StepResult:
+def install_features(client: ClusterClient, node: str, features: list[str]) -> Remedied:
     if not features:
-        return StepResult(node, "features", False, "nothing missing")
+        return Remedied(node, "features", False, "nothing missing")
     objects = client.session(node).run(Cmdlet("Install-WindowsFeature", {
         "Name": features, "IncludeAllSubFeature": SWITCH, "IncludeManagementTools": SWITCH})).objects
     restart = bool(objects) and objects[0].get("RestartNeeded") == "Yes"
-    return StepResult(node, "features", True, f"installed {', '.join(features)}"
+    return Remedied(node, "features", True, f"installed {', '.join(features)}"
                       + ("; a restart completes it" if restart else ""), restart=restart)
 
 
-def set_registry(client: ClusterClient, node: str) -> StepResult:
+def set_registry(client: ClusterClient, node: str) -> Remedied:
     """The two values of §1.1, without wiping existing keys (Test-Path before New-Item, never New-Item -Force)."""
     session = client.session(node)
     session.run(Cmdlet("Set-ItemProperty", {"Path": FILESYSTEM_KEY, "Name": "RefsEnableMetadataValidation",
@@ -137,25 +137,25 @@ def set_registry(client: ClusterClient, node: str) -> StepResult:
             raise RuntimeError(f"{node}: {name} could not be verified: {e}") from None
     if any(v != 0 for v in values.values()):
         raise RuntimeError(f"{node}: registry values not as set: {values}")
-    return StepResult(node, "registry", True, "RefsEnableMetadataValidation=0, SkipSmallLocalAllocations=0 "
+    return Remedied(node, "registry", True, "RefsEnableMetadataValidation=0, SkipSmallLocalAllocations=0 "
                                               "(verified; a restart makes them effective)")
 
 
-def enable_network_atc(client: ClusterClient, node: str) -> StepResult:
+def enable_network_atc(client: ClusterClient, node: str) -> Remedied:
     """Install the NetworkATC feature (no restart) and start its service; intents stay the operator's design."""
     session = client.session(node)
     session.run(Cmdlet("Install-WindowsFeature", {"Name": ["NetworkATC"]}))
     session.run(Cmdlet("Set-Service", {"Name": "NetworkATC", "StartupType": "Automatic"}))
     session.run(Cmdlet("Start-Service", {"Name": "NetworkATC"}))
-    return StepResult(node, "network-atc", True, "NetworkATC installed and running; add the intents (Add-NetIntent)")
+    return Remedied(node, "network-atc", True, "NetworkATC installed and running; add the intents (Add-NetIntent)")
 
 
-STEPS = ("features", "bitlocker", "registry", "network-atc", "bitlocker-resume")
+REMEDIATIONS = ("features", "bitlocker", "registry", "network-atc", "bitlocker-resume")
 
 
-def remediate(client: ClusterClient, failed: list[dict], steps: set[str]) -> list[StepResult]:
+def remediate(client: ClusterClient, failed: list[dict], steps: set[str]) -> list[Remedied]:
     """Run the allowed steps for the nodes whose checks call for them. Each step is idempotent."""
-    results: list[StepResult] = []
+    results: list[Remedied] = []
     nodes = list(client.sessions)
     wanted: dict[str, set[str]] = {n: set() for n in nodes}
     missing: dict[str, list[str]] = {n: [] for n in nodes}

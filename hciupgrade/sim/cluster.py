@@ -185,7 +185,7 @@ class SimCluster:
         self.name = spec.name
         self.clock = clock or ScaledClock(scenario.time_factor)
         self.knobs = scenario.knobs
-        self.d = scenario.durations
+        self.durations = scenario.durations
         self.lock = threading.RLock()
         self.events: list[dict[str, Any]] = []
         self._event_listeners: list[Callable[[dict[str, Any]], None]] = []
@@ -358,7 +358,7 @@ class SimCluster:
             stuck = fault.vm or mine[0].name
         elapsed = 0.0
         for i, vm in enumerate(mine):
-            elapsed += self.d.vm_move_overhead_s + vm.memory_gb / self.d.live_migration_gb_per_s
+            elapsed += self.durations.vm_move_overhead_s + vm.memory_gb / self.durations.live_migration_gb_per_s
             target = targets[i % len(targets)] if targets else None
             if target is None or (vm.name == stuck and not force):
                 self._after(elapsed, lambda vm=vm: self._drain_failed(node, vm), "drain-fail")
@@ -481,13 +481,13 @@ class SimCluster:
         if node.staged_build and node.staged_kind == "feature":
             # setup's offline phases: several restarts with no WinRM in between, then the first boot of the new
             # build; to the outside one long Down (reference/anchors.md §3)
-            restarts, total = self.d.feature_update_restarts, self.d.feature_update_restart_minutes * 60
+            restarts, total = self.durations.feature_update_restarts, self.durations.feature_update_restart_minutes * 60
             for i in range(1, restarts):
                 self._after(total * i / restarts, lambda i=i: self._log("setup_phase", node.name, restart=i + 1,
                                                                        of=restarts), "setup-phase")
             self._after(total, lambda: self._boot(node), "boot")
         else:
-            self._after(self.d.reboot_minutes * 60, lambda: self._boot(node), "boot")
+            self._after(self.durations.reboot_minutes * 60, lambda: self._boot(node), "boot")
 
     def _any_up_node(self, exclude: str) -> str | None:
         return next((n.name for n in self.nodes.values() if n.state == NodeState.Up and n.name != exclude), None)
@@ -507,7 +507,7 @@ class SimCluster:
             self._log("os_up", node.name, cluster_service="stopped")  # WinRM answers; the cluster has it Down
             return
         self._move(node, "boot", "system")
-        self._after(self.d.join_seconds, lambda: self._joined(node), "joined")
+        self._after(self.durations.join_seconds, lambda: self._joined(node), "joined")
 
     def _joined(self, node: Node) -> None:
         # Special case: the pause persists across a restart, so a node paused before it comes back Paused.
@@ -544,7 +544,7 @@ class SimCluster:
             minutes, code, at = self.install_minutes(node.name), SETUP_FAILED_ROLLED_BACK, None
         else:
             fault = self.strikes(node.name, FaultKind.lcu_fails)
-            minutes, code = self.d.lcu_install_minutes, ERROR_INSTALL_FAILURE
+            minutes, code = self.durations.lcu_install_minutes, ERROR_INSTALL_FAILURE
             if node.number != "25398":
                 fault, code, at = None, WU_E_NOT_APPLICABLE, 0.02  # a 23H2 package on a 22H2 node
             elif node.ubr >= int(self.lcu_build.split(".")[3]):
@@ -569,7 +569,7 @@ class SimCluster:
         """Setup's down-level phase on this node: install_minutes plus a share of the spread that is fixed per
         node (so a scenario replays the same way)."""
         share = int(hashlib.sha256(name.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-        return self.d.install_minutes + self.d.install_spread_minutes * share
+        return self.durations.install_minutes + self.durations.install_spread_minutes * share
 
     @property
     def lcu_build(self) -> str:
@@ -666,7 +666,7 @@ class SimCluster:
                 if started.state == NodeState.Down and started.os_running:
                     started.was_paused_at_restart = False
                     self._move(started, "start", by)
-                    self._after(self.d.join_seconds, lambda node=started: self._joined(node), "joined")
+                    self._after(self.durations.join_seconds, lambda node=started: self._joined(node), "joined")
         self._refresh_storage_health()
 
     def set_cluster_service(self, name: str, startup: str, *, by: str) -> None:
@@ -757,7 +757,7 @@ class SimCluster:
             return
         away = self.now() - node.away_since
         node.away_since = None
-        dirty = int(away * self.d.write_mb_per_s * MB)
+        dirty = int(away * self.durations.write_mb_per_s * MB)
         self._log("drives", node.name, status="back", away_s=round(away, 1), dirty_bytes=dirty)
         fault = self.scenario.faults_for(node.name, FaultKind.repair_stalls)
         if dirty > 0:
@@ -772,7 +772,7 @@ class SimCluster:
 
     def _progress_jobs(self, now: float) -> None:
         changed = False
-        rate = self.d.repair_mb_per_s * MB / max(1, len(self.disks))
+        rate = self.durations.repair_mb_per_s * MB / max(1, len(self.disks))
         for job in list(self.jobs):
             if job.state == JobState.Running:
                 done = (now - job.started) * rate
@@ -782,7 +782,7 @@ class SimCluster:
                     job.state, job.ended = JobState.Completed, now
                     self._log("storage_job", None, disk=job.disk, status="Completed")
                     changed = True
-            elif job.ended is not None and now - job.ended > self.d.completed_job_linger_s:
+            elif job.ended is not None and now - job.ended > self.durations.completed_job_linger_s:
                 self.jobs.remove(job)
         if changed:
             self._refresh_storage_health()
