@@ -76,8 +76,8 @@ def critical_path_work(events: list[dict], time_factor: float) -> float:
 def run_once(scenario: str | None, transport: str) -> dict:
     """One rolling upgrade of a freshly started simulated cluster: the flow's wall time, the cluster's own work on
     the critical path, and the overhead per node."""
-    from flows.locking import embedded_settings
     from flows.rolling_upgrade import rolling_upgrade
+    from flows.runtime import embedded_settings
     from hciupgrade.models import Inventory, RunOptions
     from hciupgrade.sim.harness import PASSWORD_ENV
 

@@ -13,7 +13,7 @@ from rich import box
 from rich.table import Table
 
 from cli import azure, simulate
-from cli.inputs import EXIT_AWAITING_APPROVAL, EXIT_WINDOW_ENDED, bad_input, err, refuse, run_inputs, secret_value
+from cli.inputs import EXIT_AWAITING_APPROVAL, EXIT_WINDOW_ENDED, bad_input, err, refuse, run_inputs
 from cli.render import (
     LiveView,
     builds_frame,
@@ -59,8 +59,8 @@ def upgrade(
         if json_out:
             print(json.dumps(outcome, indent=2))
         raise typer.Exit(0 if outcome["succeeded"] else 1)
-    from flows.locking import embedded_settings
     from flows.rolling_upgrade import rolling_upgrade
+    from flows.runtime import embedded_settings
     run_id = new_run_id()
     announce(run_id, target.name)
     view = LiveView(run_id, console) if not json_out else None
@@ -100,11 +100,11 @@ def survey_cmd(
     for bad input."""
     import yaml
 
-    from hciupgrade.cluster import ClusterClient
+    from flows.runtime import connect
     from hciupgrade.survey import read_only, survey
 
     target, run_options = run_inputs(inventory, cluster, options)
-    client = read_only(ClusterClient(target, target.credential.resolve(secret_block=secret_value)))
+    client = read_only(connect(target))
     try:
         from flows.solution import azure_cluster
 
@@ -184,7 +184,7 @@ def fleet_cmd(
             print(json.dumps({"waves": plan, "schedules": fleet.schedules()}, indent=2))
         raise typer.Exit(0)
     from flows.fleet import fleet_upgrade
-    from flows.locking import embedded_settings
+    from flows.runtime import embedded_settings
 
     with embedded_settings():
         state = fleet_upgrade(inventory=str(inventory), tags=tag, options=run_options,
@@ -236,7 +236,7 @@ def finish_cmd(
     approval = Approval(approver=getpass.getuser(), reason=reason.strip(), source="cli") if approve and reason \
         else None
     from flows.finish import finish
-    from flows.locking import embedded_settings
+    from flows.runtime import embedded_settings
 
     console = err if json_out else make_console()
     with embedded_settings():
@@ -278,8 +278,8 @@ def offline_cmd(
     target, run_options = run_inputs(inventory, cluster, options, require=None if approved else (
         "--approve --reason: the offline path takes the whole cluster down; it runs only with an approval and its "
         "reason, e.g. --approve --reason 'CHG-1234 window Sat 02:00'"))
-    from flows.locking import embedded_settings
     from flows.offline import offline_upgrade
+    from flows.runtime import embedded_settings
 
     approval = Approval(approver=getpass.getuser(), reason=str(reason).strip(), steps=["offline"], source="cli")
     console = err if json_out else make_console()
@@ -405,8 +405,8 @@ def readiness_cmd(
             problems += [str(p) for p in file_problems]
         df = builder.frame()
     else:
-        from flows.locking import embedded_settings
         from flows.readiness import readiness
+        from flows.runtime import embedded_settings
         from hciupgrade.models import InputError, load_inventory
 
         with bad_input(InputError):

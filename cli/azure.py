@@ -30,7 +30,7 @@ def solution_cmd(
     --validate-only), 1 when it fails, 3 when the Deploy awaits an approval, 2 for bad input."""
     import getpass
 
-    from flows.locking import embedded_settings
+    from flows.runtime import embedded_settings
     from flows.solution import solution_upgrade
     from hciupgrade.models import Approval, InputError, load_inventory
 
@@ -72,7 +72,7 @@ def updates_cmd(
     run to the end (a run already in progress is followed, not applied twice). Exit 1 when an apply fails."""
     import pandas as pd
 
-    from flows.locking import embedded_settings
+    from flows.runtime import embedded_settings
     from flows.solution import solution_updates
     from hciupgrade.models import InputError, load_inventory
 

@@ -51,9 +51,3 @@ def run_inputs(inventory: Path, cluster: str | None, options: Path | None,
         if require:
             raise InputError(require)
     return target, run_options
-
-
-def secret_value(name: str) -> str:
-    from flows.rolling_upgrade import load_secret
-
-    return load_secret(name)

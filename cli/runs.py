@@ -71,13 +71,13 @@ def late_state(run_id: str, error: Exception) -> None:
 
 def preview_run(target: Any, options: Any, console: Console) -> dict:
     """Preflight, scan and plan without Prefect and without changing anything."""
+    from flows.runtime import connect
     from hciupgrade.clock import ClusterClock
-    from hciupgrade.cluster import ClusterClient
     from hciupgrade.engine import RollingUpgrade
     from hciupgrade.records import RunRecorder
     from hciupgrade.steps import Steps
 
-    client = ClusterClient(target, target.credential.resolve())
+    client = connect(target)
     recorder = RunRecorder(new_run_id(), target.name, time_factor=target.time_factor)
     try:
         engine = RollingUpgrade(client, options, recorder, Steps(client, options, ClusterClock(target.time_factor)))

@@ -44,8 +44,8 @@ def demo(
         chosen = load_scenario(scenario) if scenario else builtin_scenario()
     import secrets
 
-    from flows.locking import embedded_settings
     from flows.rolling_upgrade import rolling_upgrade
+    from flows.runtime import embedded_settings
     from hciupgrade.models import RunOptions
     from hciupgrade.sim.arm import FakeArm
     from hciupgrade.sim.harness import SimHarness
@@ -97,8 +97,8 @@ def _finish_demo(inventory: Path, options: Any, console: Console) -> int:
     import getpass
 
     from flows.finish import finish
-    from flows.locking import embedded_settings
     from flows.readiness import readiness
+    from flows.runtime import embedded_settings
     from hciupgrade.models import Approval
     from hciupgrade.readiness.summary import decide
 

@@ -14,14 +14,13 @@ from functools import partial
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.flow_runs import pause_flow_run
-from prefect.input import RunInput
 from pydantic import Field
 
 from flows.ghosts import bury_ghosts
-from flows.locking import cluster_lock, embedded, narrate_to_run_log, run_name
+from flows.locking import cluster_lock
 from flows.readiness import readiness
-from flows.rolling_upgrade import UpgradeFailed, load_secret, prefect_engine, rolling_upgrade, run_engine
-from hciupgrade.cluster import ClusterClient
+from flows.rolling_upgrade import UpgradeFailed, prefect_engine, rolling_upgrade, run_engine
+from flows.runtime import ApprovalForm, connect, embedded, narrate_to_run_log, run_name
 from hciupgrade.models import Approval, RunOptions, load_inventory
 from hciupgrade.postupgrade import PostUpgrade, PostUpgradeOutcome, levels_table, validation_summary
 from hciupgrade.records import RunRecorder, new_run_id
@@ -29,11 +28,9 @@ from hciupgrade.records import RunRecorder, new_run_id
 AWAITING_APPROVAL = "awaiting approval"
 
 
-class ApprovalInput(RunInput):
+class ApprovalInput(ApprovalForm):
     """The form the Prefect UI shows when the post-OS steps wait for an approval."""
 
-    approver: str = Field(min_length=1, description="your name or account")
-    reason: str = Field(min_length=1, description="why: the change ticket or the maintenance window")
     functional_level: bool = Field(False, description="raise the cluster functional level (irreversible)")
     storage_pool: bool = Field(False, description="update the storage pool version (irreversible)")
     vm_versions: bool = Field(False, description="update the listed VMs' configuration versions (irreversible, "
@@ -74,7 +71,7 @@ def post_upgrade(inventory: str, cluster: str | None = None, options: RunOptions
     options.check_against(target)
     if wait_for_approval is None:
         wait_for_approval = approval is None and not embedded()
-    client = ClusterClient(target, target.credential.resolve(secret_block=load_secret))
+    client = connect(target)
     recorder = RunRecorder(run_id or new_run_id(), target.name, time_factor=target.time_factor)
     narrate_to_run_log(recorder)
     bury_ghosts(recorder)

@@ -17,8 +17,9 @@ from prefect import flow, get_client, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.heap import freeze_startup_heap
-from flows.locking import embedded, fleet_slot
+from flows.locking import fleet_slot
 from flows.rolling_upgrade import rolling_upgrade
+from flows.runtime import embedded
 from hciupgrade.fleet import NodeEstimate, Wave, WindowFit, fleet_plan, until_open, window_fit
 from hciupgrade.models import Inventory, RunOptions, load_inventory
 

@@ -42,6 +42,7 @@ import httpx
 from prefect import get_client
 from prefect.settings import get_current_settings
 
+from flows.runtime import embedded
 from hciupgrade.hostlock import LockTimeout, host_lock
 from hciupgrade.ownership import Held, LostOwnership
 
@@ -54,48 +55,8 @@ def report_seconds() -> float:
     return float(os.environ.get("HCI_UPGRADE_LOCK_REPORT_SECONDS", "60"))
 
 
-@contextmanager
-def embedded_settings() -> Iterator[None]:
-    """In embedded mode, run flows without heartbeats: they feed zombie detection on a server, and the temporary
-    server dies with the process, so nothing could act on them; they cost about 1 s at the end of every flow run
-    (the heartbeat thread is joined). On a Prefect server they stay on."""
-    if not embedded():
-        yield
-        return
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-
-    from flows.reaper import start_reaper
-
-    start_reaper()  # the temporary server must not outlive a killed CLI
-    start_temporary_server()
-
-    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-        yield
-
-
-def start_temporary_server() -> None:
-    """Start this process's temporary Prefect server now, one process at a time on this machine. Prefect starts
-    it lazily with a random port (checked free, then bound by the child: two processes starting together may
-    pick the same one) and a 20 s wait counted in sleeps; seven CLIs started at once on a 2-core machine all
-    failed so ("Timed out while attempting to connect to ephemeral Prefect API server", benchmarks/
-    concurrent_clis.py). Under a machine-wide file lock each start binds its port and migrates the shared
-    SQLite database before the next begins, with HCI_UPGRADE_PREFECT_START_SECONDS (180) to do it."""
-    from prefect.server.api.server import SubprocessASGIServer
-
-    budget = float(os.environ.get("HCI_UPGRADE_PREFECT_START_SECONDS", "180"))
-    server = SubprocessASGIServer()
-    if server.running:
-        return
-    with host_lock("_prefect-start", timeout=budget):  # "_": no cluster name has one, so no cluster's lock
-        server.start(timeout=int(budget))
-
-
 def limit_name(cluster: str) -> str:
     return f"hci-upgrade-cluster-{cluster.lower()}"
-
-
-def embedded() -> bool:
-    return get_current_settings().api.url is None
 
 
 def ensure_limit(cluster: str, *, reclaim_stale: bool) -> str:
@@ -350,44 +311,3 @@ def cluster_lock(cluster: str, *, lease_seconds: float, timeout_seconds: float =
         finally:
             _HELD.pop(key, None)
             lease.release()
-
-
-def run_name(prefix: str):  # noqa: ANN201 - a Prefect flow_run_name callable
-    """A flow run's name with the cluster's name resolved from the inventory when the `cluster` parameter is left
-    out (one cluster in the inventory), so that no run is ever named "upgrade-None"."""
-
-    def name() -> str:
-        from prefect.runtime import flow_run
-
-        from hciupgrade.models import InputError, load_inventory
-
-        parameters = flow_run.parameters
-        cluster = parameters.get("cluster") or parameters.get("clusters")
-        if isinstance(cluster, list):
-            cluster = ",".join(cluster)
-        if not cluster:
-            try:
-                clusters = load_inventory(parameters["inventory"]).clusters
-                cluster = ",".join(c.name for c in clusters)
-            except (InputError, KeyError):
-                cluster = "inventory"
-        return f"{prefix}-{cluster}"
-
-    return name
-
-
-def narrate_to_run_log(recorder: Any) -> None:
-    """Every record event worth a line goes to the flow run's log in Prefect (the CLI's console stays quiet:
-    its console handler shows warnings only)."""
-    from prefect import get_run_logger
-
-    from hciupgrade.narration import describe
-
-    logger = get_run_logger()
-
-    def listener(event: dict[str, Any]) -> None:
-        line = describe(event)
-        if line is not None:
-            logger.log(*line)
-
-    recorder.listeners.append(listener)

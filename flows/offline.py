@@ -12,14 +12,13 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.flow_runs import pause_flow_run
-from prefect.input import RunInput
 from pydantic import Field
 
 from flows.ghosts import bury_ghosts
-from flows.locking import cluster_lock, embedded, narrate_to_run_log, run_name
-from flows.rolling_upgrade import UpgradeFailed, load_secret
+from flows.locking import cluster_lock
+from flows.rolling_upgrade import UpgradeFailed
+from flows.runtime import ApprovalForm, connect, embedded, narrate_to_run_log, run_name
 from hciupgrade.clock import ClusterClock
-from hciupgrade.cluster import ClusterClient
 from hciupgrade.models import Approval, RunOptions, load_inventory
 from hciupgrade.offline import OfflineOutcome, OfflineUpgrade
 from hciupgrade.records import RunRecorder, new_run_id
@@ -27,11 +26,9 @@ from hciupgrade.records import RunRecorder, new_run_id
 ACTIONS: dict[str, Callable[[str], Any]] = {}  # the live action of a phase, looked up by the task
 
 
-class DowntimeApproval(RunInput):
+class DowntimeApproval(ApprovalForm):
     """The form the Prefect UI shows before the offline path takes the cluster down."""
 
-    approver: str = Field(min_length=1, description="your name or account")
-    reason: str = Field(min_length=1, description="why: the change ticket or the maintenance window")
     take_the_cluster_down: bool = Field(False, description="stop every VM and the cluster, update every node at once")
 
 
@@ -76,7 +73,7 @@ def offline_upgrade(inventory: str, cluster: str | None = None, options: RunOpti
         raise UpgradeFailed(f"the offline path of {target.name} was not approved: nothing was changed")
     recorder.emit(None, "approval", "succeeded", approver=approval.approver, reason=approval.reason,
                   steps=approval.steps, source=approval.source)
-    client = ClusterClient(target, target.credential.resolve(secret_block=load_secret))
+    client = connect(target)
     try:
         with cluster_lock(target.name, lease_seconds=options.lock_lease_seconds) as held:
             client.own(recorder.run_id, partial(recorder.store.next_fence, target.name), held)

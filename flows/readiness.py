@@ -10,9 +10,8 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.locking import run_name
-from flows.rolling_upgrade import load_secret, rolling_upgrade
-from hciupgrade.cluster import ClusterClient
+from flows.rolling_upgrade import rolling_upgrade
+from flows.runtime import connect, run_name
 from hciupgrade.models import RunOptions, load_inventory
 from hciupgrade.readiness.collect import run_checker
 from hciupgrade.readiness.remediation import guidance, pool_space, remediate
@@ -24,7 +23,7 @@ def check_cluster(inventory: str, cluster: str, install_module: bool) -> dict:
     """The environment checker on every node, and the pool's free space where a storage check failed. It
     changes nothing (installing the checker's module aside), so a retry repeats nothing that matters."""
     target = load_inventory(inventory).cluster(cluster)
-    client = ClusterClient(target, target.credential.resolve(secret_block=load_secret))
+    client = connect(target)
     try:
         rows, problems = run_checker(client, install_module=install_module)
         notes = {}
@@ -41,7 +40,7 @@ def remediate_cluster(inventory: str, cluster: str, rows: list[dict], steps: lis
     """The operator's chosen remediation steps for what failed: a change, so never retried by Prefect (each step
     checks before it changes; a rerun of the flow does what is still needed)."""
     target = load_inventory(inventory).cluster(cluster)
-    client = ClusterClient(target, target.credential.resolve(secret_block=load_secret))
+    client = connect(target)
     try:
         return [r.__dict__ for r in remediate(client, [r for r in rows if r["status"] != "SUCCESS"], set(steps))]
     finally:

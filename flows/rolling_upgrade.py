@@ -20,7 +20,8 @@ from prefect.states import Completed, Failed
 
 from flows.ghosts import bury_ghosts
 from flows.heap import freeze_startup_heap
-from flows.locking import cluster_lock, embedded, narrate_to_run_log, run_name
+from flows.locking import cluster_lock
+from flows.runtime import connect, embedded, narrate_to_run_log, run_name
 from hciupgrade.clock import ClusterClock
 from hciupgrade.cluster import ClusterClient
 from hciupgrade.engine import RollingUpgrade
@@ -38,17 +39,11 @@ class UpgradeFailed(RuntimeError):
 FINISHED: dict[str, tuple[RunOutcome, str | None]] = {}
 
 
-def load_secret(name: str) -> str:
-    from prefect.blocks.system import Secret
-
-    return str(Secret.load(name).get())
-
-
 def prefect_engine(target: ClusterInventory, options: RunOptions, run_id: str | None = None,
                    ) -> tuple[RollingUpgrade, ClusterClient]:
     """The engine with its Prefect parts: each step a task run with retries, the cluster lock, a progress
     artifact. The caller runs it inside a flow and closes the client."""
-    client = ClusterClient(target, target.credential.resolve(secret_block=load_secret))
+    client = connect(target)
     recorder = RunRecorder(run_id or new_run_id(), target.name, time_factor=target.time_factor)
     narrate_to_run_log(recorder)
     bury_ghosts(recorder)

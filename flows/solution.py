@@ -15,11 +15,10 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.flow_runs import pause_flow_run
-from prefect.input import RunInput
 from pydantic import Field
 
-from flows.locking import embedded, narrate_to_run_log, run_name
 from flows.readiness import check_cluster
+from flows.runtime import ApprovalForm, embedded, narrate_to_run_log, run_name
 from hciupgrade.azure.arm import ArmClient, ArmError
 from hciupgrade.azure.operations import Budget, Ledger, Stalled, verdict
 from hciupgrade.azure.resources import DeploymentSetting, Step, UpdateRun
@@ -36,11 +35,9 @@ from hciupgrade.readiness.summary import FrameBuilder, blocking_checks
 from hciupgrade.records import RunRecorder, new_run_id
 
 
-class SolutionApprovalInput(RunInput):
+class SolutionApprovalInput(ApprovalForm):
     """The form the Prefect UI shows before the Deploy."""
 
-    approver: str = Field(min_length=1, description="your name or account")
-    reason: str = Field(min_length=1, description="why: the change ticket or the maintenance window")
     deploy: bool = Field(False, description="start the solution upgrade (hours; no rollback is documented)")
 
 
