@@ -24,8 +24,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hciupgrade.records import PHASES, owned_nodes, runs_in_progress  # noqa: E402
-from hciupgrade.reports import run_report  # noqa: E402
-from hciupgrade.store import RecordStore  # noqa: E402
+from hciupgrade.records.reports import run_report  # noqa: E402
+from hciupgrade.records.store import RecordStore  # noqa: E402
 
 MINUTES = {"gate": 0.2, "drain": 4, "install": 60, "reboot": 40, "wait-back": 2, "wait-repair": 1, "resume": 0.5,
            "wait-storage": 25, "pre-script": 0, "post-script": 0}

@@ -302,7 +302,7 @@ def offline_cmd(
 def status(cluster: Annotated[str, typer.Argument(help="the cluster's name")]) -> None:
     """The latest run on a cluster, like Get-CauRun: state, run id, machine, start, current node, each node's
     latest step. Dry runs and refused runs are not taken as the latest run."""
-    from hciupgrade.reports import run_status
+    from hciupgrade.records.reports import run_status
 
     current = run_status(cluster)
     print_status(cluster, current, make_console())
@@ -314,7 +314,7 @@ def report(run: Annotated[Optional[str], typer.Argument(help="run id (default: t
     """A run's report, like Get-CauReport: per node the builds before and after, result, attempts, start and end,
     time in each phase and the error; the same columns as the demo's table."""
     from cli.render import node_table
-    from hciupgrade.reports import latest_run_id, run_report
+    from hciupgrade.records.reports import latest_run_id, run_report
 
     run_id = run or latest_run_id(cluster)
     found = run_report(run_id) if run_id else None
@@ -345,8 +345,8 @@ def records_prune(
     """Remove old runs from the records. Runs that have not ended, and runs whose pause a node may still carry,
     are kept whatever their age."""
     from hciupgrade.records import owned_nodes
-    from hciupgrade.store import older_than as cutoff
-    from hciupgrade.store import open_store
+    from hciupgrade.records.store import older_than as cutoff
+    from hciupgrade.records.store import open_store
 
     if older_than < 0:
         refuse("[red]--older-than: give a number of days, 0 or more[/]")
@@ -364,7 +364,7 @@ def records_import(files: Annotated[list[Path], typer.Argument(help="JSON Lines 
                    ) -> None:
     """Import record files of earlier versions (each once; those under $HCI_UPGRADE_HOME/records are imported
     when the store first opens)."""
-    from hciupgrade.store import open_store
+    from hciupgrade.records.store import open_store
 
     missing = [f for f in files if not f.is_file()]
     if missing:

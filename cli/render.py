@@ -13,8 +13,8 @@ from rich.live import Live
 from rich.table import Table
 
 from hciupgrade.records import PHASES, load_events, node_summary
-from hciupgrade.runbook import LABELS
-from hciupgrade.store import open_store
+from hciupgrade.records.store import open_store
+from hciupgrade.upgrade.runbook import LABELS
 
 
 class LiveView:
@@ -143,7 +143,7 @@ def frame_table(df: Any, title: str) -> Table:
 
 
 def print_finish(result: dict, console: Console) -> None:
-    from hciupgrade.postupgrade import Levels, levels_table, validation_summary
+    from hciupgrade.upgrade.postos import Levels, levels_table, validation_summary
 
     post = result.get("post_upgrade") or result
     before = Levels(**post["before"]) if post.get("before") else None
@@ -170,7 +170,7 @@ def run_outcome(run_id: str) -> dict | None:
     """The outcome a run recorded at its end (None if it has not ended): this process's when it ran here (the
     record store may not answer), the record's otherwise."""
     from flows.rolling_upgrade import FINISHED
-    from hciupgrade.store import open_store
+    from hciupgrade.records.store import open_store
 
     if run_id in FINISHED:
         return FINISHED[run_id][0].model_dump(mode="json")

@@ -19,7 +19,7 @@ def announce(run_id: str, cluster: str) -> None:
     """The run's first record event, written before Prefect starts (it takes seconds): `status` says
     RunInProgress from the moment the command runs."""
     from hciupgrade.records import RunRecorder
-    from hciupgrade.store import host_id
+    from hciupgrade.records.store import host_id
 
     RunRecorder(run_id, cluster).emit(None, "run", "running", stage="starting", pid=os.getpid(), host=host_id())
 
@@ -27,7 +27,7 @@ def announce(run_id: str, cluster: str) -> None:
 def settle_records() -> None:
     """A run that ended while its record store was down leaves events in its spool: wait for the store (two
     minutes at most), or say where they wait."""
-    from hciupgrade.store import open_store
+    from hciupgrade.records.store import open_store
 
     left = open_store().settle_spool(timeout=120)
     if left is not None:
@@ -73,9 +73,9 @@ def preview_run(target: Any, options: Any, console: Console) -> dict:
     """Preflight, scan and plan without Prefect and without changing anything."""
     from flows.runtime import connect
     from hciupgrade.clock import ClusterClock
-    from hciupgrade.engine import RollingUpgrade
     from hciupgrade.records import RunRecorder
-    from hciupgrade.steps import Steps
+    from hciupgrade.upgrade.rolling import RollingUpgrade
+    from hciupgrade.upgrade.steps import Steps
 
     client = connect(target)
     recorder = RunRecorder(new_run_id(), target.name, time_factor=target.time_factor)

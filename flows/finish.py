@@ -22,8 +22,8 @@ from flows.readiness import readiness
 from flows.rolling_upgrade import UpgradeFailed, prefect_engine, rolling_upgrade, run_engine
 from flows.runtime import ApprovalForm, connect, embedded, narrate_to_run_log, run_name
 from hciupgrade.models import Approval, RunOptions, load_inventory
-from hciupgrade.postupgrade import PostUpgrade, PostUpgradeOutcome, levels_table, validation_summary
 from hciupgrade.records import RunRecorder, new_run_id
+from hciupgrade.upgrade.postos import PostUpgrade, PostUpgradeOutcome, levels_table, validation_summary
 
 AWAITING_APPROVAL = "awaiting approval"
 

@@ -15,7 +15,7 @@ from prefect import get_client
 from prefect.states import Crashed
 
 from hciupgrade.records import RunRecorder, run_alive
-from hciupgrade.store import RecordStore, StoreUnavailable, now_iso
+from hciupgrade.records.store import RecordStore, StoreUnavailable, now_iso
 
 log = logging.getLogger("hci_upgrade.ghosts")
 UNFINISHED = ("RUNNING", "PENDING", "PAUSED", "CANCELLING", "SCHEDULED")

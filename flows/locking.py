@@ -200,7 +200,7 @@ def holders(cluster: str) -> list[dict[str, Any]]:
 def reclaim_dead_holder(cluster: str, limit: str) -> str | None:
     """A slot taken while the records show no live run of this cluster is a dead holder's: release the leases that
     dead runs recorded, and reset the count if the slot is still taken. Returns what was done, or None."""
-    from hciupgrade.store import open_store
+    from hciupgrade.records.store import open_store
 
     store = open_store()
     if holders(cluster):

@@ -20,8 +20,8 @@ from flows.rolling_upgrade import UpgradeFailed
 from flows.runtime import ApprovalForm, connect, embedded, narrate_to_run_log, run_name
 from hciupgrade.clock import ClusterClock
 from hciupgrade.models import Approval, RunOptions, load_inventory
-from hciupgrade.offline import OfflineOutcome, OfflineUpgrade
 from hciupgrade.records import RunRecorder, new_run_id
+from hciupgrade.upgrade.offline import OfflineOutcome, OfflineUpgrade
 
 ACTIONS: dict[str, Callable[[str], Any]] = {}  # the live action of a phase, looked up by the task
 
@@ -37,7 +37,7 @@ def node_action(key: str, phase: str, node: str) -> Any:
     return ACTIONS[key](node)
 
 
-def prefect_parallel(run_id: str):  # noqa: ANN201 - an hciupgrade.offline.Parallel
+def prefect_parallel(run_id: str):  # noqa: ANN201 - an hciupgrade.upgrade.offline.Parallel
     def parallel(phase: str, action: Callable[[str], Any], nodes: list[str]) -> dict[str, Any]:
         key = f"{run_id}/{phase}"
         ACTIONS[key] = action

@@ -1,6 +1,7 @@
-"""The rolling OS upgrade of one cluster as a Prefect flow. The loop itself is hciupgrade.engine.RollingUpgrade;
-this flow hands it its Prefect parts: each step as a task run with retries, the cluster lock (a global
-concurrency limit plus a host lock), a progress artifact, and table and markdown artifacts at the end."""
+"""The rolling OS upgrade of one cluster as a Prefect flow. The loop itself is
+hciupgrade.upgrade.rolling.RollingUpgrade; this flow hands it its Prefect parts: each step as a task run with
+retries, the cluster lock (a global concurrency limit plus a host lock), a progress artifact, and table and
+markdown artifacts at the end."""
 
 from __future__ import annotations
 
@@ -24,10 +25,10 @@ from flows.locking import cluster_lock
 from flows.runtime import connect, embedded, narrate_to_run_log, run_name
 from hciupgrade.clock import ClusterClock
 from hciupgrade.cluster import ClusterClient
-from hciupgrade.engine import RollingUpgrade
 from hciupgrade.models import ClusterInventory, RunOptions, RunOutcome, load_inventory
 from hciupgrade.records import PHASES, RunRecorder, new_run_id, node_summary
-from hciupgrade.steps import Steps
+from hciupgrade.upgrade.rolling import RollingUpgrade
+from hciupgrade.upgrade.steps import Steps
 from tasks.node_steps import RUNS, TaskChain, prefect_api_failure
 
 

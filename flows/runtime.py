@@ -105,7 +105,7 @@ def narrate_to_run_log(recorder: Any) -> None:
     its console handler shows warnings only)."""
     from prefect import get_run_logger
 
-    from hciupgrade.narration import describe
+    from hciupgrade.records.narration import describe
 
     logger = get_run_logger()
 

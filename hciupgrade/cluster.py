@@ -26,6 +26,7 @@ from hciupgrade.remote import (
     Pipeline,
     RemoteError,
     Result,
+    Session,
 )
 
 FEATURE_UPDATE_TASK = "HciUpgrade-FeatureUpdate"
@@ -159,12 +160,12 @@ class ClusterClient:
     """One cluster's nodes, reached through one NodeSession each."""
 
     def __init__(self, inventory: ClusterInventory, password: SecretStr,
-                 sessions: dict[str, Any] | None = None) -> None:
+                 sessions: dict[str, Session] | None = None) -> None:
         """`sessions` replaces the pypsrp sessions (the simulator's in-process ones, for property tests)."""
         self.name = inventory.name
         self.inventory = inventory
         self.owner: Owner | None = None  # set while a run owns the cluster: every change carries its proof
-        self.sessions = sessions or {
+        self.sessions: dict[str, Session] = sessions or {
             n.name: NodeSession(n, inventory.transport, inventory.credential.username, password)
             for n in inventory.nodes}
 

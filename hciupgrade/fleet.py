@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 
 from hciupgrade.models import ClusterInventory, Inventory, WavePolicy
-from hciupgrade.store import RecordStore, open_store
+from hciupgrade.records.store import RecordStore, open_store
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 
 from filelock import FileLock, Timeout
 
-from hciupgrade.store import home
+from hciupgrade.records.store import home
 
 
 class LockTimeout(TimeoutError):

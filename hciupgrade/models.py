@@ -3,7 +3,6 @@ error before anything touches a cluster, and every error names the field, the va
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from collections.abc import Callable
 from datetime import timedelta
@@ -22,18 +21,12 @@ from pydantic import (
 )
 
 from hciupgrade.azure.target import AzureTarget
+from hciupgrade.net import is_loopback
 from hciupgrade.windows import TagWindow, Window
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-def is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host.lower() == "localhost"
 
 
 class Transport(Strict):

@@ -16,10 +16,10 @@ from hciupgrade.azure.arm import ArmError
 from hciupgrade.azure.solution import AzureCluster
 from hciupgrade.cluster import CURRENT_VERSION_KEY, ClusterClient, NodeInfo
 from hciupgrade.models import RunOptions
-from hciupgrade.preflight import REMOTE_SHUTDOWN_GROUP, Preflight, prerequisites
 from hciupgrade.psenums import HealthStatus, NodeState, VMState, parse
 from hciupgrade.remote import AuthFailed, Cmdlet, RemoteError
 from hciupgrade.remote.readonly import ReadOnlySession
+from hciupgrade.upgrade.preflight import REMOTE_SHUTDOWN_GROUP, Preflight, prerequisites
 
 Verdict = Literal["ok", "warning", "blocking"]
 SOURCE_BUILD = "20349"  # 22H2, what this path upgrades from

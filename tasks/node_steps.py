@@ -1,5 +1,5 @@
 """A node's upgrade step as a Prefect task: the Prefect wrapping (retries on a transient remoting failure, a task
-run per step and node in the UI) around hciupgrade.engine.perform; and the run's other phases (reconcile,
+run per step and node in the UI) around hciupgrade.upgrade.rolling.perform; and the run's other phases (reconcile,
 preflight, plan, a node's recovery) as task runs of their own. The live connections of a run are looked up in
 `RUNS`, which the flow fills for its duration, so the tasks' inputs stay plain names.
 
@@ -24,9 +24,9 @@ from prefect import allow_failure, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State
 
-from hciupgrade.engine import RollingUpgrade, perform
 from hciupgrade.remote import NodeUnreachable, RemotingError
-from hciupgrade.runbook import timeout_minutes
+from hciupgrade.upgrade.rolling import RollingUpgrade, perform
+from hciupgrade.upgrade.runbook import timeout_minutes
 
 RUNS: dict[str, RollingUpgrade] = {}
 PHASES: dict[str, Callable[[], Any]] = {}

@@ -126,7 +126,7 @@ def run_upgrade(prefect_server, tmp_path: Path):
 
 def record_text(run_id: str) -> str:
     """A run's events as the record store keeps them, one JSON object a line."""
-    from hciupgrade.store import open_store
+    from hciupgrade.records.store import open_store
 
     return "".join(json.dumps({k: v for k, v in e.items() if k != "_id"}) + "\n"
                    for e in open_store().events(run_ids=[run_id]))

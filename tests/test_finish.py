@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 
 from hciupgrade.models import Approval, RunOptions
-from hciupgrade.postupgrade import PostUpgrade, levels_table, validation_summary
 from hciupgrade.psenums import ReadinessSeverity
 from hciupgrade.records import RunRecorder, new_run_id
 from hciupgrade.sim.audit import check_invariants
@@ -18,6 +17,7 @@ from hciupgrade.sim.cluster import SimCluster
 from hciupgrade.sim.harness import SIM_USER
 from hciupgrade.sim.readiness import validation
 from hciupgrade.sim.scenario import make_scenario
+from hciupgrade.upgrade.postos import PostUpgrade, levels_table, validation_summary
 from tests.conftest import record_text
 from tests.test_safety import engine
 

@@ -11,13 +11,13 @@ import pytest
 
 from hciupgrade.clock import ClusterClock
 from hciupgrade.models import Approval
-from hciupgrade.offline import OfflineUpgrade
-from hciupgrade.postupgrade import PostUpgrade
 from hciupgrade.psenums import HealthStatus, NodeState, VMState, parse
 from hciupgrade.records import RunRecorder, new_run_id
 from hciupgrade.remote import SWITCH, Cmdlet, CmdletFailed
 from hciupgrade.sim.cluster import SimCluster
 from hciupgrade.sim.scenario import make_scenario, parse_scenario
+from hciupgrade.upgrade.offline import OfflineUpgrade
+from hciupgrade.upgrade.postos import PostUpgrade
 from tests.test_finish import AFTER_FEATURE_UPDATE, FACTOR
 from tests.test_safety import engine
 
@@ -211,7 +211,7 @@ def test_a_task_that_has_not_run_yet_is_not_taken_as_finished():
 
 # --- prerequisites read the way every node answers ----------------------------------------------------------------
 def prerequisite_findings(sim: SimCluster) -> dict[str, tuple[bool, str]]:
-    from hciupgrade.preflight import Preflight, prerequisites
+    from hciupgrade.upgrade.preflight import Preflight, prerequisites
 
     run = engine(sim)
     pre = Preflight()

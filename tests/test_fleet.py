@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 from cli.app import app
 from hciupgrade.fleet import estimates, node_durations, plan_waves, window_fit
 from hciupgrade.models import ClusterInventory, CredentialRef, Inventory, NodeEndpoint, RunOptions, WavePolicy
+from hciupgrade.records.store import RecordStore
 from hciupgrade.sim.cluster import SimCluster
 from hciupgrade.sim.scenario import Durations, make_scenario
-from hciupgrade.store import RecordStore
 from hciupgrade.windows import Window
 from tests.conftest import quick
 from tests.test_properties import engine_for
@@ -180,7 +180,7 @@ def fleet_of(prefect_server, tmp_path):
 
 def test_a_fleet_goes_in_waves_at_most_k_at_once_and_every_cluster_ends_upgraded(fleet_of):
     from flows.fleet import fleet_upgrade
-    from hciupgrade.store import open_store
+    from hciupgrade.records.store import open_store
 
     path = fleet_of([("hci-c1", {"ring": "canary"}, []), ("hci-p1", {"ring": "prod"}, []),
                      ("hci-p2", {"ring": "prod"}, []), ("hci-p3", {"ring": "prod"}, [])], batch=3, max_parallel=2)

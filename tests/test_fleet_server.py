@@ -17,10 +17,10 @@ import pytest
 import yaml
 
 from hciupgrade.models import RunOptions
+from hciupgrade.records.store import RecordStore
 from hciupgrade.sim.audit import check_invariants
 from hciupgrade.sim.harness import PASSWORD_ENV, SIM_USER
 from hciupgrade.sim.scenario import Durations, make_scenario, parse_scenario
-from hciupgrade.store import RecordStore
 from tests.conftest import CLI
 from tests.services import PREFECT, create_database, prefect_server, stop
 from tests.test_deployments import ROOT, wait_for_run

@@ -16,10 +16,10 @@ import time
 import httpx
 
 from flows.locking import limit_name
+from hciupgrade.records.store import RecordStore
 from hciupgrade.sim.audit import check_invariants
 from hciupgrade.sim.harness import SIM_USER
 from hciupgrade.sim.scenario import Durations, make_scenario
-from hciupgrade.store import RecordStore
 from tests.services import PrefectServer
 from tests.test_crash_resume import read_events, served_cluster, wait_for_event
 from tests.test_shared_records import machine

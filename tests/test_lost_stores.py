@@ -14,9 +14,9 @@ from uuid import UUID
 import httpx
 import pytest
 
+from hciupgrade.records.store import RecordStore
 from hciupgrade.sim.audit import check_invariants
 from hciupgrade.sim.harness import SIM_USER
-from hciupgrade.store import RecordStore
 from tests.test_crash_resume import read_events, served_cluster, wait_for_event
 from tests.test_lost_lock import OPTIONS, outcome_of, slow_scenario
 from tests.test_shared_records import machine

@@ -9,10 +9,10 @@ from functools import partial
 import pytest
 
 from hciupgrade.clock import ClusterClock
-from hciupgrade.offline import OfflineUpgrade
 from hciupgrade.records import RunRecorder, new_run_id
 from hciupgrade.sim.cluster import SimCluster
 from hciupgrade.sim.scenario import make_scenario
+from hciupgrade.upgrade.offline import OfflineUpgrade
 from tests.test_safety import engine
 
 FACTOR = 20000

@@ -8,8 +8,8 @@ from datetime import timedelta
 
 import pytest
 
-from hciupgrade.narration import describe
 from hciupgrade.records import load_events
+from hciupgrade.records.narration import describe
 from hciupgrade.sim.scenario import make_scenario
 from tests.test_safety import cluster, engine
 
@@ -89,7 +89,7 @@ def test_the_dry_run_plan_agrees_with_the_preflight(dry_run):
 
 
 def test_status_skips_dry_runs_and_refused_runs_and_labels_them():
-    from hciupgrade.reports import latest_run_id, run_report, run_status
+    from hciupgrade.records.reports import latest_run_id, run_report, run_status
 
     sim = cluster(nodes=2)
     real, _ = engine(sim).run()

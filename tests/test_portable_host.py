@@ -58,7 +58,7 @@ CHECK = textwrap.dedent('''
         assert result.exit_code == 0, (args, result.output)
     os.environ["HCI_UPGRADE_HOME"] = tempfile.mkdtemp()
     from hciupgrade.hostlock import LockTimeout, host_lock
-    from hciupgrade.store import process_alive
+    from hciupgrade.records.store import process_alive
     with host_lock("portable", timeout=1):
         try:
             with host_lock("portable", timeout=0.2):

@@ -17,7 +17,6 @@ from pydantic import SecretStr
 
 from hciupgrade.clock import ClusterClock
 from hciupgrade.cluster import ClusterClient
-from hciupgrade.engine import RollingUpgrade
 from hciupgrade.models import ClusterInventory, CredentialRef, NodeEndpoint, RunOptions, Transport
 from hciupgrade.records import RunRecorder, new_run_id
 from hciupgrade.remote import PackagedScript
@@ -26,6 +25,7 @@ from hciupgrade.sim.cluster import SimCluster
 from hciupgrade.sim.harness import SIM_USER
 from hciupgrade.sim.inprocess import InProcessSession
 from hciupgrade.sim.scenario import FaultKind, parse_scenario
+from hciupgrade.upgrade.rolling import RollingUpgrade
 
 FACTOR = 20000
 KINDS = [kind.value for kind in FaultKind]
@@ -115,7 +115,7 @@ def engine_for(sim: SimCluster, options: RunOptions, budget: list[int] | None = 
         credential=CredentialRef(username=SIM_USER, password_env="UNUSED"))
     sessions = {x: Killable(InProcessSession(sim, x, SIM_USER), budget, operator) for x in sim.nodes}
     client = ClusterClient(inventory, SecretStr("unused"), sessions=sessions)
-    from hciupgrade.steps import Steps
+    from hciupgrade.upgrade.steps import Steps
 
     recorder = RunRecorder(new_run_id(), sim.name, time_factor=FACTOR)
     return RollingUpgrade(client, options, recorder, Steps(client, options, ClusterClock(FACTOR)))

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 from hciupgrade.records import RunRecorder, load_events, owned_nodes, runs_in_progress
-from hciupgrade.store import RecordStore, import_legacy, open_store
+from hciupgrade.records.store import RecordStore, import_legacy, open_store
 from tests.services import create_database
 
 
@@ -39,7 +39,7 @@ def event(run_id: str, phase: str, status: str, *, cluster: str = "hci-a", node:
 WRITER = """
 import os, sys
 from hciupgrade.records import RunRecorder
-from hciupgrade.store import RecordStore
+from hciupgrade.records.store import RecordStore
 store = RecordStore(sys.argv[1])
 recorder = RunRecorder(sys.argv[2], "hci-a", store=store)
 recorder.emit(None, "run", "running")

@@ -1,4 +1,4 @@
-"""The step registry (hciupgrade/runbook.py): every step has its code and its timeout, every row of the position
+"""The step registry (hciupgrade/upgrade/runbook.py): every step has its code and its timeout, every row of the position
 table names steps the registry knows, in the order a node goes through them, and what an operator sees (the
 records' phases, the CLI's columns, the task timeouts) comes from it."""
 
@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 
 from hciupgrade.models import RunOptions
-from hciupgrade.positions import DECISIONS, Mode, Position
-from hciupgrade.runbook import FULL, PHASES, RESTART, STEPS, Ownership, timeout_minutes, wanted
-from hciupgrade.steps import Steps
+from hciupgrade.upgrade.positions import DECISIONS, Mode, Position
+from hciupgrade.upgrade.runbook import FULL, PHASES, RESTART, STEPS, Ownership, timeout_minutes, wanted
+from hciupgrade.upgrade.steps import Steps
 
 OPTIONS = RunOptions(gate_timeout_minutes=7, drain_timeout_minutes=11, install_timeout_minutes=240,
                      repair_timeout_minutes=600)

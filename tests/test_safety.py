@@ -15,7 +15,6 @@ from pydantic import SecretStr
 
 from hciupgrade.clock import ClusterClock
 from hciupgrade.cluster import MARKER_KEY, ClusterClient
-from hciupgrade.engine import RollingUpgrade
 from hciupgrade.models import ClusterInventory, CredentialRef, NodeEndpoint, RunOptions, Transport
 from hciupgrade.ownership import Held, LostOwnership
 from hciupgrade.records import RunRecorder, new_run_id
@@ -25,7 +24,8 @@ from hciupgrade.sim.cluster import SimCluster
 from hciupgrade.sim.harness import SIM_USER
 from hciupgrade.sim.inprocess import InProcessSession
 from hciupgrade.sim.scenario import make_scenario
-from hciupgrade.steps import Steps
+from hciupgrade.upgrade.rolling import RollingUpgrade
+from hciupgrade.upgrade.steps import Steps
 from tests.conftest import record_text
 
 FACTOR = 20000

@@ -13,10 +13,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from hciupgrade.records.store import RecordStore
 from hciupgrade.sim.audit import check_invariants
 from hciupgrade.sim.harness import SIM_USER
 from hciupgrade.sim.scenario import Durations, make_scenario
-from hciupgrade.store import RecordStore
 from tests.services import create_database, prefect_server
 from tests.test_crash_resume import read_events, served_cluster, wait_for_event
 

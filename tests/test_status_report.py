@@ -43,7 +43,7 @@ def test_status_and_report_of_a_finished_and_a_stopped_run(tmp_path, monkeypatch
                       json.dumps({"run_id": "20260101T000000-dead00", "cluster": "hci-demo", "node": "node1",
                                   "phase": "drain", "status": "running", "start": "2030-01-01T00:00:01+00:00",
                                   "end": None, "error": None, "time_factor": 1}) + "\n")
-    from hciupgrade.store import import_legacy, open_store
+    from hciupgrade.records.store import import_legacy, open_store
 
     import_legacy(open_store())
     stopped = runner.invoke(app, ["status", "hci-demo"], terminal_width=200)

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from hciupgrade.store import RecordStore, StoreUnavailable, home, host_id
+from hciupgrade.records.store import RecordStore, StoreUnavailable, home, host_id
 from tests.services import create_database
 
 
@@ -62,7 +62,7 @@ def test_a_restart_of_the_store_between_two_events_loses_nothing(pg, store_url):
 
 CHILD = """
 import os, sys
-from hciupgrade.store import RecordStore
+from hciupgrade.records.store import RecordStore
 store = RecordStore(os.environ["URL"])
 print("ready", flush=True)
 sys.stdin.readline()  # the store is stopped now

@@ -19,7 +19,6 @@ from pydantic import SecretStr
 
 from hciupgrade.clock import ClusterClock
 from hciupgrade.cluster import ClusterClient
-from hciupgrade.engine import RollingUpgrade
 from hciupgrade.models import NodeEndpoint, RunOptions, Transport
 from hciupgrade.records import RunRecorder, new_run_id
 from hciupgrade.remote import AuthFailed, CertificateRejected, Cmdlet, NodeSession, NodeUnreachable
@@ -29,7 +28,8 @@ from hciupgrade.sim.scenario import make_scenario
 from hciupgrade.sim.tls import ThrowawayCA
 from hciupgrade.sim.winrm import FakeWinRM
 from hciupgrade.sim.wsauth import Authenticator
-from hciupgrade.steps import Steps
+from hciupgrade.upgrade.rolling import RollingUpgrade
+from hciupgrade.upgrade.steps import Steps
 
 FAST = 20000
 

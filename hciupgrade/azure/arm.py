@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from hciupgrade.models import is_loopback
+from hciupgrade.net import is_loopback
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,11 @@ import ipaddress
 import os
 import time
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from hciupgrade.net import is_loopback
 
 LCM_EXTENSION_MINIMUM = "30.2408.0.537"  # the LcmController extension; the checker wants the service >= 10.2408.0.537
 # deploymentSettings' api-version: the 2503+ template's (it creates edgeDevices first); 2024-04-01 is the one of
@@ -172,10 +175,6 @@ class AzureTarget(BaseModel):
         if self.cluster_ip is not None and self.cluster_ip in self.ip_pool.addresses:
             raise ValueError(f"ip_pool: the cluster IP {self.cluster_ip} is inside it "
                              "(AzStackHci_Upgrade_ClusterIPExcludedFromIPPool)")
-        from urllib.parse import urlsplit
-
-        from hciupgrade.models import is_loopback
-
         host = urlsplit(self.endpoint).hostname or ""
         if self.key_vault_suffix is None and host not in VAULT_SUFFIXES and not is_loopback(host):
             raise ValueError(f"key_vault_suffix: {host} is not a cloud hci-upgrade knows; give its Key Vault DNS "
@@ -205,8 +204,6 @@ class AzureTarget(BaseModel):
     @property
     def vault_suffix(self) -> str:
         """Key Vault's DNS suffix in this cloud (the secret's location in the deploymentSettings)."""
-        from urllib.parse import urlsplit
-
         host = urlsplit(self.endpoint).hostname or ""
         return self.key_vault_suffix or VAULT_SUFFIXES.get(host, "vault.azure.net")  # a simulator: the public one
 

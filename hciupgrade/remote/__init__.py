@@ -11,9 +11,9 @@ from hciupgrade.remote.errors import (
     RemoteError,
     RemotingError,
 )
-from hciupgrade.remote.session import NodeSession, Result
+from hciupgrade.remote.session import NodeSession, Result, Session
 
 __all__ = [
     "SWITCH", "Call", "Cmdlet", "PackagedScript", "Pipeline", "AuthFailed", "CallTimedOut", "CertificateRejected",
-    "CmdletFailed", "ErrorInfo", "NodeUnreachable", "RemoteError", "RemotingError", "NodeSession", "Result",
+    "CmdletFailed", "ErrorInfo", "NodeUnreachable", "RemoteError", "RemotingError", "NodeSession", "Result", "Session",
 ]

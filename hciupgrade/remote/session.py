@@ -15,7 +15,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import requests
 from pydantic import SecretStr
@@ -114,6 +114,18 @@ def _tls_reason(error: Exception) -> str:
     match = re.search(r"certificate verify failed: ([^(\]'\")]+)", str(error))
     reason = match.group(1).strip().rstrip(".") if match else type(error).__name__
     return f"{reason}; check the certificate's names and transport.cert_validation (the CA bundle)"
+
+
+class Session(Protocol):
+    """What the cluster client needs of a node's session: pypsrp's (NodeSession), the read-only survey's
+    (remote/readonly.py), or the simulator's in-process one (sim/inprocess.py)."""
+
+    @property
+    def call_seconds(self) -> list[float]: ...
+
+    def run(self, call: Call, *, timeout: float | None = None) -> Result: ...
+
+    def close(self) -> None: ...
 
 
 class NodeSession:

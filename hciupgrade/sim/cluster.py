@@ -1,7 +1,7 @@
 """The simulated cluster: one state machine with a clock.
 
 Rules of this module:
-- Everything that changes the cluster's state lives here. Cmdlets (cmdlets.py) call the request methods below;
+- Everything that changes the cluster's state lives here. Cmdlets (cmdlets/) call the request methods below;
   the fake endpoint (winrm.py) only asks whether a node is reachable.
 - Time moves by `advance()`: due timers fire in order. Nothing here sleeps or touches a socket.
 - A request the real cluster would refuse raises `Refused` naming the node, its state and the request, with the
@@ -674,6 +674,54 @@ class SimCluster:
         if node.clussvc_startup != startup:
             node.clussvc_startup = startup
             self._log("service", node.name, name="ClusSvc", startup=startup, by=by)
+
+    # --- what readiness and its remediation ask of a node (the cmdlets translate; the state changes here) --------
+    def record_validation(self, *, by: str) -> None:
+        self._log("validation", None, by=by)
+
+    def install_checker_module(self, name: str, module: str, *, by: str) -> None:
+        self.checker_installed.add(name)
+        self._log("module_installed", name, module=module, by=by)
+
+    def install_features(self, name: str, names: list[str], *, no_restart: set[str], by: str) -> tuple[list[str], bool]:
+        """Install-WindowsFeature: a feature that needs no restart is there at once, the others are InstallPending
+        until the node restarts. Returns what was added, and whether a restart is pending."""
+        state = self.readiness[name]
+        added = [n for n in names if n in state.missing_features and n not in state.pending_features]
+        now = [n for n in added if n in no_restart]
+        state.missing_features[:] = [f for f in state.missing_features if f not in now]
+        state.pending_features += [n for n in added if n not in now]
+        if added:
+            self._log("features_installed", name, features=now, pending=[n for n in added if n not in now], by=by)
+        return added, bool(state.pending_features)
+
+    def set_bitlocker(self, name: str, protection: str, *, by: str, reboot_count: Any = None) -> str:
+        """Suspend-BitLocker (Off) or Resume-BitLocker (On) on C:; a volume without protection stays as it is."""
+        state = self.readiness[name]
+        if {"Off": "On", "On": "Off"}.get(state.bitlocker_protection) == protection:
+            state.bitlocker_protection = protection
+            extra = {"reboot_count": reboot_count} if protection == "Off" else {}
+            self._log("bitlocker", name, status="Suspended" if protection == "Off" else "Resumed", **extra, by=by)
+        return state.bitlocker_protection
+
+    def set_registry_value(self, name: str, key: str, value_name: str, value: int, *, by: str) -> None:
+        self.readiness[name].registry[value_name] = value
+        self._log("registry", name, path=key, name=value_name, value=value, by=by)
+
+    def create_vid_key(self, name: str, key: str, *, by: str) -> bool:
+        """New-Item of the VID parameters key: False when it exists already."""
+        state = self.readiness[name]
+        if state.vid_key:
+            return False
+        state.vid_key = True
+        self._log("registry", name, path=key, created=True, by=by)
+        return True
+
+    def start_network_atc(self, name: str, *, by: str) -> None:
+        state = self.readiness[name]
+        if state.network_atc_service != "Running":
+            state.network_atc_service = "Running"
+            self._log("service", name, name="NetworkATC", status="Running", by=by)
 
     # --- the post-OS steps: irreversible, each one logged with who asked ------------------------------------------
     def functional_level_blockers(self) -> list[str]:

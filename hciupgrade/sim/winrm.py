@@ -3,7 +3,7 @@
 This is the thin I/O around the simulator. It speaks just enough WS-Management for pypsrp's RunspacePool and
 PowerShell (Create, Command, Send, Receive with long-poll, Signal, Delete, Get), authenticates as a Windows
 listener does (Negotiate with message encryption over HTTP, or over HTTPS; Basic for debugging: wsauth.py), and
-dispatches each pipeline to sim/cmdlets.py. It listens on loopback only and refuses anything else.
+dispatches each pipeline to sim/cmdlets/. It listens on loopback only and refuses anything else.
 
 Traps it handles (reference/remoting.md §3, §6): the ServerPipeline must exist before its CreatePipeline fragment
 is fed in; psrpcore has one send buffer, routed here by pipeline id; psrpcore is not thread-safe (a lock per
@@ -36,7 +36,7 @@ from psrpcore import (
 )
 from psrpcore.types import PSInvocationState
 
-from hciupgrade.models import is_loopback
+from hciupgrade.net import is_loopback
 from hciupgrade.sim import cmdlets
 from hciupgrade.sim.cluster import SimCluster
 from hciupgrade.sim.pstypes import (

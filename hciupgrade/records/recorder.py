@@ -1,5 +1,5 @@
 """Run records: every run appends events (run, cluster, node, phase, status, start, end, error) to the record store
-(hciupgrade/store.py: SQLite on this machine, PostgreSQL shared by every worker), each committed before the run
+(hciupgrade/records/store.py: SQLite on this machine, PostgreSQL shared by every worker), each committed before the run
 goes on, so the record outlives the process (Prefect's embedded mode does not keep task history:
 reference/prefect.md B3). The demo's table, the status and report commands, the start of every run and the
 notebook read them, by run and by cluster."""
@@ -18,8 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from hciupgrade import runbook
-from hciupgrade.store import (
+from hciupgrade.records.store import (
     RecordStore,
     StoreUnavailable,
     heartbeat_seconds,
@@ -29,11 +28,12 @@ from hciupgrade.store import (
     open_store,
     process_alive,
 )
+from hciupgrade.upgrade import runbook
 
 __all__ = ["PHASES", "RunRecorder", "home", "load_events", "new_run_id", "node_summary", "now_iso", "owned_nodes",
            "phase_durations", "runs_in_progress"]
 
-PHASES = runbook.PHASES  # a node's steps, in order (hciupgrade/runbook.py)
+PHASES = runbook.PHASES  # a node's steps, in order (hciupgrade/upgrade/runbook.py)
 
 
 def new_run_id() -> str:

@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 
 from hciupgrade.records import load_events, node_summary, run_alive
-from hciupgrade.store import RecordStore, open_store
+from hciupgrade.records.store import RecordStore, open_store
 
 
 @dataclass(frozen=True)

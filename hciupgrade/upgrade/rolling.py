@@ -3,7 +3,7 @@ runner, the cluster lock, the progress sink), so a Prefect flow, a test or a ben
 
     reconcile with the live cluster and the records: which nodes did a run of ours pause and not release?
         (ours only with both pieces of evidence: our record, and our mark on the node)
-    preflight; plan (each node's position and the steps it needs: hciupgrade/positions.py)
+    preflight; plan (each node's position and the steps it needs: hciupgrade/upgrade/positions.py)
     under the cluster lock: take a fence newer than any the cluster has seen, show it to every node, and take over
         the marks of a dead run of ours (every change from now on proves in its own call that this run owns it)
     for each node, fewest roles first:
@@ -32,17 +32,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hciupgrade.cluster import ClusterClient, ClusterSnapshot
-from hciupgrade.gates import repair_running
 from hciupgrade.models import NodeOutcome, RunOptions, RunOutcome
 from hciupgrade.ownership import Held, LostOwnership
-from hciupgrade.positions import Mode, NodeFacts, Position, decide, held_by, position_of
-from hciupgrade.preflight import PlannedNode, Preflight, check
 from hciupgrade.psenums import NodeState
 from hciupgrade.records import RunRecorder, owned_nodes, runs_in_progress
+from hciupgrade.records.store import host_id
 from hciupgrade.remote import NodeUnreachable, RemoteError
-from hciupgrade.runbook import RESUME, STEPS, WAIT_BACK, WAIT_STORAGE, Ownership, wanted
-from hciupgrade.steps import GateRefused, PausedByOther, StepFailed, Steps, StorageNotHealthy
-from hciupgrade.store import host_id
+from hciupgrade.upgrade.gates import repair_running
+from hciupgrade.upgrade.positions import Mode, NodeFacts, Position, decide, held_by, position_of
+from hciupgrade.upgrade.preflight import PlannedNode, Preflight, check
+from hciupgrade.upgrade.runbook import RESUME, STEPS, WAIT_BACK, WAIT_STORAGE, Ownership, wanted
+from hciupgrade.upgrade.steps import GateRefused, PausedByOther, StepFailed, Steps, StorageNotHealthy
 
 
 def perform(engine: RollingUpgrade, step: str, node: str) -> Any:

@@ -1,7 +1,7 @@
 """Every node step in one place: its name (the phase in the records), the method of `Steps` that does it, how the
 CLI labels it, which run option bounds it (the task run's backstop), whether it changes the node and what it does
 to our ownership of it, and whether its start is worth a line in the run's log. The step sequences of the
-position table (hciupgrade/positions.py), the records' phases, the narration's quiet steps, the CLI's labels and
+position table (hciupgrade/upgrade/positions.py), the records' phases, the narration's quiet steps, the CLI's labels and
 the task timeouts all derive from here, so a new step is one row."""
 
 from __future__ import annotations

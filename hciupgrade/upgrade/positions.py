@@ -25,7 +25,7 @@ from enum import StrEnum
 from typing import Any
 
 from hciupgrade.psenums import NodeState
-from hciupgrade.runbook import AFTER_REBOOT, CONTINUE_RESTART, CONTINUE_UPGRADE, FULL, RESTART, WAIT_STORAGE
+from hciupgrade.upgrade.runbook import AFTER_REBOOT, CONTINUE_RESTART, CONTINUE_UPGRADE, FULL, RESTART, WAIT_STORAGE
 
 
 class Position(StrEnum):

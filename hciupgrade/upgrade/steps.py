@@ -23,10 +23,10 @@ from hciupgrade.cluster import (
     NodeInfo,
     UpdateKind,
 )
-from hciupgrade.gates import may_drain, repair_running, storage_busy, storage_settled
 from hciupgrade.models import RunOptions
 from hciupgrade.psenums import DrainStatus, NodeState, ScheduledTaskState
 from hciupgrade.remote import CmdletFailed, NodeUnreachable
+from hciupgrade.upgrade.gates import may_drain, repair_running, storage_busy, storage_settled
 
 T = TypeVar("T")
 

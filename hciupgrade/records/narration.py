@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from hciupgrade import runbook
+from hciupgrade.upgrade import runbook
 
 INFO, WARNING, ERROR = logging.INFO, logging.WARNING, logging.ERROR
 QUIET_PHASES = runbook.QUIET  # steps whose start says nothing an operator acts on

@@ -25,10 +25,10 @@ from pydantic import Field
 
 from hciupgrade.cluster import ClusterClient
 from hciupgrade.models import LCU_MINIMUM, Approval, RunOptions, Strict
-from hciupgrade.preflight import Finding
 from hciupgrade.psenums import NodeState, VMState, parse
 from hciupgrade.records import RunRecorder
 from hciupgrade.remote import SWITCH, CmdletFailed, RemoteError
+from hciupgrade.upgrade.preflight import Finding
 
 TARGET_FUNCTIONAL_LEVEL = 12
 MIN_POOL_VERSION = 28

@@ -26,13 +26,13 @@ from pydantic import Field
 
 from hciupgrade.clock import ClusterClock
 from hciupgrade.cluster import ClusterClient
-from hciupgrade.gates import storage_busy
 from hciupgrade.models import LCU_MINIMUM, RunOptions, Strict
 from hciupgrade.psenums import NodeState, VMState, parse
 from hciupgrade.records import RunRecorder
 from hciupgrade.remote import RemoteError
-from hciupgrade.runbook import WAIT_STORAGE
-from hciupgrade.steps import StepFailed, Steps
+from hciupgrade.upgrade.gates import storage_busy
+from hciupgrade.upgrade.runbook import WAIT_STORAGE
+from hciupgrade.upgrade.steps import StepFailed, Steps
 
 # (phase, what to do to one node, the nodes) -> node -> its result or the exception it raised
 Parallel = Callable[[str, Callable[[str], Any], list[str]], dict[str, Any]]

@@ -9,11 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from hciupgrade.cluster import ClusterClient, ClusterSnapshot, NodeInfo
-from hciupgrade.gates import storage_busy
 from hciupgrade.models import RunOptions
-from hciupgrade.positions import held_by
 from hciupgrade.psenums import NodeState
 from hciupgrade.remote import Cmdlet, NodeUnreachable, RemoteError
+from hciupgrade.upgrade.gates import storage_busy
+from hciupgrade.upgrade.positions import held_by
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class PlannedNode:
     action: str  # upgrade, restart, adopt, skip, refuse
     detail: str
     steps: tuple[str, ...] = ()
-    position: str = ""  # hciupgrade.positions.Position
+    position: str = ""  # hciupgrade.upgrade.positions.Position
 
 
 @dataclass
