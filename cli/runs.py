@@ -72,15 +72,13 @@ def late_state(run_id: str, error: Exception) -> None:
 def preview_run(target: Any, options: Any, console: Console) -> dict:
     """Preflight, scan and plan without Prefect and without changing anything."""
     from flows.runtime import connect
-    from hciupgrade.clock import ClusterClock
     from hciupgrade.records import RunRecorder
     from hciupgrade.upgrade.rolling import RollingUpgrade
-    from hciupgrade.upgrade.steps import Steps
 
     client = connect(target)
     recorder = RunRecorder(new_run_id(), target.name, time_factor=target.time_factor)
     try:
-        engine = RollingUpgrade(client, options, recorder, Steps(client, options, ClusterClock(target.time_factor)))
+        engine = RollingUpgrade.build(client, options, recorder, target.time_factor)
         outcome, pre = engine.run(dry_run=True)
     finally:
         client.close()

@@ -23,12 +23,10 @@ from flows.ghosts import bury_ghosts
 from flows.heap import freeze_startup_heap
 from flows.locking import cluster_lock
 from flows.runtime import connect, embedded, narrate_to_run_log, run_name
-from hciupgrade.clock import ClusterClock
 from hciupgrade.cluster import ClusterClient
 from hciupgrade.models import ClusterInventory, RunOptions, RunOutcome, load_inventory
 from hciupgrade.records import PHASES, RunRecorder, new_run_id, node_summary
 from hciupgrade.upgrade.rolling import RollingUpgrade
-from hciupgrade.upgrade.steps import Steps
 from tasks.node_steps import RUNS, TaskChain, prefect_api_failure
 
 
@@ -49,8 +47,8 @@ def prefect_engine(target: ClusterInventory, options: RunOptions, run_id: str | 
     narrate_to_run_log(recorder)
     bury_ghosts(recorder)
     key = f"upgrade-{target.name.lower()}"
-    engine = RollingUpgrade(
-        client, options, recorder, Steps(client, options, ClusterClock(target.time_factor)),
+    engine = RollingUpgrade.build(
+        client, options, recorder, target.time_factor,
         lock=partial(cluster_lock, target.name, lease_seconds=options.lock_lease_seconds),
         progress=Progress(create_progress_artifact(0.0, key=key, description=f"Rolling upgrade of {target.name}")),
     )

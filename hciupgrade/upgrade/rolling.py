@@ -31,6 +31,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
+from hciupgrade.clock import ClusterClock
 from hciupgrade.cluster import ClusterClient, ClusterSnapshot
 from hciupgrade.models import NodeOutcome, RunOptions, RunOutcome
 from hciupgrade.ownership import Held, LostOwnership
@@ -101,6 +102,13 @@ class RollingUpgrade:
 
     def __post_init__(self) -> None:
         self.steps.note = lambda node, text: self.recorder.emit(node, "note", "info", detail=text) and None
+
+    @classmethod
+    def build(cls, client: ClusterClient, options: RunOptions, recorder: RunRecorder, time_factor: float,
+              **parts: Any) -> RollingUpgrade:
+        """The one way to make the engine: its steps on the cluster's clock, and the parts a caller hands in
+        (the flow's lock, progress and task runs; nothing for the dry run)."""
+        return cls(client, options, recorder, Steps(client, options, ClusterClock(time_factor)), **parts)
 
     @property
     def mode(self) -> Mode:

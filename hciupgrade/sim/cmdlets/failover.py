@@ -12,9 +12,7 @@ from hciupgrade.psenums import (
     NodeState,
     parse,
 )
-from hciupgrade.sim.cluster import (
-    Refused,
-)
+from hciupgrade.sim.cluster import Node, Refused
 from hciupgrade.sim.cmdlets.binding import (
     CLUSTER_NS,
     SWITCH,
@@ -39,6 +37,15 @@ def get_cluster_node(inv: Invocation) -> list[Out]:
     return [cluster_node(inv.sim, n) for n in select_nodes(inv)]
 
 
+def _cluster_node_named(inv: Invocation, name: str, command: str) -> Node:
+    try:
+        return inv.sim.node(name)
+    except KeyError:
+        raise Terminating(ErrorOut(f"The cluster node '{name}' was not found.",
+                                   f"ClusterObjectNotFound,{CLUSTER_NS}.{command}", "ObjectNotFound",
+                                   target=name)) from None
+
+
 @cmdlet("Suspend-ClusterNode", "Name Drain ForceDrain Wait TargetNode", positional=("Name", "TargetNode"))
 def suspend_cluster_node(inv: Invocation) -> list[Out]:
     require_cluster_node(inv)
@@ -50,12 +57,7 @@ def suspend_cluster_node(inv: Invocation) -> list[Out]:
     names = names_param(inv) or [inv.node]
     out = []
     for name in names:
-        try:
-            node = inv.sim.node(name)
-        except KeyError:
-            raise Terminating(ErrorOut(f"The cluster node '{name}' was not found.",
-                                       f"ClusterObjectNotFound,{CLUSTER_NS}.SuspendClusterNodeCommand",
-                                       "ObjectNotFound", target=name)) from None
+        node = _cluster_node_named(inv, name, "SuspendClusterNodeCommand")
         node = inv.sim.suspend(node.name, drain="Drain" in inv.params, force_drain="ForceDrain" in inv.params,
                                by=inv.caller)
         out.append(cluster_node(inv.sim, node))
@@ -78,12 +80,7 @@ def resume_cluster_node(inv: Invocation) -> list[Out]:
     names = names_param(inv) or [inv.node]
     out = []
     for name in names:
-        try:
-            node = inv.sim.node(name)
-        except KeyError:
-            raise Terminating(ErrorOut(f"The cluster node '{name}' was not found.",
-                                       f"ClusterObjectNotFound,{CLUSTER_NS}.ResumeClusterNodeCommand",
-                                       "ObjectNotFound", target=name)) from None
+        node = _cluster_node_named(inv, name, "ResumeClusterNodeCommand")
         out.append(cluster_node(inv.sim, inv.sim.resume(node.name, failback=failback_name, by=inv.caller)))
     return out
 

@@ -222,16 +222,23 @@ def _mark_holder(mark: dict[str, str] | None) -> str:
     return f"hci-upgrade run {mark.get('PausedByRun')} ({mark.get('PausedBy')}, {mark.get('PausedAt')})"
 
 
-@packaged("Suspend-NodeForUpgrade.ps1")
-def suspend_node_for_upgrade(inv: Invocation) -> list[Out]:
-    sim, name, (run, fence) = inv.sim, str(inv.params.get("Name", "")), _owner(inv)
+def _fenced_node(inv: Invocation) -> tuple[Invocation, Node, tuple[str, int], bool]:
+    """What both node scripts do first: refuse an older fence, then find the named cluster node (errors read as
+    Get-ClusterNode's, the cmdlet the script calls), and whether it carries the caller's mark."""
+    run, fence = _owner(inv)
     newer = _newer_fence(inv)
     if newer:
         raise _deny(inv, "FencedOut", newer)
-    inv = replace(inv, command="Get-ClusterNode")  # its errors read as the cmdlet the script calls
+    inv = replace(inv, command="Get-ClusterNode")
     require_cluster_node(inv)
-    node = _named_node(inv, name)
-    ours = node.marker is not None and node.marker.get("PausedByRun") == run
+    node = _named_node(inv, str(inv.params.get("Name", "")))
+    return inv, node, (run, fence), node.marker is not None and node.marker.get("PausedByRun") == run
+
+
+@packaged("Suspend-NodeForUpgrade.ps1")
+def suspend_node_for_upgrade(inv: Invocation) -> list[Out]:
+    inv, node, (run, fence), ours = _fenced_node(inv)
+    sim = inv.sim
     if not (node.state == NodeState.Up or (node.state == NodeState.Paused and ours)):
         raise _script_error(f"{node.name} is {node.state.name}, paused by {_mark_holder(node.marker)}; hci-upgrade "
                             "does not take over a pause that is not its own.", "NodeNotUp", "ResourceBusy",
@@ -261,14 +268,8 @@ def suspend_node_for_upgrade(inv: Invocation) -> list[Out]:
 
 @packaged("Resume-NodeAfterUpgrade.ps1")
 def resume_node_after_upgrade(inv: Invocation) -> list[Out]:
-    sim, name, (run, fence) = inv.sim, str(inv.params.get("Name", "")), _owner(inv)
-    newer = _newer_fence(inv)
-    if newer:
-        raise _deny(inv, "FencedOut", newer)
-    inv = replace(inv, command="Get-ClusterNode")  # its errors read as the cmdlet the script calls
-    require_cluster_node(inv)
-    node = _named_node(inv, name)
-    ours = node.marker is not None and node.marker.get("PausedByRun") == run
+    inv, node, (run, fence), ours = _fenced_node(inv)
+    sim = inv.sim
     with sim.acting_for(run, fence):
         if node.state == NodeState.Paused:
             if not ours:
