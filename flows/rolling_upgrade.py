@@ -10,6 +10,7 @@ from functools import partial
 from typing import Any
 from uuid import UUID
 
+import pandas as pd
 from prefect import flow, get_run_logger
 from prefect.artifacts import (
     create_markdown_artifact,
@@ -46,7 +47,7 @@ def prefect_engine(target: ClusterInventory, options: RunOptions, run_id: str | 
     recorder = RunRecorder(run_id or new_run_id(), target.name, time_factor=target.time_factor)
     narrate_to_run_log(recorder)
     bury_ghosts(recorder)
-    key = f"upgrade-{target.name.lower()}"
+    key = f"{options.stage}-{target.name.lower()}"
     engine = RollingUpgrade.build(
         client, options, recorder, target.time_factor,
         lock=partial(cluster_lock, target.name, lease_seconds=options.lock_lease_seconds),
@@ -81,7 +82,7 @@ def run_engine(engine: RollingUpgrade, client: ClusterClient, *, dry_run: bool =
         outcome, _ = engine.run(dry_run=dry_run)
     except BaseException:  # cancelled: its summary still replaces the previous run's in the UI
         if engine.cancelled is not None:
-            publish_if_possible(engine.recorder, engine.cancelled)
+            publish_if_possible(engine.recorder, engine.cancelled, engine.options.stage)
         raise
     finally:
         RUNS.pop(engine.recorder.run_id, None)
@@ -90,14 +91,14 @@ def run_engine(engine: RollingUpgrade, client: ClusterClient, *, dry_run: bool =
         client.close()
     FINISHED[engine.recorder.run_id] = (outcome, engine.recorder.run_attrs.get("flow_run_id"))
     bury_ghosts(engine.recorder)  # a run this one found dead only after watching its heartbeat stop
-    publish_if_possible(engine.recorder, outcome)
+    publish_if_possible(engine.recorder, outcome, engine.options.stage)
     return outcome
 
 
-def publish_if_possible(recorder: RunRecorder, outcome: RunOutcome) -> None:
+def publish_if_possible(recorder: RunRecorder, outcome: RunOutcome, stage: str) -> None:
     """The artifacts, unless Prefect's API fails (the outcome is the run's either way)."""
     try:
-        publish(recorder, outcome)
+        publish(recorder, outcome, stage)
     except Exception as e:
         if not prefect_api_failure(e):
             raise
@@ -125,17 +126,30 @@ def rolling_upgrade(inventory: str, cluster: str | None = None, options: RunOpti
     return outcome.model_dump(mode="json")
 
 
-def publish(recorder: RunRecorder, outcome: RunOutcome) -> None:
-    """Table and markdown artifacts for the Prefect UI, built from the run record."""
-    key = f"upgrade-{outcome.cluster.lower()}"
-    events = recorder.events()
-    if "phase" in events and (events["phase"] == "node").any():
-        table = node_summary(events, recorder.run_id).round({p: 1 for p in PHASES})
-        create_table_artifact(table.fillna("").astype(str).to_dict(orient="records"), key=f"{key}-nodes",
+def node_rows(events: pd.DataFrame, outcome: RunOutcome) -> pd.DataFrame:
+    """The per-node table: every node of the run, those it never started too, attempts as whole numbers."""
+    has_nodes = "phase" in events and (events["phase"] == "node").any()
+    table = node_summary(events, outcome.run_id).round({p: 1 for p in PHASES}) if has_nodes else pd.DataFrame()
+    seen = set(table["node"]) if "node" in table else set()
+    missing = [{"node": n.node, "build_before": n.build_before, "build_after": n.build_after, "result": n.result,
+                "attempts": n.attempts, "error": n.error} for n in outcome.nodes if n.node not in seen]
+    table = pd.concat([table, pd.DataFrame(missing)], ignore_index=True) if missing else table
+    if "attempts" in table:
+        table["attempts"] = pd.to_numeric(table["attempts"]).fillna(0).astype(int)
+    return table
+
+
+def publish(recorder: RunRecorder, outcome: RunOutcome, stage: str = "upgrade") -> None:
+    """Table and markdown artifacts for the Prefect UI, built from the run record; keyed by the pass of the OS
+    path (upgrade, cumulative-update, restart), titled with how the run ended."""
+    key = f"{stage}-{outcome.cluster.lower()}"
+    table = node_rows(recorder.events(), outcome)
+    if not table.empty:
+        create_table_artifact(table.astype(object).where(table.notna(), "").astype(str).to_dict(orient="records"),
+                              key=f"{key}-nodes",
                               description=f"Per-node result of run {outcome.run_id} (phases in cluster minutes)")
-    verdict = "succeeded" if outcome.succeeded else "CANCELLED" if (outcome.error or "").startswith("cancelled") \
-        else "FAILED"
-    lines = [f"# Rolling upgrade of {outcome.cluster}: {verdict}",
+    title = {"upgrade": "Rolling upgrade", "cumulative-update": "Cumulative update", "restart": "Rolling restart"}
+    lines = [f"# {title.get(stage, 'Rolling upgrade')} of {outcome.cluster}: {outcome.end}",
              f"Run `{outcome.run_id}`.", ""]
     if outcome.error:
         lines += [f"**Stopped:** {outcome.error}", ""]

@@ -76,6 +76,17 @@ def start_temporary_server() -> None:
         server.start(timeout=int(budget))
 
 
+def stage_of(options: Any) -> str:
+    """The rolling flow's pass (upgrade, cumulative-update, restart) from its `options` parameter, as given: a
+    RunOptions in process, a dict of CAU's names from a deployment."""
+    from hciupgrade.models import RunOptions
+
+    try:
+        return (options if isinstance(options, RunOptions) else RunOptions.model_validate(options or {})).stage
+    except ValueError:
+        return "upgrade"
+
+
 def run_name(prefix: str):  # noqa: ANN201 - a Prefect flow_run_name callable
     """A flow run's name with the cluster's name resolved from the inventory when the `cluster` parameter is left
     out (one cluster in the inventory), so that no run is ever named "upgrade-None"."""
@@ -95,7 +106,7 @@ def run_name(prefix: str):  # noqa: ANN201 - a Prefect flow_run_name callable
                 cluster = ",".join(c.name for c in clusters)
             except (InputError, KeyError):
                 cluster = "inventory"
-        return f"{prefix}-{cluster}"
+        return f"{stage_of(parameters.get('options')) if prefix == 'upgrade' else prefix}-{cluster}"
 
     return name
 

@@ -410,6 +410,14 @@ class RunOptions(Strict):
                                  f"{', '.join(names)}); fix the name or drop it")
 
     @property
+    def stage(self) -> str:
+        """Which pass of the OS path this run is, for its run name and artifact keys: upgrade (the feature update),
+        cumulative-update, or restart."""
+        if self.restart_only is not None:
+            return "restart"
+        return "cumulative-update" if self.update == "cumulative" else "upgrade"
+
+    @property
     def restart_timeout_minutes(self) -> float:
         """The restart's timeout: the feature update's when this run installs one, CAU's otherwise (a cumulative
         update, a rolling restart)."""
@@ -469,6 +477,17 @@ class RunOutcome(Strict):
     left_paused: list[str] = Field(default_factory=list, description="nodes a run of ours left paused or down")
     window_ended: bool = Field(False, description="StopAfter passed: stopped cleanly between nodes, to continue in "
                                                   "the next window")
+
+    @property
+    def end(self) -> str:
+        """How the run ended, in the word the CLI, the flow run's state and the summary share: upgraded,
+        restarted, window ended, cancelled or failed."""
+        if self.window_ended:
+            return "window ended"
+        if self.succeeded:
+            worked = [n.result for n in self.nodes if n.result not in ("skipped", "not-started")]
+            return "restarted" if worked and all(r == "restarted" for r in worked) else "upgraded"
+        return "cancelled" if (self.error or "").startswith("cancelled") else "failed"
 
     @property
     def reason(self) -> str | None:

@@ -56,6 +56,12 @@ def test_a_window_that_ends_stops_cleanly_between_nodes_and_the_next_run_continu
     records = [json.loads(line) for line in first.record.splitlines()]
     assert records[-1]["phase"] == "run" and records[-1]["status"] == "stopped"
     assert [n["result"] for n in first.outcome["nodes"]] == ["upgraded", "not-started", "not-started"]
+    # the summary says how it ended (not "FAILED"), and the table lists every node, attempts as whole numbers
+    summary = artifact("upgrade-hci-demo-summary")
+    assert summary.startswith("# Rolling upgrade of hci-demo: window ended") and "FAILED" not in summary
+    rows = json.loads(artifact("upgrade-hci-demo-nodes"))
+    assert [(r["node"], r["result"], r["attempts"]) for r in rows] == [
+        ("node1", "upgraded", "1"), ("node2", "not-started", "0"), ("node3", "not-started", "0")]
 
 
 def test_a_failed_drain_names_the_vms_that_would_not_move_and_where_they_are():
@@ -132,3 +138,22 @@ def test_the_log_says_what_the_lock_and_a_takeover_mean_and_a_warning_is_a_warni
     assert describe({"node": None, "phase": "check", "status": "failed", "check": "second hop for Test-Cluster",
                      "detail": "access denied", "blocking": False}) == \
         (30, "check second hop for Test-Cluster: access denied")  # never "cluster: check failed: None" at ERROR
+
+
+def artifact(key: str):  # noqa: ANN201
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+    return max(found, key=lambda a: a.created).data
+
+
+def test_the_cumulative_update_is_a_run_and_artifacts_of_its_own(run_upgrade):
+    scenario = make_scenario(nodes=2, vms_per_node=1, time_factor=FAST, build="10.0.25398.1486")
+    run = run_upgrade(scenario, node_order=["node1", "node2"], update="cumulative",
+                      target_build="10.0.25398.1913")
+    assert run.outcome["succeeded"], run.outcome["error"]
+    name, *_ = flow_run_logs(run.state)
+    assert name == "cumulative-update-hci-demo"
+    assert artifact("cumulative-update-hci-demo-summary").startswith("# Cumulative update of hci-demo: upgraded")
