@@ -170,10 +170,21 @@ class OfflineUpgrade:
     def restart_and_wait(self, steps: Steps, node: str) -> str:
         """Restart-Computer, see the node go, wait until WinRM answers on the new build. The cluster is stopped,
         so the node's own WinRM is the only witness."""
+        before = self.client.os_build(node)
         self.client.restart(node, marked=False)
         timeout = steps.options.restart_timeout_minutes * 60
         polls = {"poll": steps.poll, "max_poll": steps.options.poll_max_seconds}
-        if not self.clock.wait_for(lambda: not self.client.reachable(node), timeout=timeout, **polls):
+
+        def restarted() -> bool:  # gone, or back already on a new build: a quick restart can fall between polls
+            if not self.client.reachable(node):
+                return True
+            try:
+                build = self.client.os_build(node)
+            except RemoteError:
+                return True
+            return build != before and steps.options.build_reached(build)
+
+        if not self.clock.wait_for(restarted, timeout=timeout, **polls):
             raise StepFailed(node, "restart", "the node did not go down after Restart-Computer")
         if not self.clock.wait_for(lambda: self.client.reachable(node), timeout=timeout, **polls):
             raise StepFailed(node, "restart", f"not back {steps.options.restart_timeout_minutes:g} min after its "
