@@ -34,7 +34,6 @@ from hciupgrade.net import is_loopback
 log = logging.getLogger(__name__)
 
 SCOPE = "https://management.azure.com/.default"
-TERMINAL = {"succeeded", "failed", "canceled", "cancelled"}
 RETRYABLE_CODES = {"RetryableErrorDueToAnotherOperation", "TooManyRequests", "ServerBusy", "InternalServerError",
                    "ServiceUnavailable", "GatewayTimeout"}
 

@@ -84,9 +84,13 @@ class ArmFaults(BaseModel):
     run_lag_s: float = Field(120, ge=0, description="an update run appears this long after its apply is accepted")
     reported_lag_s: float = Field(90, ge=0, description="reportedProperties show the previous trees this long after "
                                                          "a PUT")
+    # updateRuns.json's state enum starts with Unknown; how long a new run shows it is not documented
+    # [UNVERIFIED]: on by default (harsher: a client that takes Unknown for an end fails here)
     run_unknown_s: float = Field(60, ge=0, description="a new update run's state reads Unknown this long")
     status_words: Literal["ece", "arm"] = Field("ece", description="the trees' overall status: Success/Error (ECE's, "
                                                                    "the spec's example) or Succeeded/Failed")
+    # an LRO may end Failed with no resource written (ARM async-operations doc: the status document's error is
+    # the verdict); the 60 s and the PreconditionFailed code are [UNVERIFIED] choices
     fail_before_run: Literal["apply", "validate", "deploy"] | None = Field(
         None, description="that operation fails before anything is written (no run, no reported change)")
     step_stuck: str | None = Field(None, description="a step (of any tree) that stays InProgress for ever")
@@ -476,6 +480,7 @@ class FakeArm:
             props = (body or {}).get("properties", {})
             principal, role = props.get("principalId", ""), str(props.get("roleDefinitionId", "")).rsplit("/", 1)[-1]
             if role in state.roles.get(principal, set()):
+                # Azure RBAC (learn.microsoft.com troubleshooting role assignments): 409 RoleAssignmentExists
                 return 409, error("RoleAssignmentExists", "The role assignment already exists."), {}
             state.roles.setdefault(principal, set()).add(role)
             state.events.append({"kind": "role_assigned", "principal": principal, "role": role, "t": self.now()})
