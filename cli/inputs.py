@@ -46,7 +46,7 @@ def run_inputs(inventory: Path, cluster: str | None, options: Path | None,
     with bad_input():  # an InputError or a credential problem: bad input either way
         target = load_inventory(inventory).cluster(cluster)
         run_options = load_options(options)
-        run_options.check_against(target)
+        run_options = run_options.check_against(target)
         target.credential.resolve(secret_block=lambda name: "")  # fail early on a missing environment variable
         if require:
             raise InputError(require)

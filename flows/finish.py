@@ -68,7 +68,7 @@ def post_upgrade(inventory: str, cluster: str | None = None, options: RunOptions
     form; with `approval` given, that is the approval; with neither, the irreversible steps wait."""
     options = options or RunOptions()
     target = load_inventory(inventory).cluster(cluster)
-    options.check_against(target)
+    options = options.check_against(target)
     if wait_for_approval is None:
         wait_for_approval = approval is None and not embedded()
     client = connect(target)

@@ -56,7 +56,7 @@ def offline_upgrade(inventory: str, cluster: str | None = None, options: RunOpti
                     approval: Approval | None = None, wait_for_approval: bool | None = None) -> dict:
     options = options or RunOptions()
     target = load_inventory(inventory).cluster(cluster)
-    options.check_against(target)
+    options = options.check_against(target)
     recorder = RunRecorder(new_run_id(), target.name, time_factor=target.time_factor)
     narrate_to_run_log(recorder)
     bury_ghosts(recorder)

@@ -111,7 +111,7 @@ def rolling_upgrade(inventory: str, cluster: str | None = None, options: RunOpti
     freeze_startup_heap()
     options = options or RunOptions()
     target = load_inventory(inventory).cluster(cluster)
-    options.check_against(target)  # before anything connects
+    options = options.check_against(target)  # before anything connects
     for warning in target.warnings():
         get_run_logger().warning(warning)
     outcome = run_engine(*prefect_engine(target, options, run_id), dry_run=dry_run)

@@ -22,6 +22,7 @@ from pydantic import (
 
 from hciupgrade.azure.target import AzureTarget
 from hciupgrade.net import is_loopback
+from hciupgrade.targets import Release, ReleaseName, WorkloadPolicy, at_least, release
 from hciupgrade.windows import TagWindow, Window
 
 
@@ -98,6 +99,8 @@ class ClusterInventory(Strict):
     tags: dict[str, str] = Field(default_factory=dict, description="site, ring, region...: what a fleet selects by")
     window: Window | None = Field(None, description="this cluster's maintenance window (over any tag window)")
     azure: AzureTarget | None = Field(None, description="the cluster's Azure side: the solution upgrade and updates")
+    target_release: ReleaseName | None = Field(None, description="23H2 or 24H2 (hciupgrade/targets.py); the run "
+                                                                 "options' TargetRelease wins when given")
 
     @field_validator("nodes")
     @classmethod
@@ -290,7 +293,6 @@ def load_inventory(path: str | Path) -> Inventory:
 SCRIPT_PATH = r"^[A-Za-z]:\\[A-Za-z0-9_\\ .()-]{1,250}\.ps1$"
 LOCAL_DIR = r"^[A-Za-z]:\\[A-Za-z0-9_\\ .()-]{0,250}$"  # a local folder on the node, by the same rule
 LOCAL_MSU = r"^[A-Za-z]:\\[A-Za-z0-9_\\ .()-]{1,250}\.msu$"
-LCU_MINIMUM = "10.0.25398.1904"  # the environment checker's minimum for the 23H2 cumulative update
 
 
 class RunOptions(Strict):
@@ -300,12 +302,21 @@ class RunOptions(Strict):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     update: Literal["feature", "cumulative"] = Field(
-        "feature", description="feature: the 23H2 feature update from the setup media; cumulative: the 23H2 "
-                               "cumulative update (LCU) package, once every node runs 23H2")
-    target_build: str = Field("10.0.25398", pattern=r"^10\.0\.\d{5}(\.\d+)?$",
-                              description="a node on this build (or a later UBR) counts as upgraded; for the "
-                                          "cumulative update, the lowest UBR accepted (default 10.0.25398.1904, "
-                                          "the environment checker's rule)")
+        "feature", description="feature: the target release's feature update from the setup media; cumulative: "
+                               "its cumulative update (LCU) package, once every node runs the release")
+    target_release: ReleaseName | None = Field(
+        None, alias="TargetRelease",
+        description="23H2 (25398, the reference procedure) or 24H2 (26100, Microsoft's direct path since 2505); "
+                    "default: the inventory's, else 23H2")
+    workload_policy: WorkloadPolicy | None = Field(
+        None, alias="WorkloadPolicy",
+        description="the VMs during the OS upgrade: live-migrate (drained to other nodes, running), or shut-down "
+                    "(each node's VMs shut down before its drain, started after its resume); default: what the "
+                    "target's current page recommends (shut-down for both)")
+    target_build: str | None = Field(None, pattern=r"^10\.0\.\d{5}(\.\d+)?$",
+                                     description="a node on this build (or a later UBR) counts as upgraded; for the "
+                                                 "cumulative update, the lowest UBR accepted (default: the target "
+                                                 "release's build, or its checker's minimum LCU)")
     update_package: str = Field(r"C:\SetupFiles\CumulativeUpdate\23H2-LCU.msu", pattern=LOCAL_MSU,
                                 alias="PathToUpdatePackage",
                                 description="the cumulative update (.msu), the same local path on every node")
@@ -377,14 +388,6 @@ class RunOptions(Strict):
             raise ValueError("node_order names a node twice")
         return v
 
-    @model_validator(mode="before")
-    @classmethod
-    def _lcu_target(cls, data: object) -> object:
-        if isinstance(data, dict) and data.get("update") == "cumulative" and not (
-                {"target_build", "TargetBuild"} & set(data)):
-            return {**data, "target_build": LCU_MINIMUM}
-        return data
-
     @field_validator("setup_path", "update_package", "pre_update_script", "post_update_script")
     @classmethod
     def _no_parent(cls, v: str | None) -> str | None:
@@ -399,8 +402,12 @@ class RunOptions(Strict):
             raise ValueError("a duration after which the run stops or warns must be positive, e.g. 04:00:00")
         return v
 
-    def check_against(self, cluster: ClusterInventory) -> None:
-        """Options that name nodes must name nodes of the cluster: refused before anything connects."""
+    def check_against(self, cluster: ClusterInventory) -> RunOptions:
+        """Options that name nodes must name nodes of the cluster: refused before anything connects. Returns the
+        options for this cluster: its target release from the inventory unless the options name one."""
+        if self.target_release and cluster.target_release and self.target_release != cluster.target_release:
+            raise InputError(f"TargetRelease: the run options say {self.target_release}, the inventory says "
+                             f"{cluster.target_release} for cluster {cluster.name}; name one of them")
         names = [n.name for n in cluster.nodes]
         known = {n.lower() for n in names}
         for field, values in (("NodeOrder", self.node_order), ("restart_only", self.restart_only)):
@@ -408,6 +415,32 @@ class RunOptions(Strict):
             if unknown:
                 raise InputError(f"{field}: {unknown[0]!r} is not a node of cluster {cluster.name} (it has "
                                  f"{', '.join(names)}); fix the name or drop it")
+        if self.target_release is None and cluster.target_release is not None:
+            return self.model_copy(update={"target_release": cluster.target_release})
+        return self
+
+    @property
+    def release(self) -> Release:
+        """The target release (hciupgrade/targets.py): its build, minimums, prerequisites and sources."""
+        return release(self.target_release)
+
+    @property
+    def goal_build(self) -> str:
+        """The build a node must reach: target_build if given, else the release's build (the feature update) or
+        its checker's minimum LCU (the cumulative update)."""
+        if self.target_build:
+            return self.target_build
+        return self.release.lcu_minimum if self.update == "cumulative" else self.release.build
+
+    @property
+    def vm_policy(self) -> WorkloadPolicy:
+        return self.workload_policy or self.release.workload_policy
+
+    @property
+    def shuts_down_vms(self) -> bool | None:
+        """True when each node's VMs are shut down before its drain (None otherwise: the runbook's option rule).
+        Not in a rolling restart, which remediation asks for with the VMs running."""
+        return True if self.vm_policy == "shut-down" and self.restart_only is None else None
 
     @property
     def stage(self) -> str:
@@ -425,9 +458,7 @@ class RunOptions(Strict):
         return self.feature_update_reboot_timeout_minutes if feature else self.reboot_timeout_minutes
 
     def build_reached(self, build: str) -> bool:
-        want = tuple(int(p) for p in self.target_build.split("."))
-        have = tuple(int(p) for p in build.split("."))[: len(want)]
-        return have >= want
+        return at_least(build, self.goal_build)
 
     def failed_nodes_allowed(self, nodes: int) -> int:
         """CAU's default: about a third of the nodes (range 0 to N-1)."""

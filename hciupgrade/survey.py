@@ -224,7 +224,7 @@ def _media(client: ClusterClient, options: RunOptions, result: Survey, nodes: li
             reached = options.build_reached(str(build))
             result.twin["media_build"] = str(build)
             result.add(f"{node}: setup media", "ok" if reached else "blocking",
-                       f"{options.target_build} or newer", str(build), "stage media of the target build")
+                       f"{options.goal_build} or newer", str(build), "stage media of the target build")
 
 
 def _language(client: ClusterClient, options: RunOptions, result: Survey, nodes: list[str]) -> None:
@@ -267,7 +267,7 @@ def twin_scenario(client: ClusterClient, found: Survey, options: RunOptions, bui
     cluster: dict[str, Any] = {
         "name": client.name, "nodes": nodes, "vms": twin.get("vms", []), "volumes": twin.get("volumes") or
         [{"name": "Volume01"}], "build": common,
-        "target_build": twin.get("media_build") or _full_build(options.target_build),
+        "target_build": twin.get("media_build") or _full_build(options.release.media_build),
         "functional_level": twin.get("functional_level", 11), "pool_version": twin.get("pool_version", 27)}
     return {"cluster": cluster, "knobs": twin.get("knobs", {}), "time_factor": 1000}
 

@@ -3,6 +3,8 @@ the fake WinRM endpoints. Every run's event log is checked against DESIGN.md's i
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from hciupgrade.sim.scenario import make_scenario
@@ -52,9 +54,14 @@ def test_a_node_already_on_the_target_build_is_skipped(run_upgrade):
     assert not run.touched("node1") and not run.touched("node2")
 
 
+LIVE = {"workload_policy": "live-migrate"}  # the VMs stay running and move; the simulator lets mixed builds migrate
+MIGRATES = {"mixed_version_migration": "works"}
+
+
 def test_a_vm_that_will_not_migrate_stops_the_run_and_the_node_is_resumed(run_upgrade):
-    scenario = make_scenario(nodes=3, time_factor=FAST, faults=[{"node": "node2", "kind": "drain_fails"}])
-    run = run_upgrade(scenario, node_order=["node1", "node2", "node3"], max_failed_nodes=0)
+    scenario = make_scenario(nodes=3, time_factor=FAST, faults=[{"node": "node2", "kind": "drain_fails"}],
+                             knobs=MIGRATES)
+    run = run_upgrade(scenario, node_order=["node1", "node2", "node3"], max_failed_nodes=0, **LIVE)
     assert not run.outcome["succeeded"] and run.state.is_failed()
     assert "node2" in run.outcome["error"] and "drain" in run.outcome["error"]
     assert run.node("node1")["result"] == "upgraded"
@@ -132,8 +139,10 @@ def test_a_node_is_retried_as_a_whole_up_to_max_retries_per_node(run_upgrade):
 
 
 def test_within_max_failed_nodes_the_run_goes_on_but_does_not_succeed(run_upgrade):
-    scenario = make_scenario(nodes=3, time_factor=FAST, faults=[{"node": "node1", "kind": "drain_fails"}])
-    run = run_upgrade(scenario, node_order=["node1", "node2", "node3"], max_failed_nodes=1, max_retries_per_node=2)
+    scenario = make_scenario(nodes=3, time_factor=FAST, faults=[{"node": "node1", "kind": "drain_fails"}],
+                             knobs=MIGRATES)
+    run = run_upgrade(scenario, node_order=["node1", "node2", "node3"], max_failed_nodes=1, max_retries_per_node=2,
+                      **LIVE)
     assert [run.node(n)["result"] for n in ("node1", "node2", "node3")] == ["failed", "upgraded", "upgraded"]
     assert run.node("node1")["attempts"] == 2
     assert not run.outcome["succeeded"] and run.outcome["error"].startswith("PartiallyFailed")
@@ -190,3 +199,44 @@ def test_the_scan_warns_when_nodes_are_offered_different_feature_updates(tmp_pat
     media = next(f for f in pre.findings if f.check == "media reaches the target build")
     assert media.blocking and not outcome.succeeded
     assert [p.action for p in pre.plan] == ["upgrade"] * 3 and not any(e["kind"] == "suspend" for e in sim.events)
+
+
+# --- WorkloadPolicy: what Microsoft's current pages recommend for the VMs (hciupgrade/targets.py) ---------------
+def test_by_default_each_nodes_vms_are_shut_down_before_its_drain_and_started_after_its_resume(run_upgrade):
+    run = run_upgrade(make_scenario(nodes=3, vms_per_node=2, time_factor=FAST),
+                      node_order=["node1", "node2", "node3"])
+    assert run.outcome["succeeded"]
+    for node in ("node1", "node2", "node3"):
+        mine = {f"vm-{node}-1", f"vm-{node}-2"}
+        kinds = [(e["kind"], e.get("vm"), e.get("status")) for e in run.events
+                 if e.get("node") == node or e.get("vm") in mine]
+        suspend = next(i for i, k in enumerate(kinds) if k[0] == "suspend")
+        resume = next(i for i, k in enumerate(kinds) if k[0] == "resume")
+        off = {k[1] for k in kinds[:suspend] if k[0] == "vm" and k[2] == "Off"}
+        on = {k[1] for k in kinds[resume:] if k[0] == "vm" and k[2] == "Running"}
+        assert off == mine and on == mine, (node, kinds)
+    # no VM was live-migrated: each moved only as a stopped role
+    assert all(not e["live"] for e in run.events if e["kind"] == "vm_moved")
+    phases = {json.loads(line)["phase"] for line in run.record.splitlines()}
+    assert {"stop-vms", "start-vms"} <= phases
+
+
+def test_live_migration_between_mixed_builds_fails_by_default_and_the_drain_names_the_vm(run_upgrade):
+    """The simulator's harsher default (Knobs.mixed_version_migration): a running VM does not move between a 22H2
+    node and an upgraded one, so live-migrate stops at the second node; the VM stays running on its node."""
+    run = run_upgrade(make_scenario(nodes=3, vms_per_node=2, time_factor=FAST),
+                      node_order=["node1", "node2", "node3"], max_failed_nodes=0, **LIVE)
+    assert not run.outcome["succeeded"]
+    assert run.node("node1")["result"] == "upgraded" and run.node("node2")["result"] == "failed"
+    assert "drain" in run.outcome["error"]
+    stuck = [e for e in run.events if e["kind"] == "drain" and e.get("status") == "Failed"]
+    assert stuck and stuck[0]["node"] == "node2"
+    assert not run.touched("node3")
+
+
+def test_live_migrate_keeps_every_vm_running_where_mixed_builds_migrate(run_upgrade):
+    run = run_upgrade(make_scenario(nodes=3, vms_per_node=2, time_factor=FAST, knobs=MIGRATES),
+                      node_order=["node1", "node2", "node3"], **LIVE)
+    assert run.outcome["succeeded"]
+    assert not any(e["kind"] == "vm" and e.get("status") == "Off" for e in run.events)
+    assert "stop-vms" not in {json.loads(line)["phase"] for line in run.record.splitlines()}

@@ -50,5 +50,5 @@ def test_scripts_run_only_when_their_script_is_given():
 
 
 def test_the_records_phases_are_the_runbooks_steps_in_order():
-    assert PHASES == ("gate", "pre-script", "drain", "install", "reboot", "wait-back", "wait-repair", "resume",
-                      "post-script", "wait-storage")
+    assert PHASES == ("gate", "pre-script", "stop-vms", "drain", "install", "reboot", "wait-back", "wait-repair",
+                      "resume", "start-vms", "post-script", "wait-storage")

@@ -133,6 +133,7 @@ class Node:
     fence: dict[str, Any] | None = None  # values under FENCE_KEY: Fence (the newest run's number), RunId
     os_running: bool = True  # the OS runs (WinRM can answer), whatever the cluster service does
     clussvc_startup: str = "Automatic"  # the cluster service's StartupType (Set-Service clussvc)
+    workloads_held: list[str] = field(default_factory=list)  # Stop-NodeWorkloads.ps1's list (StoppedVMs)
 
     @property
     def number(self) -> str:
@@ -199,6 +200,8 @@ class SimCluster:
         self.functional_level = spec.functional_level
         self.pool_version = spec.pool_version
         self.target_build = spec.target_build
+        self.target_number = spec.target_build.split(".")[2]
+        self.cloud_management = spec.cloud_management_group
         self.nodes: dict[str, Node] = {}
         for n in spec.nodes:
             node = Node(name=n.name, state=NodeState[n.state], build=n.build or spec.build)
@@ -358,19 +361,33 @@ class SimCluster:
             stuck = fault.vm or mine[0].name
         elapsed = 0.0
         for i, vm in enumerate(mine):
-            elapsed += self.durations.vm_move_overhead_s + vm.memory_gb / self.durations.live_migration_gb_per_s
             target = targets[i % len(targets)] if targets else None
-            if target is None or (vm.name == stuck and not force):
+            if not vm.running:  # an Off VM's group moves as it is: no memory to copy, nothing to refuse
+                elapsed += self.durations.vm_move_overhead_s
+                if target is None:
+                    self._after(elapsed, lambda vm=vm: self._drain_failed(node, vm), "drain-fail")
+                    return
+                self._after(elapsed, lambda vm=vm, t=target: self._vm_moved(vm, t, failed=False))
+                continue
+            elapsed += self.durations.vm_move_overhead_s + vm.memory_gb / self.durations.live_migration_gb_per_s
+            refused = vm.name == stuck or (target is not None and self._mixed_refused(node.name, target))
+            if target is None or (refused and not force):
                 self._after(elapsed, lambda vm=vm: self._drain_failed(node, vm), "drain-fail")
                 return
-            self._after(elapsed, lambda vm=vm, t=target: self._vm_moved(vm, t, failed=(vm.name == stuck)))
+            self._after(elapsed, lambda vm=vm, t=target, f=refused: self._vm_moved(vm, t, failed=f))
         self._after(elapsed + 1, lambda: self._drain_done(node), "drain-done")
+
+    def _mixed_refused(self, source: str, target: str) -> bool:
+        """A live migration between nodes on different OS builds, refused under the harsher knob (Knobs)."""
+        return self.knobs.mixed_version_migration == "fails" and \
+            self.node(source).number != self.node(target).number
 
     def _vm_moved(self, vm: Vm, target: str, *, failed: bool) -> None:
         old = vm.owner
         vm.owner = target
-        vm.state = "Offline" if failed else "Online"  # -ForceDrain moves a VM that cannot live-migrate as failed
-        self._log("vm_moved", old, vm=vm.name, to=target, live=not failed)
+        if failed:  # -ForceDrain moves a VM that cannot live-migrate as failed
+            vm.state, vm.running = "Offline", False
+        self._log("vm_moved", old, vm=vm.name, to=target, live=vm.running)
 
     def _drain_failed(self, node: Node, vm: Vm) -> None:
         if node.drain_status != DrainStatus.InProgress:
@@ -409,6 +426,9 @@ class SimCluster:
         spec_owner = {v.name: v.owner for v in self.scenario.cluster.vms}
         for vm in self.vms.values():
             if spec_owner.get(vm.name) == node.name and home[vm.name] != node.name:
+                if vm.running and self._mixed_refused(vm.owner, node.name):
+                    self._log("vm_move_failed", vm.owner, vm=vm.name, to=node.name, reason="mixed OS versions")
+                    continue  # a failed failback leaves the VM running where it is
                 self._vm_moved(vm, node.name, failed=False)
 
     def operator_pause(self, name: str, *, drain: bool = True, by: str = "operator") -> bool:
@@ -545,8 +565,8 @@ class SimCluster:
         else:
             fault = self.strikes(node.name, FaultKind.lcu_fails)
             minutes, code = self.durations.lcu_install_minutes, ERROR_INSTALL_FAILURE
-            if node.number != "25398":
-                fault, code, at = None, WU_E_NOT_APPLICABLE, 0.02  # a 23H2 package on a 22H2 node
+            if node.number != self.target_number:
+                fault, code, at = None, WU_E_NOT_APPLICABLE, 0.02  # the target's package on a 22H2 node
             elif node.ubr >= int(self.lcu_build.split(".")[3]):
                 fault, code, at = None, WU_S_ALREADY_INSTALLED, 0.1
             else:
@@ -727,7 +747,7 @@ class SimCluster:
     def functional_level_blockers(self) -> list[str]:
         """Why Update-ClusterFunctionalLevel would fail now: every node must be Up and on the new OS."""
         return [f"node {n.name} is {n.state.name}" for n in self.nodes.values() if n.state != NodeState.Up] + \
-            [f"node {n.name} runs {n.build}" for n in self.nodes.values() if n.number != "25398"]
+            [f"node {n.name} runs {n.build}" for n in self.nodes.values() if n.number != self.target_number]
 
     def raise_functional_level(self, *, by: str) -> None:
         blockers = self.functional_level_blockers()
@@ -767,12 +787,44 @@ class SimCluster:
             self._log("vm", vm.owner, vm=vm.name, status="Running", by=by)
         return vm
 
+    # --- WorkloadPolicy shut-down: Stop-/Start-NodeWorkloads.ps1 (the list lives in the node's registry) ----------
+    def stop_workloads(self, name: str, *, by: str) -> list[str]:
+        """The node's running VMs listed (before any stops, as the script writes the list first), then shut down."""
+        node = self.node(name)
+        running = [vm.name for vm in self.vms.values() if vm.owner == node.name and vm.running]
+        node.workloads_held = sorted(set(node.workloads_held) | set(running))
+        for vm in running:
+            self.stop_vm(vm, by=by)
+        return list(node.workloads_held)
+
+    def start_workloads(self, name: str, *, by: str) -> tuple[list[str], list[str]]:
+        """Start-ClusterGroup on each listed VM, wherever it is now: (started, 'vm (why)' for those that did not);
+        the list keeps the latter."""
+        node = self.node(name)
+        started, left = [], []
+        for vm in node.workloads_held:
+            try:
+                self.start_vm(vm, by=by)
+                started.append(vm)
+            except Refused as refused:
+                left.append((vm, refused.args[0]))
+        node.workloads_held = [vm for vm, _ in left]
+        return started, [f"{vm} ({why})" for vm, why in left]
+
+    def remove_cloud_management(self, *, by: str) -> bool:
+        """Remove-ClusterGroup 'Cloud Management' -RemoveResources: True if it was there."""
+        if not self.cloud_management:
+            return False
+        self.cloud_management = False
+        self._log("cluster_group_removed", None, group="Cloud Management", by=by)
+        return True
+
     def update_vm_version(self, name: str, *, by: str) -> Vm:
         vm = self.vms[name]
         if vm.running:
             raise Refused(f"Cannot upgrade the configuration version of '{vm.name}' because it is not in a valid "
                           "state: the virtual machine must be turned off.", 0x80070005, vm.owner, "update-vm")
-        if any(n.number != "25398" for n in self.nodes.values()):
+        if any(n.number != self.target_number for n in self.nodes.values()):
             raise Refused(f"Cannot upgrade the configuration version of '{vm.name}': every host must run the "
                           "new operating system.", 5977, vm.owner, "update-vm")
         target = self.default_vm_version(vm.owner)
@@ -783,7 +835,7 @@ class SimCluster:
 
     def default_vm_version(self, name: str) -> str:
         """What a host creates VMs with, and what Update-VMVersion moves a VM to on it: its OS's default."""
-        return TARGET_VM_VERSION if self.node(name).number == "25398" else SOURCE_VM_VERSION
+        return TARGET_VM_VERSION if self.node(name).number == self.target_number else SOURCE_VM_VERSION
 
     def run_node_script(self, name: str, path: str, phase: str, *, by: str) -> None:
         """A Pre/PostUpdateScript on the node: it succeeds unless a *_script_fails fault strikes."""

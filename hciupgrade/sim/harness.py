@@ -130,6 +130,8 @@ class SimHarness:
             credential=CredentialRef(username=SIM_USER, password_env=PASSWORD_ENV),
             time_factor=self.scenario.time_factor,
             azure=azure,
+            target_release=self.scenario.cluster.target_release if self.scenario.cluster.target_release != "23H2"
+            else None,  # the reference procedure's default needs no line
         )])
 
     def environment(self) -> dict[str, str]:

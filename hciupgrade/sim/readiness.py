@@ -15,7 +15,9 @@ from hciupgrade.sim.scenario import REQUIRED_FEATURES, NodeReadiness
 
 UPGRADE_REQS = "https://aka.ms/UpgradeRequirements"
 ATC_LINK = "https://aka.ms/UpgradeNetworkATC"
-MIN_LCU = (25398, 1904)
+# Test-RequiredWindowsVersionForUpgrade: the build must be 25398 or 26100, the LCU at least these UBRs
+# (reference/domain.md §2.2: 10.0.25398.1904, and 10.0.26100.32814 as written in the checker's source)
+MIN_UBR = {25398: 1904, 26100: 32814}
 MIN_LCM = (10, 2408, 0, 537)
 GB = 1024**3
 
@@ -54,10 +56,11 @@ def checks_for(sim: SimCluster, node: str) -> list[Check]:
     build, ubr = int(n.number), r.lcu_ubr if r.lcu_ubr is not None else n.ubr
     all_ubrs = {(node_state(sim, m).lcu_ubr if node_state(sim, m).lcu_ubr is not None else sim.nodes[m].ubr)
                 for m in sim.nodes}
-    os_ok = build == 25398 and (build, ubr) >= MIN_LCU and len(all_ubrs) == 1
+    os_ok = build in MIN_UBR and ubr >= MIN_UBR[build] and len(all_ubrs) == 1
+    required = " or ".join(f"10.0.{b}.{u}" for b, u in MIN_UBR.items())
     add(Check("AzStackHci_Upgrade_Windows_OS_Version", f"Test Windows OS is Supported {node}",
               "Test Windows OS is Supported", crit, os_ok,
-              f"OS version 10.0.{build}.{ubr}; required 10.0.25398.1904 or later, the same on every node "
+              f"OS version 10.0.{build}.{ubr}; required {required} or later, the same on every node "
               f"(found {', '.join(f'10.0.{build}.{u}' for u in sorted(all_ubrs))})",
               "OperatingSystem", "RequiredWindowsVersionForUpgrade"))
     missing = [f for f in r.missing_features if f in REQUIRED_FEATURES] or list(r.missing_features)

@@ -75,6 +75,10 @@ class NodeSpec(Strict):
         "notify", description="the Windows Update policy: install means updates install (and restart) on their own")
     no_auto_update: bool = Field(False, description="NoAutoUpdate 1: automatic updates are off, whatever AUOptions "
                                                     "says")
+    nic_vendor: Literal["Intel", "Mellanox", "Broadcom"] = Field(
+        "Intel", description="the physical NICs' driver provider (Get-NetAdapter -Physical: DriverProvider)")
+    nic_driver: str = Field("1.17.73.0", description="their DriverVersionString: the 24H2 path wants it newer than "
+                                                     "the target's inbox driver (hciupgrade/targets.py)")
     """A node that starts Paused was paused by someone else (an operator): the orchestrator must not resume it."""
 
     @field_validator("name")
@@ -167,6 +171,13 @@ class Knobs(Strict):
     cluster_down_error: Literal["ClusterEndpointNotRegistered", "ClusterRpcConnection"] = Field(
         "ClusterEndpointNotRegistered",
         description="what a failover-cluster cmdlet answers on a node whose cluster service is not running")
+    mixed_version_migration: Literal["fails", "works"] = Field(
+        "fails", description=(
+            "live migration of a running VM between nodes on different OS builds (22H2 and the target) during the "
+            "rolling upgrade: Cluster OS Rolling Upgrade supports it, but practitioners report VMs that would not "
+            "move between 22H2 and 23H2 nodes (reference/domain.md §1.0 P4), and Microsoft's current pages "
+            "recommend shutting the VMs down: fails (harsher, the default) leaves the VM on its node and the drain "
+            "fails; works moves it"))
     enum_forms: dict[EnumName, Literal["enum", "string", "integer"]] = Field(
         default_factory=dict,
         description="how an enum property travels, per .NET enum (psenums class name): a .NET enum object (the "
@@ -227,6 +238,9 @@ class ClusterSpec(Strict):
     build: str = "10.0.20349.2966"
     target_build: str = "10.0.25398.1486"
     lcu_build: str = Field("10.0.25398.1913", description="the build the staged 23H2 cumulative update installs")
+    cloud_management_group: bool = Field(
+        True, description="the 'Cloud Management' cluster group of a registered 22H2 cluster (reference/domain.md "
+                          "§3.4): its absence triggers RepairRegistration; the 24H2 path removes it")
     functional_level: int = 11
     pool_version: int = 27
 
@@ -236,6 +250,11 @@ class ClusterSpec(Strict):
         if not NODE_NAME.match(v):
             raise ValueError("a cluster name is 1 to 15 letters, digits or dashes")
         return v
+
+    @property
+    def target_release(self) -> str:
+        """The release the media goes to, named as the inventory names it (hciupgrade/targets.py)."""
+        return {"25398": "23H2", "26100": "24H2"}.get(self.target_build.split(".")[2], "23H2")
 
     @field_validator("build", "target_build", "lcu_build")
     @classmethod

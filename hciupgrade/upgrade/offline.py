@@ -26,7 +26,7 @@ from pydantic import Field
 
 from hciupgrade.clock import ClusterClock
 from hciupgrade.cluster import ClusterClient
-from hciupgrade.models import LCU_MINIMUM, RunOptions, Strict
+from hciupgrade.models import RunOptions, Strict
 from hciupgrade.psenums import NodeState, VMState, parse
 from hciupgrade.records import RunRecorder
 from hciupgrade.remote import RemoteError
@@ -88,7 +88,7 @@ class OfflineUpgrade:
         outcome = OfflineOutcome(run_id=self.recorder.run_id, cluster=self.client.name, succeeded=False)
         self.recorder.emit(None, "run", "running", kind="offline")
         feature = Steps(self.client, self.options.model_copy(update={"update": "feature"}), self.clock, marked=False)
-        lcu_options = self.options.model_copy(update={"update": "cumulative", "target_build": LCU_MINIMUM})
+        lcu_options = self.options.model_copy(update={"update": "cumulative", "target_build": None})
         lcu = Steps(self.client, lcu_options, self.clock, marked=False)
         plan: list[tuple[str, Callable[[], None]]] = [
             ("check", self.check),
@@ -191,7 +191,7 @@ class OfflineUpgrade:
                                               "restart")
         build = self.client.os_build(node)
         if not steps.options.build_reached(build):
-            raise StepFailed(node, "restart", f"back on {build}, not on {steps.options.target_build}")
+            raise StepFailed(node, "restart", f"back on {build}, not on {steps.options.goal_build}")
         return build
 
     def start_cluster(self) -> None:

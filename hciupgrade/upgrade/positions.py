@@ -25,7 +25,15 @@ from enum import StrEnum
 from typing import Any
 
 from hciupgrade.psenums import NodeState
-from hciupgrade.upgrade.runbook import AFTER_REBOOT, CONTINUE_RESTART, CONTINUE_UPGRADE, FULL, RESTART, WAIT_STORAGE
+from hciupgrade.upgrade.runbook import (
+    AFTER_REBOOT,
+    CONTINUE_RESTART,
+    CONTINUE_UPGRADE,
+    FULL,
+    RESTART,
+    START_VMS,
+    WAIT_STORAGE,
+)
 
 
 class Position(StrEnum):
@@ -98,7 +106,8 @@ REFUSE = Decision("refuse")
 DECISIONS: dict[tuple[Mode, Position], Decision] = {
     (Mode.UPGRADE, Position.FRESH): Decision("run", FULL, "upgrade"),
     (Mode.UPGRADE, Position.DONE): Decision("skip", why="already on the target build"),
-    (Mode.UPGRADE, Position.RESYNCING): Decision("run", (WAIT_STORAGE,), "on the target; wait for its resync"),
+    (Mode.UPGRADE, Position.RESYNCING): Decision("run", (START_VMS, WAIT_STORAGE),
+                                                 "on the target; wait for its resync"),
     (Mode.UPGRADE, Position.OURS_PAUSED): Decision("run", CONTINUE_UPGRADE,
                                                    "paused by a run of ours: continue at its drain"),
     (Mode.UPGRADE, Position.OURS_BACK): Decision("run", AFTER_REBOOT, "ours, back on the target: finish it"),

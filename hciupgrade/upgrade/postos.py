@@ -24,18 +24,12 @@ import pandas as pd
 from pydantic import Field
 
 from hciupgrade.cluster import ClusterClient
-from hciupgrade.models import LCU_MINIMUM, Approval, RunOptions, Strict
+from hciupgrade.models import Approval, RunOptions, Strict
 from hciupgrade.psenums import NodeState, VMState, parse
 from hciupgrade.records import RunRecorder
 from hciupgrade.remote import SWITCH, CmdletFailed, RemoteError
+from hciupgrade.targets import at_least
 from hciupgrade.upgrade.preflight import Finding
-
-TARGET_FUNCTIONAL_LEVEL = 12
-MIN_POOL_VERSION = 28
-REGISTRY_VALUES = (  # what the procedure set before the upgrade and asks to re-verify after it (§1.1)
-    (r"HKLM:\SYSTEM\CurrentControlSet\Control\FileSystem", "RefsEnableMetadataValidation", 0),
-    (r"HKLM:\SYSTEM\CurrentControlSet\Services\Vid\Parameters", "SkipSmallLocalAllocations", 0),
-)
 
 
 class Levels(Strict):
@@ -86,7 +80,6 @@ class PostUpgrade:
     recorder: RunRecorder
     approve: Approve
     restart: Callable[[list[str]], bool] = lambda nodes: False  # a rolling restart of these nodes; True if done
-    lcu_minimum: str = LCU_MINIMUM
     findings: list[Finding] = field(default_factory=list)
 
     def run(self) -> PostUpgradeOutcome:
@@ -138,23 +131,31 @@ class PostUpgrade:
         except RemoteError:
             return []
 
+    @property
+    def lcu_minimum(self) -> str:
+        return self.options.target_build if self.options.update == "cumulative" and self.options.target_build \
+            else self.options.release.lcu_minimum
+
     def verify(self, levels: Levels) -> None:
-        """Every node Up on 25398 with the same cumulative update at or above the minimum; the registry values."""
+        """Every node Up on the target release with the same cumulative update at or above the minimum; the
+        registry values."""
+        target = self.options.release
         states = {n.name: n.state for n in self.client.nodes()}
         problems = [f"{n} is {s.name}" for n, s in states.items() if s != NodeState.Up]
-        problems += [f"{n} runs {b}, not 23H2 (25398)" for n, b in levels.builds.items() if ".25398." not in b]
-        minimum = tuple(int(p) for p in self.lcu_minimum.split("."))
+        problems += [f"{n} runs {b}, not {target.name} ({target.number})" for n, b in levels.builds.items()
+                     if not target.runs(b)]
         low = [f"{n} is on {b}, below {self.lcu_minimum}" for n, b in levels.builds.items()
-               if tuple(int(p) for p in b.split(".")) < minimum]
+               if target.runs(b) and not at_least(b, self.lcu_minimum)]
         if len(set(levels.builds.values())) > 1:
             problems.append("the nodes run different builds: " + ", ".join(f"{n} {b}" for n, b in
                                                                              levels.builds.items()))
-        self.add("every node Up on 23H2 with the same cumulative update", not problems and not low,
+        self.add(f"every node Up on {target.name} with the same cumulative update", not problems and not low,
                  "; ".join(problems + low) or f"every node on {next(iter(levels.builds.values()))}")
         if problems or low:
             raise StopPostUpgrade("verify: " + "; ".join(problems + low) + " (run `hci-upgrade finish` to install "
                                   "the cumulative update, or finish the feature update first)")
-        for key, name, want in REGISTRY_VALUES:
+        for key, name in target.registry:
+            want = 0
             found = {n: self.client.registry_value(n, key, name) for n in self.client.sessions}
             off = [f"{n} ({'missing' if v is None else v})" for n, v in found.items() if v != want]
             self.add(f"{name} = {want}", not off, "on every node" if not off else
@@ -164,7 +165,8 @@ class PostUpgrade:
     def pending(self, levels: Levels) -> tuple[list[str], str]:
         """The irreversible steps this cluster still needs, and what will happen, for the approver to read."""
         pending, lines = [], []
-        if levels.functional_level < TARGET_FUNCTIONAL_LEVEL:
+        target = self.options.release
+        if levels.functional_level < target.functional_level:
             try:
                 self.client.functional_level_whatif()
                 whatif = "Update-ClusterFunctionalLevel -WhatIf: it would succeed"
@@ -174,10 +176,11 @@ class PostUpgrade:
             self.recorder.emit(None, "whatif", "succeeded" if whatif.endswith("succeed") else "failed", detail=whatif)
             pending.append("functional-level")
             lines.append(f"- raise the cluster functional level {levels.functional_level} -> "
-                         f"{TARGET_FUNCTIONAL_LEVEL} ({whatif}); no rollback to 22H2 afterwards")
-        if levels.pool_version < MIN_POOL_VERSION:
+                         f"{target.functional_level} ({whatif}); no rollback to 22H2 afterwards")
+        if levels.pool_version < target.pool_version:
             pending.append("storage-pool")
-            lines.append(f"- Update-StoragePool '{levels.pool}': version {levels.pool_version} -> {MIN_POOL_VERSION} "
+            lines.append(f"- Update-StoragePool '{levels.pool}': version {levels.pool_version} -> "
+                         f"{target.pool_version} "
                          "or later")
         vms = self.vms_to_update(levels)
         if vms:
@@ -206,12 +209,13 @@ class PostUpgrade:
     def irreversible(self, outcome: PostUpgradeOutcome, approved: set[str]) -> None:
         before = outcome.before
         assert before is not None
-        if "functional-level" in approved and before.functional_level < TARGET_FUNCTIONAL_LEVEL:
+        target = self.options.release
+        if "functional-level" in approved and before.functional_level < target.functional_level:
             with self.recorder.phase(None, "functional-level", before=before.functional_level) as extra:
                 extra["after"] = level = self.client.raise_functional_level()
-            if level < TARGET_FUNCTIONAL_LEVEL:
+            if level < target.functional_level:
                 raise StopPostUpgrade(f"the functional level is {level} after Update-ClusterFunctionalLevel")
-        if "storage-pool" in approved and before.pool_version < MIN_POOL_VERSION:
+        if "storage-pool" in approved and before.pool_version < target.pool_version:
             with self.recorder.phase(None, "storage-pool", before=before.pool_version) as extra:
                 try:
                     self.client.update_pool(before.pool)

@@ -134,7 +134,7 @@ def check(client: ClusterClient, options: RunOptions, owned: set[str]) -> Prefli
                 f"offered: {', '.join(sorted(offered)) or 'nothing'}", blocking=False))
     if offered and not all(options.build_reached(b) for b in offered):
         add(Finding("media reaches the target build", False,
-                    f"the media offers {', '.join(sorted(offered))}, below {options.target_build}"))
+                    f"the media offers {', '.join(sorted(offered))}, below {options.goal_build}"))
     return pre
 
 

@@ -39,11 +39,13 @@ GATE, GATE_ADOPTED, PRE_SCRIPT, DRAIN, INSTALL, REBOOT = "gate", "gate-adopted",
     "reboot"
 WAIT_BACK, WAIT_REPAIR, RESUME, POST_SCRIPT, WAIT_STORAGE = "wait-back", "wait-repair", "resume", "post-script", \
     "wait-storage"
+STOP_VMS, START_VMS = "stop-vms", "start-vms"  # WorkloadPolicy shut-down
 
 STEPS: dict[str, StepSpec] = {s.name: s for s in (
     StepSpec(GATE, "gate", "gate", "gate_timeout_minutes", reads=True, keeps_result=False),
     StepSpec(GATE_ADOPTED, "gate_adopted", GATE_ADOPTED, None, reads=True, quiet=True),
     StepSpec(PRE_SCRIPT, "pre_script", PRE_SCRIPT, None, option="pre_update_script"),
+    StepSpec(STOP_VMS, "stop_vms", "VMs off", None, option="shuts_down_vms"),
     StepSpec(DRAIN, "drain", "drain", "drain_timeout_minutes", timeout_factor=2, ownership=Ownership.TAKES,
              keeps_result=False),
     StepSpec(INSTALL, "install", "install", "install_timeout_minutes"),
@@ -52,15 +54,16 @@ STEPS: dict[str, StepSpec] = {s.name: s for s in (
     StepSpec(WAIT_REPAIR, "wait_repair", "repair?", "repair_timeout_minutes", reads=True, quiet=True,
              keeps_result=False),
     StepSpec(RESUME, "resume", "resume", None, ownership=Ownership.RELEASES, keeps_result=False),
+    StepSpec(START_VMS, "start_vms", "VMs on", None, option="shuts_down_vms"),
     StepSpec(POST_SCRIPT, "post_script", POST_SCRIPT, None, option="post_update_script"),
     StepSpec(WAIT_STORAGE, "wait_settled", "resync", "repair_timeout_minutes", reads=True, keeps_result=False),
 )}
 
 # the sequences of the position table, in the order a node goes through them
-AFTER_REBOOT = (WAIT_BACK, WAIT_REPAIR, RESUME, POST_SCRIPT, WAIT_STORAGE)
-FULL = (GATE, PRE_SCRIPT, DRAIN, INSTALL, REBOOT, *AFTER_REBOOT)
+AFTER_REBOOT = (WAIT_BACK, WAIT_REPAIR, RESUME, START_VMS, POST_SCRIPT, WAIT_STORAGE)
+FULL = (GATE, PRE_SCRIPT, STOP_VMS, DRAIN, INSTALL, REBOOT, *AFTER_REBOOT)
 RESTART = (GATE, DRAIN, REBOOT, *AFTER_REBOOT)
-CONTINUE_UPGRADE = (GATE_ADOPTED, DRAIN, INSTALL, REBOOT, *AFTER_REBOOT)
+CONTINUE_UPGRADE = (GATE_ADOPTED, STOP_VMS, DRAIN, INSTALL, REBOOT, *AFTER_REBOOT)
 CONTINUE_RESTART = (GATE_ADOPTED, DRAIN, REBOOT, *AFTER_REBOOT)
 
 PHASES = tuple(name for name in STEPS if name != GATE_ADOPTED)  # the phases a node's summary shows, in order
@@ -78,6 +81,7 @@ def timeout_minutes(options: Any, step: str) -> float:
 
 
 def wanted(options: Any, step: str) -> bool:
-    """Whether the run options ask for the step (a script step runs only with its script)."""
+    """Whether the run options ask for the step (a script step runs only with its script, the VMs' shut-down
+    and start only under WorkloadPolicy shut-down)."""
     spec = STEPS[step]
     return spec.option is None or getattr(options, spec.option) is not None

@@ -217,7 +217,7 @@ class Steps:
             raise StepFailed(node, "wait-back",
                              f"not back {self.options.restart_timeout_minutes:g} min after its restart")
         if not self.options.build_reached(build):
-            raise StepFailed(node, "wait-back", f"back on {build}, not on {self.options.target_build}")
+            raise StepFailed(node, "wait-back", f"back on {build}, not on {self.options.goal_build}")
         return build
 
     def wait_storage(self, node: str, *, settled: bool) -> ClusterSnapshot:
@@ -276,6 +276,28 @@ class Steps:
                   and n.state != NodeState.Up]
         if others:
             raise StepFailed(node, "gate", "; ".join(f"node {n.name} is {n.state.name}" for n in others))
+
+    def stop_vms(self, node: str) -> list[str]:
+        """WorkloadPolicy shut-down: the node's running VMs shut down before its drain, their names kept on the
+        node (Stop-NodeWorkloads.ps1) for start_vms, this run's or the next one's."""
+        try:
+            names = [str(n) for n in self.client.act(node, "Stop-NodeWorkloads.ps1", {"Name": node}).objects]
+        except CmdletFailed as e:
+            raise StepFailed(node, "stop-vms", e.errors[0].message) from None
+        if names:
+            self.note(node, f"shut down {len(names)} VM(s) on {node}: {', '.join(names)}")
+        return names
+
+    def start_vms(self, node: str) -> list[str]:
+        """The VMs stop_vms shut down on this node started again, wherever they are now (Start-NodeWorkloads.ps1);
+        one that does not start fails the step, named, and stays listed for the next try."""
+        try:
+            names = [str(n) for n in self.client.act(node, "Start-NodeWorkloads.ps1", {}).objects]
+        except CmdletFailed as e:
+            raise StepFailed(node, "start-vms", e.errors[0].message) from None
+        if names:
+            self.note(node, f"started {len(names)} VM(s) again: {', '.join(names)}")
+        return names
 
     def pre_script(self, node: str) -> None:
         self.script(node, "Pre")

@@ -92,8 +92,9 @@ def get_cluster_group(inv: Invocation) -> list[Out]:
     owners = {o.props["Name"] for o in inv.input} if inv.input else None
     core = next((n.name for n in sim.nodes.values() if n.state == NodeState.Up), inv.node)
     groups = [("Cluster Group", core, GroupType.ClusterGroup, GroupState.Online),
-              ("Available Storage", core, GroupType.AvailableStorage, GroupState.Offline),
-              ("Cloud Management", core, GroupType.Unknown, GroupState.Online)]
+              ("Available Storage", core, GroupType.AvailableStorage, GroupState.Offline)]
+    if sim.cloud_management:
+        groups.append(("Cloud Management", core, GroupType.Unknown, GroupState.Online))
     groups += [(vm.name, vm.owner, GroupType.VirtualMachine, GroupState[vm.state]) for vm in sim.vms.values()]
     wanted = names_param(inv)
     out = []
@@ -102,11 +103,47 @@ def get_cluster_group(inv: Invocation) -> list[Out]:
             continue
         if wanted is not None and name not in wanted:
             continue
-        out.append(Out([f"{CLUSTER_NS}.ClusterGroup", f"{CLUSTER_NS}.ClusterObject", "System.Object"],
-                       {"Name": name, "OwnerNode": owner, "State": state, "GroupType": gtype, "Priority": 2000,
-                        "IsCoreGroup": gtype != GroupType.VirtualMachine, "Cluster": sim.name},
-                       to_string=name))
+        out.append(_group_out(inv, name, owner, gtype, state))
     return out
+
+
+def _group_out(inv: Invocation, name: str, owner: str, gtype: GroupType, state: GroupState) -> Out:
+    return Out([f"{CLUSTER_NS}.ClusterGroup", f"{CLUSTER_NS}.ClusterObject", "System.Object"],
+               {"Name": name, "OwnerNode": owner, "State": state, "GroupType": gtype, "Priority": 2000,
+                "IsCoreGroup": gtype != GroupType.VirtualMachine, "Cluster": inv.sim.name}, to_string=name)
+
+
+def _no_group(name: str, command: str) -> Terminating:
+    """The failover cluster cmdlets' answer for a group that does not exist [UNVERIFIED exact text]."""
+    return Terminating(ErrorOut(f"The cluster group '{name}' could not be found.",
+                                f"ClusterObjectNotFound,Microsoft.FailoverClusters.PowerShell.{command}",
+                                "ObjectNotFound", target=name, hresult=hresult_of(5013)))
+
+
+@cmdlet("Start-ClusterGroup", "Name Wait IgnoreLocked", positional=("Name",))
+def start_cluster_group(inv: Invocation) -> list[Out]:
+    """A VM role brought online wherever it is (Microsoft's Start-ClusterGroup; the simulator starts VM groups)."""
+    require_cluster_node(inv)
+    name = str(inv.params.get("Name", ""))
+    vm = inv.sim.vms.get(name)
+    if vm is None:
+        raise _no_group(name, "StartClusterGroupCommand")
+    try:
+        inv.sim.start_vm(name, by=inv.caller)
+    except Refused as refused:
+        raise _cluster_refusal(inv, refused) from None
+    return [_group_out(inv, vm.name, vm.owner, GroupType.VirtualMachine, GroupState[vm.state])]
+
+
+@cmdlet("Remove-ClusterGroup", "Name RemoveResources Force", positional=("Name",))
+def remove_cluster_group(inv: Invocation) -> list[Out]:
+    """The 24H2 path's clean-up of the 'Cloud Management' group; -Force skips the confirmation a remote session
+    cannot answer. The simulator removes that group only."""
+    require_cluster_node(inv)
+    name = str(inv.params.get("Name", ""))
+    if name != "Cloud Management" or not inv.sim.remove_cloud_management(by=inv.caller):
+        raise _no_group(name, "RemoveClusterGroupCommand")
+    return []
 
 
 @cmdlet("Get-Cluster", "Name", positional=("Name",))
@@ -147,8 +184,8 @@ def update_cluster_functional_level(inv: Invocation) -> list[Out]:
 def get_cluster_node_supported_version(inv: Invocation) -> list[Out]:
     require_cluster_node(inv)
     return [Out([f"{CLUSTER_NS}.ClusterNodeSupportedVersion", "System.Object"],
-                {"NodeName": n.name, "ClusterFunctionalLevel": 12 if n.number == "25398" else 11,
-                 "ClusterUpgradeVersion": 3 if n.number == "25398" else 1}, to_string=n.name)
+                {"NodeName": n.name, "ClusterFunctionalLevel": 12 if n.number == inv.sim.target_number else 11,
+                 "ClusterUpgradeVersion": 3 if n.number == inv.sim.target_number else 1}, to_string=n.name)
             for n in inv.sim.nodes.values()]
 
 

@@ -38,6 +38,7 @@ def _spec(inv: Invocation) -> Any:
     return next(n for n in inv.sim.scenario.cluster.nodes if n.name == inv.node)
 
 
+DISPLAY_VERSIONS = {"20349": "22H2", "25398": "23H2", "26100": "24H2"}  # reference/domain.md §4.2
 CURRENT_VERSION_KEY = r"HKLM:\SOFTWARE\Microsoft\Windows NT\CurrentVersion"
 
 
@@ -55,7 +56,7 @@ def registry_values(inv: Invocation, path: str) -> dict[str, Any] | None:
     key = path.rstrip("\\").lower()
     if key == CURRENT_VERSION_KEY.lower():
         node = inv.sim.nodes[inv.node]
-        return {"ProductName": "Azure Stack HCI", "DisplayVersion": "23H2" if node.number == "25398" else "22H2",
+        return {"ProductName": "Azure Stack HCI", "DisplayVersion": DISPLAY_VERSIONS.get(node.number, "22H2"),
                 "CurrentBuildNumber": node.number, "CurrentBuild": node.number, "UBR": node.ubr,
                 "EditionID": "ServerAzureStackHCICor", "InstallationType": "Server Core"}
     if key == AU_KEY.lower():

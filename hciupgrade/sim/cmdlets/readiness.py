@@ -237,3 +237,17 @@ def set_service(inv: Invocation) -> list[Out]:
     if name.lower() == "clussvc" and inv.params.get("StartupType") is not None:
         inv.sim.set_cluster_service(inv.node, str(inv.params["StartupType"]), by=inv.caller)
     return []
+
+
+@cmdlet("Get-NetAdapter", "Name Physical InterfaceDescription IncludeHidden", positional=("Name",))
+def get_net_adapter(inv: Invocation) -> list[Out]:
+    """The node's two physical ports (MSFT_NetAdapter), with the driver the 24H2 path compares to the inbox one."""
+    spec = _spec(inv)
+    description = {"Intel": "Intel(R) Ethernet Controller E810-XXV", "Mellanox": "Mellanox ConnectX-6 Dx Adapter",
+                   "Broadcom": "Broadcom NetXtreme E-Series Advanced Dual-port 25Gb"}[spec.nic_vendor]
+    return [Out(cim_types("ROOT/StandardCimv2", "MSFT_NetAdapter"),
+                {"Name": f"ethernet {i}" if i else "ethernet", "InterfaceDescription": f"{description} #{i + 1}",
+                 "DriverProvider": spec.nic_vendor, "DriverVersionString": spec.nic_driver,
+                 "DriverInformation": f"Driver Date 2024-05-10 Version {spec.nic_driver} NDIS 6.85",
+                 "Status": "Up", "HardwareInterface": True, "Virtual": False}, to_string=f"ethernet {i}")
+            for i in range(2)]

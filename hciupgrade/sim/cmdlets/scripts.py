@@ -282,6 +282,29 @@ def resume_node_after_upgrade(inv: Invocation) -> list[Out]:
     return [cluster_node(sim, node)]
 
 
+@packaged("Stop-NodeWorkloads.ps1")
+def stop_node_workloads(inv: Invocation) -> list[Out]:
+    """The list written first, then each running VM of the node shut down (Stop-VM -Force: a guest that does not
+    shut down in time fails the call, the list kept)."""
+    with owned(inv):
+        try:
+            names = inv.sim.stop_workloads(inv.node, by=inv.caller)
+        except Refused as refused:
+            raise _script_error(refused.args[0], "OperationFailed", "NotSpecified", inv.node,
+                                "Stop-NodeWorkloads.ps1") from None
+    return list(names)  # type: ignore[return-value]  # strings, as the script's [string[]] output
+
+
+@packaged("Start-NodeWorkloads.ps1")
+def start_node_workloads(inv: Invocation) -> list[Out]:
+    with owned(inv):
+        started, left = inv.sim.start_workloads(inv.node, by=inv.caller)
+    if left:
+        raise _script_error(f"{inv.node}: these VMs did not start: {'; '.join(left)}", "RuntimeException",
+                            "OperationStopped", inv.node, "Start-NodeWorkloads.ps1")
+    return list(started)  # type: ignore[return-value]
+
+
 def _named_node(inv: Invocation, name: str) -> Node:
     try:
         return inv.sim.node(name)
