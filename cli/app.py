@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich import box
@@ -41,16 +41,37 @@ app.add_typer(simulate.sim_app, name="sim")
 
 
 @app.command()
+def upfront_approval(steps: list[str], reason: str | None) -> Any:
+    """The CLI's explicit approval of an irreversible step before the run; bad input exits 2 naming the fix."""
+    import getpass
+
+    from hciupgrade.models import Approval
+
+    allowed = ("cloud-management",)
+    bad = [s for s in steps if s not in allowed]
+    if bad:
+        refuse(f"[red]--approve: {bad[0]!r} is not approved before a run; allowed: {', '.join(allowed)}[/]")
+    if not (reason or "").strip():
+        refuse("[red]--approve needs --reason (a change ticket), e.g. --reason 'CHG-1234'[/]")
+    return Approval(approver=getpass.getuser(), reason=str(reason).strip(), steps=steps, source="cli")
+
+
 def upgrade(
     inventory: Annotated[Path, typer.Option(help="inventory file (YAML)")],
     cluster: Annotated[Optional[str], typer.Option(help="the cluster to upgrade (optional with one cluster)")] = None,
     options: Annotated[Optional[Path], typer.Option(help="run options (YAML), with CAU's names")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print preflight, scan and plan; change nothing")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="print the outcome as JSON")] = False,
+    approve: Annotated[Optional[list[str]], typer.Option(
+        "--approve", help="approve an irreversible step the target release asks before the first node: "
+                          "cloud-management (the 24H2 path removes that cluster group)")] = None,
+    reason: Annotated[Optional[str], typer.Option(help="why (a change ticket): required with --approve")] = None,
 ) -> None:
     """Upgrade one cluster of an inventory, node by node. Exit 0 when it ends upgraded, 1 when not, 2 for bad
     input. Run it again after a crash: it picks up where the cluster is."""
     target, run_options = run_inputs(inventory, cluster, options)
+    if approve:
+        run_options = run_options.model_copy(update={"approval": upfront_approval(approve, reason)})
     for warning in target.warnings():
         err.print(f"[yellow]warning:[/] {warning}")
     console = err if json_out else make_console()
@@ -410,7 +431,11 @@ def readiness_cmd(
         from hciupgrade.models import InputError, load_inventory
 
         with bad_input(InputError):
-            load_inventory(inventory)
+            fleet = load_inventory(inventory)
+        from hciupgrade.targets import release, support_notes
+
+        for note in {n for c in fleet.clusters for n in support_notes(release(c.target_release))}:
+            err.print(f"[yellow]note:[/] {note}")
         with embedded_settings():
             outcome = readiness(inventory=str(inventory), clusters=cluster, install_module=install_module,
                                 remediate_steps=remediate, out_dir=str(out) if out else None)

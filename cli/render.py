@@ -208,7 +208,8 @@ def print_status(cluster: str, current: Any, console: Console) -> None:
         console.print(f"RunNotInProgress: no run of hci-upgrade on {cluster} is recorded")
         return
     console.print(f"[bold]{current.state}[/]  run {current.run_id}{f' ({current.label})' if current.label else ''}"
-                  f"  on {current.host or 'unknown host'}  started {current.started:%Y-%m-%d %H:%M:%S} UTC"
+                  + (f"  to {current.target}" if current.target else "")
+                  + f"  on {current.host or 'unknown host'}  started {current.started:%Y-%m-%d %H:%M:%S} UTC"
                   + (f"  result {current.result}" if current.result else "")
                   + (f"  current node {current.current_node}" if current.current_node else ""))
     for warning in current.warnings:

@@ -31,17 +31,45 @@ TRANSPORT_HELP = ("how the simulated nodes listen: negotiate (NTLM with WinRM me
                   "real node), https (Negotiate over TLS, a throwaway CA), basic (plain HTTP, for debugging)")
 
 
+def pick_scenario(name_or_path: str | None) -> Any:
+    """A built-in scenario by name (hciupgrade/sim/scenarios/), else a scenario file."""
+    from hciupgrade.sim.scenario import SCENARIO_DIR
+
+    if not name_or_path:
+        return builtin_scenario()
+    if (SCENARIO_DIR / f"{name_or_path}.yaml").is_file():
+        return builtin_scenario(name_or_path)
+    if not Path(name_or_path).is_file():
+        builtins = sorted(p.stem for p in SCENARIO_DIR.glob("*.yaml"))
+        raise ScenarioError(f"--scenario: {name_or_path}: no such file, nor a built-in scenario "
+                            f"({', '.join(builtins)})")
+    return load_scenario(name_or_path)
+
+
+def demo_approval(chosen: Any) -> Any:
+    """The demo's operator approves what the target release removes before the first node (24H2: the Cloud
+    Management group), as a real operator does with --approve cloud-management."""
+    from hciupgrade.models import Approval
+
+    if chosen.cluster.target_release != "24H2":
+        return None
+    return Approval(approver="demo operator", reason="hci-upgrade demo", steps=["cloud-management"], source="cli")
+
+
 def demo(
-    scenario: Annotated[Optional[Path], typer.Option(help="scenario file (YAML); default: the 4-node demo")] = None,
+    scenario: Annotated[Optional[str], typer.Option(
+        help="scenario file (YAML), or a built-in one: demo (22H2 to 23H2, the default) or 24h2 (Microsoft's direct "
+             "path to 24H2)")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print the outcome as JSON")] = False,
     events: Annotated[Optional[Path], typer.Option(help="write the simulator's event log (JSON Lines) here")] = None,
     full: Annotated[bool, typer.Option("--full", help="the whole path: feature update, cumulative update, post-OS "
                                                       "steps (approved as the demo's operator), readiness")] = False,
     transport: Annotated[str, typer.Option(help=TRANSPORT_HELP)] = "negotiate",
 ) -> None:
-    """Upgrade a simulated 22H2 cluster to 23H2 through the Prefect flow, over real PowerShell remoting."""
+    """Upgrade a simulated 22H2 cluster (to 23H2, or to 24H2 with --scenario 24h2) through the Prefect flow, over
+    real PowerShell remoting."""
     with bad_input(ScenarioError):
-        chosen = load_scenario(scenario) if scenario else builtin_scenario()
+        chosen = pick_scenario(scenario)
     import secrets
 
     from flows.rolling_upgrade import rolling_upgrade
@@ -60,10 +88,12 @@ def demo(
         harness.inventory().write(inventory)
         os.environ.update(harness.environment())
         console.print(f"Simulated cluster [bold]{chosen.cluster.name}[/]: {len(chosen.cluster.nodes)} nodes on "
-                      f"{chosen.cluster.build}, time x{chosen.time_factor:g}. Starting Prefect (embedded)...")
+                      f"{chosen.cluster.build} to {chosen.cluster.target_release} "
+                      f"({chosen.cluster.target_build}), time x{chosen.time_factor:g}. Starting Prefect (embedded)...")
         view = LiveView(run_id, console)
         thread = view.start()
-        options = RunOptions(poll_seconds=5, retry_delay_seconds=0.2, target_build=chosen.cluster.target_build)
+        options = RunOptions(poll_seconds=5, retry_delay_seconds=0.2, target_build=chosen.cluster.target_build,
+                             approval=demo_approval(chosen))
         with embedded_settings():
             state = rolling_upgrade(inventory=str(inventory), options=options, run_id=run_id, return_state=True)
         view.stop(thread)

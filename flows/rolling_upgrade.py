@@ -150,7 +150,7 @@ def publish(recorder: RunRecorder, outcome: RunOutcome, stage: str = "upgrade") 
                               description=f"Per-node result of run {outcome.run_id} (phases in cluster minutes)")
     title = {"upgrade": "Rolling upgrade", "cumulative-update": "Cumulative update", "restart": "Rolling restart"}
     lines = [f"# {title.get(stage, 'Rolling upgrade')} of {outcome.cluster}: {outcome.end}",
-             f"Run `{outcome.run_id}`.", ""]
+             f"Run `{outcome.run_id}`" + (f", target {outcome.target}." if outcome.target else "."), ""]
     if outcome.error:
         lines += [f"**Stopped:** {outcome.error}", ""]
     if outcome.left_paused:

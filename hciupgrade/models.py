@@ -377,6 +377,9 @@ class RunOptions(Strict):
                     "started, so name only VMs that are allowed downtime")
     vm_version_update_all: bool = Field(False, alias="VmVersionUpdateAll",
                                         description="post-upgrade: every VM (an explicit opt-in to their downtime)")
+    approval: Approval | None = Field(
+        None, description="an approval given before the run (the CLI's --approve): the 24H2 path's clean-up of the "
+                          "Cloud Management group needs one naming cloud-management")
     approval_timeout_minutes: float = Field(
         240, gt=0, alias="ApprovalTimeoutMinutes",
         description="on a Prefect server: how long an approval may take; after it nothing irreversible has happened")
@@ -467,7 +470,8 @@ class RunOptions(Strict):
 
 IRREVERSIBLE = ("functional-level", "storage-pool", "vm-versions")
 # what an approval can cover: the irreversible steps, and the downtime of the offline path
-ApprovedStep = Literal["functional-level", "storage-pool", "vm-versions", "offline", "solution-upgrade"]
+ApprovedStep = Literal["functional-level", "storage-pool", "vm-versions", "offline", "solution-upgrade",
+                       "cloud-management"]
 
 
 class Approval(Strict):
@@ -480,6 +484,9 @@ class Approval(Strict):
                                       description="which irreversible steps (or the offline path's downtime) are "
                                                   "approved")
     source: Literal["cli", "prefect-ui", "options"] = "cli"
+
+
+RunOptions.model_rebuild()  # its approval field names Approval, defined after it
 
 
 class NodeOutcome(Strict):
@@ -508,6 +515,7 @@ class RunOutcome(Strict):
     left_paused: list[str] = Field(default_factory=list, description="nodes a run of ours left paused or down")
     window_ended: bool = Field(False, description="StopAfter passed: stopped cleanly between nodes, to continue in "
                                                   "the next window")
+    target: str = Field("", description="the target release and its build, e.g. '24H2 (26100)'")
 
     @property
     def end(self) -> str:

@@ -19,6 +19,7 @@ from hciupgrade.models import RunOptions
 from hciupgrade.psenums import HealthStatus, NodeState, VMState, parse
 from hciupgrade.remote import AuthFailed, Cmdlet, RemoteError
 from hciupgrade.remote.readonly import ReadOnlySession
+from hciupgrade.targets import support_notes
 from hciupgrade.upgrade.preflight import REMOTE_SHUTDOWN_GROUP, Preflight, prerequisites
 
 Verdict = Literal["ok", "warning", "blocking"]
@@ -65,6 +66,11 @@ def survey(client: ClusterClient, options: RunOptions, azure: AzureCluster | Non
     """Every check, each on its own: a node that does not answer is reported and the others are surveyed. With
     `azure` (the inventory's azure section), the cluster's Azure side is read too (GETs only)."""
     result = Survey(client.name)
+    target = options.release
+    notes = support_notes(target)
+    result.add("target release", "warning" if notes else "ok", f"{target.name} ({target.number}) supported",
+               "; ".join(notes) or f"{target.name}: from {target.min_source}, {target.media}",
+               "; ".join(notes))
     reachable = _transport(client, result)
     nodes = [n for n in client.sessions if n in reachable]
     if nodes:

@@ -14,11 +14,11 @@ VID_KEY = r"HKLM:\SYSTEM\CurrentControlSet\Services\Vid\Parameters"
 
 # check name (prefix) -> (remote step, or None) and the guidance an operator reads
 GUIDANCE: dict[str, tuple[str | None, str]] = {
-    "AzStackHci_Upgrade_Windows_OS_Version": (None, "Finish the OS upgrade and install the latest 23H2 LCU on every "
-        "node (CAU with Microsoft.WindowsUpdatePlugin): the current module wants 10.0.25398.1904 or later, the same "
-        "on all nodes."),
-    "AzStackHci_Upgrade_RequiredWindowsVersionForUpgrade": (None, "Install the latest 23H2 LCU on every node "
-        "(10.0.25398.1904 or later, the same everywhere)."),
+    "AzStackHci_Upgrade_Windows_OS_Version": (None, "Finish the OS upgrade and install the target release's latest "
+        "LCU on every node (hci-upgrade finish, or CAU with Microsoft.WindowsUpdatePlugin): the current module wants "
+        "10.0.25398.1904 or later on 23H2, 10.0.26100.32814 or later on 24H2, the same on all nodes."),
+    "AzStackHci_Upgrade_RequiredWindowsVersionForUpgrade": (None, "Install the target release's latest LCU on "
+        "every node (23H2: 10.0.25398.1904 or later; 24H2: 10.0.26100.32814 or later; the same everywhere)."),
     "AzStackHci_Required_Windows_Features": ("features", "Install the missing roles with Install-WindowsFeature "
         "-IncludeAllSubFeature -IncludeManagementTools; some need a restart, which the rolling engine does one "
         "node at a time (R1)."),

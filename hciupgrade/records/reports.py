@@ -10,6 +10,7 @@ import pandas as pd
 
 from hciupgrade.records import load_events, node_summary, run_alive
 from hciupgrade.records.store import RecordStore, open_store
+from hciupgrade.targets import DEFAULT_RELEASE
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,7 @@ class RunStatus:
     current_node: str | None
     warnings: list[str]
     nodes: pd.DataFrame  # node, phase, status, at
+    target: str = ""  # the target release the run's options name (hciupgrade/targets.py)
 
 
 def run_status(cluster: str, store: RecordStore | None = None) -> RunStatus | None:
@@ -45,7 +47,15 @@ def run_status(cluster: str, store: RecordStore | None = None) -> RunStatus | No
     current = None if running.empty or state != "RunInProgress" else str(running["node"].iloc[-1])
     warnings = list(events.loc[events["phase"] == "warn-after", "error"].dropna()) if "error" in events else []
     return RunStatus(run["run_id"], run["cluster"], run["host"], pd.Timestamp(run["started"]), state, result,
-                     run["aside"] or "", current, warnings, nodes)
+                     run["aside"] or "", current, warnings, nodes, target_of(events))
+
+
+def target_of(events: pd.DataFrame) -> str:
+    """The target release from the options the run recorded when it started."""
+    if "options" not in events:
+        return ""
+    recorded = [o for o in events["options"].dropna() if isinstance(o, dict)]
+    return str(recorded[0].get("TargetRelease") or DEFAULT_RELEASE) if recorded else ""
 
 
 def run_report(run_id: str, store: RecordStore | None = None) -> tuple[dict[str, Any], pd.DataFrame] | None:

@@ -13,13 +13,14 @@ param(
     [Parameter(Mandatory)]
     [ValidateSet('Restart-Computer', 'Stop-ScheduledTask', 'Update-ClusterFunctionalLevel', 'Update-StoragePool',
                  'Stop-VM', 'Start-VM', 'Update-VMVersion', 'Stop-Cluster', 'Start-Cluster', 'Set-Service',
-                 'Start-ClusterResource', 'Stop-ClusterResource', 'Start-Service')]
+                 'Start-ClusterResource', 'Stop-ClusterResource', 'Start-Service', 'Remove-ClusterGroup')]
     [string] $Command,
     [string] $Name,
     [string] $TaskName,
     [string] $FriendlyName,
     [ValidateSet('Automatic', 'Disabled')] [string] $StartupType,
     [switch] $Force,
+    [switch] $RemoveResources,
     [Parameter(Mandatory)] [ValidatePattern('^[A-Za-z0-9-]{1,64}$')] [string] $RunId,
     [Parameter(Mandatory)] [ValidateRange(1, 9007199254740991)] [long] $Fence,
     [switch] $Marked
@@ -31,7 +32,7 @@ $mark = Get-ItemProperty -Path 'HKLM:\SOFTWARE\hci-upgrade' -ErrorAction Silentl
 $denied = if ($held -and [long]$held.Fence -gt $Fence) { 'FencedOut', "a newer run holds it: run $($held.RunId), fence $($held.Fence)" } elseif ($Marked -and -not ($mark -and $mark.PausedByRun -eq $RunId)) { 'NotOurPause', 'it does not carry this run''s mark' }
 if ($denied) { $PSCmdlet.ThrowTerminatingError([System.Management.Automation.ErrorRecord]::new([System.InvalidOperationException]::new("$env:COMPUTERNAME is not held by hci-upgrade run $RunId (fence $Fence): $($denied[1]); nothing was done."), $denied[0], [System.Management.Automation.ErrorCategory]::PermissionDenied, $env:COMPUTERNAME)) }
 $splat = @{ ErrorAction = 'Stop' }
-foreach ($p in 'Name', 'TaskName', 'FriendlyName', 'StartupType', 'Force') {
+foreach ($p in 'Name', 'TaskName', 'FriendlyName', 'StartupType', 'Force', 'RemoveResources') {
     if ($PSBoundParameters.ContainsKey($p)) { $splat[$p] = $PSBoundParameters[$p] }
 }
 if ($Command -eq 'Update-StoragePool') { $splat['Confirm'] = $false }  # no prompt a remote session could answer

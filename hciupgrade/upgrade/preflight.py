@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from hciupgrade.cluster import ClusterClient, ClusterSnapshot, NodeInfo
 from hciupgrade.models import RunOptions
 from hciupgrade.psenums import NodeState
-from hciupgrade.remote import Cmdlet, NodeUnreachable, RemoteError
+from hciupgrade.remote import SWITCH, Cmdlet, NodeUnreachable, RemoteError
+from hciupgrade.targets import Release, at_least, support_notes, version_tuple
 from hciupgrade.upgrade.gates import storage_busy
 from hciupgrade.upgrade.positions import held_by
 
@@ -54,6 +55,7 @@ class Preflight:
     reachable: dict[str, bool] = field(default_factory=dict)
     builds: dict[str, str] = field(default_factory=dict)  # each reachable node's OS build
     snapshot: ClusterSnapshot | None = None  # storage as the preflight read it
+    cleanup: list[str] = field(default_factory=list)  # approved clean-ups the run does before its first node
 
     @property
     def blocked(self) -> bool:
@@ -116,6 +118,8 @@ def check(client: ClusterClient, options: RunOptions, owned: set[str]) -> Prefli
                 f"{remaining} of {votes} votes remain while a node is away (witness: {witness or 'none'})"))
     if options.restart_only is None:
         prerequisites(client, [n for n in client.sessions if pre.reachable.get(n)], pre)
+    if options.restart_only is None and options.update == "feature":
+        release_checks(client, options, pre)
     if options.update == "cumulative":
         pre.scan = package_scan(client, options, builds)
         missing = [row.node for row in pre.scan if row.error]
@@ -183,6 +187,87 @@ def prerequisites(client: ClusterClient, nodes: list[str], pre: Preflight) -> No
     add(Finding("automatic updates do not install on their own", not auto,
                 "no node installs and restarts by itself" if not auto else f"{', '.join(auto)} install updates "
                 "automatically (AUOptions 4): set the Windows Update policy to notify (2) for the upgrade"))
+
+
+CLOUD_MANAGEMENT = "Cloud Management"
+AKS_HCI_MODULE = "AksHci"
+
+
+def release_checks(client: ClusterClient, options: RunOptions, pre: Preflight) -> None:
+    """What the target release's current page asks before the OS upgrade (hciupgrade/targets.py), each with its
+    fix: the lowest source build, AKS on HCI removed, the registry values, and for 24H2 the NIC drivers, the OEM's
+    sign-off and the Cloud Management group's clean-up (irreversible: only with an approval)."""
+    target = options.release
+    add = pre.findings.append
+    add(Finding("target release", True, f"{target.name}: {target.build}.x from {target.media}; then its cumulative "
+                                        f"update to {target.lcu_minimum} or later"))
+    for note in support_notes(target):
+        add(Finding(f"{target.name} supported", False, note, blocking=False))
+    policy = options.vm_policy
+    add(Finding("workload policy", True, "shut-down: each node's VMs are shut down before its drain and started "
+                "after its resume (the page's recommendation)" if policy == "shut-down" else
+                "live-migrate: the VMs move to other nodes and keep running (the page recommends shutting them "
+                "down: WorkloadPolicy shut-down)"))
+    nodes = [n for n in client.sessions if pre.reachable.get(n)]
+    low = [f"{n} runs {b}" for n, b in pre.builds.items()
+           if not target.runs(b) and not (b.startswith("10.0.20349.") and at_least(b, target.min_source))]
+    add(Finding(f"source build for {target.name}", not low,
+                f"every node at {target.min_source} or later (or on {target.number})" if not low else
+                "; ".join(low) + f": the path to {target.name} starts at {target.min_source}; install the latest "
+                "22H2 cumulative update on those nodes first (Windows Update, or CAU with "
+                "Microsoft.WindowsUpdatePlugin)"))
+    aks = [n for n, found in client.each(lambda n: client.session(n).run(
+        Cmdlet("Get-Module", {"Name": AKS_HCI_MODULE, "ListAvailable": SWITCH})).objects, nodes).items()
+        if isinstance(found, list) and found]
+    add(Finding("AKS on Azure Stack HCI removed", not aks,
+                "not installed" if not aks else f"the AksHci module is on {', '.join(aks)}: run Uninstall-AksHci, "
+                "then Uninstall-Module -Name AksHci -Force (its Kubernetes versions cannot be upgraded)"))
+    unset = []
+    for key, name in target.registry:
+        for node, value in client.each(lambda n, k=key, v=name: client.registry_value(n, k, v), nodes).items():
+            if value != 0:
+                unset.append(f"{name} on {node}")
+    add(Finding("registry values set before the OS upgrade", not unset,
+                "set to 0 on every node" if not unset else f"not 0: {', '.join(unset)}: hci-upgrade readiness "
+                "--remediate registry, then a rolling restart (restart_only) before the upgrade", blocking=False))
+    if target.nic_drivers:
+        nic_findings(client, target, nodes, pre)
+        add(Finding("OEM driver sign-off", False, f"consult the OEM: drivers compatible with {target.number} "
+                                                  "installed before the upgrade (not readable remotely)",
+                    blocking=False))
+    groups = {str(g.get("Name")) for g in client.query(Cmdlet("Get-ClusterGroup"))}
+    present = CLOUD_MANAGEMENT in groups
+    if target.cloud_management_cleanup:
+        approved = options.approval is not None and "cloud-management" in options.approval.steps
+        if present and approved:
+            pre.cleanup.append(CLOUD_MANAGEMENT)
+        add(Finding(f"'{CLOUD_MANAGEMENT}' group cleaned up", not present or approved,
+                    "absent" if not present else f"present: removed before the first node, approved by "
+                    f"{options.approval.approver} ({options.approval.reason})" if approved else
+                    f"present: the {target.name} path removes it (irreversible); run again with --approve "
+                    "cloud-management --reason '<change>'"))
+    elif not present:
+        add(Finding(f"'{CLOUD_MANAGEMENT}' group present", False, "absent: if the cluster resource's identity lacks "
+                    "type SystemAssigned, run Register-AzStackHCI ... -RepairRegistration first", blocking=False))
+
+
+def nic_findings(client: ClusterClient, target: Release, nodes: list[str], pre: Preflight) -> None:
+    """Physical NICs whose driver is not newer than the target's inbox one: the upgrade would leave them on it."""
+    old = []
+    for node, adapters in client.each(lambda n: client.session(n).run(
+            Cmdlet("Get-NetAdapter", {"Physical": SWITCH})).objects, nodes).items():
+        if isinstance(adapters, RemoteError):
+            old.append(f"{node} (could not be read: {adapters})")
+            continue
+        for adapter in adapters:
+            provider, version = str(adapter.get("DriverProvider", "")), str(adapter.get("DriverVersionString", ""))
+            rule = next((d for d in target.nic_drivers if d.vendor.lower() in provider.lower()), None)
+            if rule and version and version_tuple(version) <= version_tuple(rule.inbox):
+                old.append(f"{node} {adapter.get('Name')} ({provider} {version}, inbox {rule.inbox}, recommended "
+                           f"{rule.recommended})")
+    pre.findings.append(Finding("NIC drivers newer than the inbox ones", not old,
+                                "every physical NIC" if not old else "; ".join(old) + ": install the OEM's "
+                                "driver before the upgrade"))
 
 
 def package_scan(client: ClusterClient, options: RunOptions, builds: dict[str, str]) -> list[ScanRow]:

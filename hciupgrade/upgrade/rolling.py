@@ -38,7 +38,7 @@ from hciupgrade.ownership import Held, LostOwnership
 from hciupgrade.psenums import NodeState
 from hciupgrade.records import RunRecorder, owned_nodes, runs_in_progress
 from hciupgrade.records.store import host_id
-from hciupgrade.remote import NodeUnreachable, RemoteError
+from hciupgrade.remote import SWITCH, NodeUnreachable, RemoteError
 from hciupgrade.upgrade.gates import repair_running
 from hciupgrade.upgrade.positions import Mode, NodeFacts, Position, decide, held_by, position_of
 from hciupgrade.upgrade.preflight import PlannedNode, Preflight, check
@@ -199,6 +199,19 @@ class RollingUpgrade:
                 f"found {facts.state.name if facts.state else 'unknown'} without our mark: paused by {facts.held_by}"
             self.recorder.emit(node, "ownership", "released", reason=reason)
 
+    def clean_up(self, pre: Preflight) -> None:
+        """What the target release removes before the first node, approved (the preflight listed it only then):
+        the 24H2 path's Cloud Management group (Remove-ClusterGroup -RemoveResources; irreversible)."""
+        approval = self.options.approval
+        for group in pre.cleanup:
+            assert approval is not None  # the preflight blocks a clean-up without one
+            with self.recorder.phase(None, "cloud-management", group=group, approver=approval.approver,
+                                     reason=approval.reason, source=approval.source):
+                self.client.act_on_cluster("Remove-ClusterGroup", {"Name": group, "RemoveResources": SWITCH,
+                                                                   "Force": SWITCH})
+            self.recorder.emit(None, "note", "info", detail=f"removed the cluster group '{group}' (approved by "
+                                                            f"{approval.approver}: {approval.reason})")
+
     def own(self, held: Held | None) -> None:
         """Under the lock: a fence newer than any the cluster has seen (the store's count and the nodes' own),
         shown to every node that answers, a dead run's marks taken over, stale marks of ours removed. From here
@@ -291,6 +304,7 @@ class RollingUpgrade:
             if not dry_run:
                 with self.lock() as held:  # taken once for the run (DESIGN: one cluster, one run holding its lock)
                     self.own(held)
+                    self.clean_up(pre)
                     self._upgrade(pre.plan, outcomes, started)
                 failed = [o for o in outcomes.values() if o.counts_as_failed]
                 if failed:  # within MaxFailedNodes the run went on, but the cluster is not upgraded
@@ -319,6 +333,7 @@ class RollingUpgrade:
                     for n, run in sorted(self.owned.items())]
             failure += "; left paused or down by a run of ours: " + ", ".join(left)
         outcome = RunOutcome(run_id=self.recorder.run_id, cluster=self.client.name, succeeded=failure is None,
+                             target=f"{self.options.release.name} ({self.options.goal_build})",
                              nodes=list(outcomes.values()), error=failure, left_paused=sorted(self.owned),
                              window_ended=self.window_ended)
         if self.window_ended:

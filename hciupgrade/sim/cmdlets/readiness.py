@@ -42,6 +42,11 @@ def invoke_upgrade_validation(inv: Invocation) -> list[Out]:
 
 @cmdlet("Get-Module", "Name ListAvailable All", positional=("Name",))
 def get_module(inv: Invocation) -> list[Out]:
+    if str(inv.params.get("Name", "")).lower() == "akshci":  # AKS on HCI's module, while it is installed
+        if _readiness(inv).akshci_state == "NotInstalled":
+            return []
+        return [Out(["System.Management.Automation.PSModuleInfo", "System.Object"],
+                    {"Name": "AksHci", "Version": "1.0.24.11029", "ModuleType": "Script"}, to_string="AksHci")]
     installed = inv.sim.scenario.readiness.module_installed or inv.node in inv.sim.checker_installed
     if str(inv.params.get("Name", "")).lower() != CHECKER_MODULE.lower() or not installed:
         return []

@@ -173,7 +173,7 @@ def owned(inv: Invocation) -> Iterator[None]:
         yield
 
 
-OWNED_COMMANDS = ("Name", "TaskName", "FriendlyName", "StartupType", "Force")
+OWNED_COMMANDS = ("Name", "TaskName", "FriendlyName", "StartupType", "Force", "RemoveResources")
 
 
 @packaged("Invoke-OwnedCommand.ps1")
