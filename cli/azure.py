@@ -38,6 +38,11 @@ def solution_cmd(
         target = load_inventory(inventory).cluster(cluster)
         if target.azure is None:
             raise InputError(f"cluster {target.name} has no azure section in {inventory}")
+        from hciupgrade.targets import release
+
+        undocumented = release(target.target_release).solution_undocumented
+        if undocumented:
+            raise InputError(f"cluster {target.name}: {undocumented}")
         if approve and not reason:
             raise InputError("--approve needs --reason (a change ticket): the approval is recorded")
         if assign_roles and not approve:

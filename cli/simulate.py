@@ -93,7 +93,7 @@ def demo(
         view = LiveView(run_id, console)
         thread = view.start()
         options = RunOptions(poll_seconds=5, retry_delay_seconds=0.2, target_build=chosen.cluster.target_build,
-                             approval=demo_approval(chosen))
+                             target_release=chosen.cluster.target_release, approval=demo_approval(chosen))
         with embedded_settings():
             state = rolling_upgrade(inventory=str(inventory), options=options, run_id=run_id, return_state=True)
         view.stop(thread)
@@ -152,6 +152,10 @@ def _finish_demo(inventory: Path, options: Any, console: Console) -> int:
     blocked = df.empty or not bool(table["ready"].all())
     if blocked:
         return 1
+    stop = options.release.solution_undocumented
+    if stop:
+        console.print(f"[yellow]Stopping before the solution upgrade:[/] {stop}")
+        return 0
     from flows.solution import solution_upgrade
 
     console.print("The solution upgrade through (simulated) Azure: Validate, then Deploy (approved for the demo)...")

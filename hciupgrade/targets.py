@@ -20,6 +20,7 @@ DOCS = "MicrosoftDocs/azure-stack-docs"
 PAGE_23H2 = f"{DOCS}: azure-local/upgrade/upgrade-22h2-to-23h2-powershell.md@b86ec95f"
 PAGE_24H2 = f"{DOCS}: azure-local/upgrade/upgrade-22h2-to-24h2-powershell.md@01d506df"
 PAGE_TO_24H2 = f"{DOCS}: azure-local/upgrade/upgrade-to-24h2-powershell.md@05ff0df4"
+SOLUTION_PAGE = f"{DOCS}: azure-local/upgrade/install-solution-upgrade.md@0d02bed3"
 CHECKER = "AzStackHci.EnvironmentChecker (reference/domain.md §2.2, Test-RequiredWindowsVersionForUpgrade)"
 EOS_22H2 = f"{DOCS}: azure-local/includes/end-of-service-22h2.md@009be3b7"
 REFS_KEY = (r"HKLM:\SYSTEM\CurrentControlSet\Control\FileSystem", "RefsEnableMetadataValidation")
@@ -52,6 +53,7 @@ class Release:
     cau_arguments: tuple[str, ...]  # Invoke-CauRun's switches for the offline run, besides the plugin's
     end_of_support: date | None
     sources: dict[str, str]  # what each value rests on
+    solution_undocumented: str = ""  # why hci-upgrade stops before the solution upgrade, when it does
 
     @property
     def number(self) -> str:
@@ -104,7 +106,12 @@ RELEASES: dict[str, Release] = {r.name: r for r in (
             # the group's resources
             "cloud_management_cleanup": "reference/domain.md §3.4",
             "cau_arguments": PAGE_TO_24H2 + " (Invoke-CauRun ... -EnableFirewallRules ... -ForceSelfUpdate -Force)",
-        }),
+            "solution_undocumented": SOLUTION_PAGE,
+        },
+        solution_undocumented=(
+            "Microsoft documents the solution upgrade after a 23H2 OS upgrade (" + SOLUTION_PAGE + "), not after "
+            "the direct OS upgrade to 24H2: hci-upgrade stops after the post-OS steps and readiness there; apply "
+            "the solution from the portal's Upgrade banner when Microsoft offers it for this cluster")),
 )}
 
 DEFAULT_RELEASE: ReleaseName = "23H2"  # the reference procedure's target
