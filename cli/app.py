@@ -40,7 +40,6 @@ app.command()(simulate.demo)
 app.add_typer(simulate.sim_app, name="sim")
 
 
-@app.command()
 def upfront_approval(steps: list[str], reason: str | None) -> Any:
     """The CLI's explicit approval of an irreversible step before the run; bad input exits 2 naming the fix."""
     import getpass
@@ -56,6 +55,7 @@ def upfront_approval(steps: list[str], reason: str | None) -> Any:
     return Approval(approver=getpass.getuser(), reason=str(reason).strip(), steps=steps, source="cli")
 
 
+@app.command()
 def upgrade(
     inventory: Annotated[Path, typer.Option(help="inventory file (YAML)")],
     cluster: Annotated[Optional[str], typer.Option(help="the cluster to upgrade (optional with one cluster)")] = None,

@@ -354,6 +354,18 @@ class RunOptions(Strict):
     stop_after: timedelta | None = Field(None, alias="StopAfter",
                                          description="start no node after this much time (cluster time)")
     warn_after: timedelta | None = Field(None, alias="WarnAfter")
+    pre_stage: bool = Field(
+        False, alias="PreStage",
+        description="tight windows: setup's first phase (/NoReboot) runs on every node at once before the first "
+                    "drain, while the nodes serve their VMs; each node is then out of service only to restart into "
+                    "setup's offline phases. Not a Microsoft procedure: read the README's risks first")
+    cumulative_in_drain: bool = Field(
+        False, alias="InstallCumulativeUpdateInSameDrain",
+        description="the cumulative update (PathToUpdatePackage) installed while the node is still drained after "
+                    "the feature update, then one more restart: one drain per node for the whole OS path")
+    node_soak_minutes: float = Field(0, ge=0, alias="NodeSoakMinutes",
+                                     description="a pause after a node resumes and storage is healthy, before the "
+                                                 "next node's gate (to watch a node under load)")
     restart_only: list[str] | None = Field(
         None, description="a rolling restart of these nodes (drain, restart, resume, resync; no install): for "
                           "remediation that needs a restart")
@@ -452,6 +464,18 @@ class RunOptions(Strict):
         if self.restart_only is not None:
             return "restart"
         return "cumulative-update" if self.update == "cumulative" else "upgrade"
+
+    @property
+    def stages(self) -> bool:
+        """Whether this run pre-stages setup on every node (PreStage, in a feature update run)."""
+        return self.pre_stage and self.update == "feature" and self.restart_only is None
+
+    @property
+    def lcu_in_drain(self) -> bool | None:
+        """True when each node also takes the cumulative update in its drain (None otherwise: the runbook's
+        option rule)."""
+        return True if self.cumulative_in_drain and self.update == "feature" and self.restart_only is None \
+            else None
 
     @property
     def restart_timeout_minutes(self) -> float:

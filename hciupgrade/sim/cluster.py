@@ -360,8 +360,11 @@ class SimCluster:
         if fault and mine:
             stuck = fault.vm or mine[0].name
         elapsed = 0.0
+        staging = {n.name for n in self.nodes.values() if any(
+            t.kind == "feature" and t.state == ScheduledTaskState.Running for t in n.tasks.values())}
         for i, vm in enumerate(mine):
             target = targets[i % len(targets)] if targets else None
+            slow = self.knobs.staging_slowdown if {node.name, target} & staging else 1.0
             if not vm.running:  # an Off VM's group moves as it is: no memory to copy, nothing to refuse
                 elapsed += self.durations.vm_move_overhead_s
                 if target is None:
@@ -369,7 +372,8 @@ class SimCluster:
                     return
                 self._after(elapsed, lambda vm=vm, t=target: self._vm_moved(vm, t, failed=False))
                 continue
-            elapsed += self.durations.vm_move_overhead_s + vm.memory_gb / self.durations.live_migration_gb_per_s
+            move = self.durations.vm_move_overhead_s + vm.memory_gb / self.durations.live_migration_gb_per_s
+            elapsed += move * slow
             refused = vm.name == stuck or (target is not None and self._mixed_refused(node.name, target))
             if target is None or (refused and not force):
                 self._after(elapsed, lambda vm=vm: self._drain_failed(node, vm), "drain-fail")
@@ -562,6 +566,8 @@ class SimCluster:
         if task.kind == "feature":
             fault = self.strikes(node.name, FaultKind.install_fails)
             minutes, code, at = self.install_minutes(node.name), SETUP_FAILED_ROLLED_BACK, None
+            if node.state == NodeState.Up:  # staged in service: setup competes with the VMs for CPU and I/O
+                minutes *= self.knobs.staging_slowdown
         else:
             fault = self.strikes(node.name, FaultKind.lcu_fails)
             minutes, code = self.durations.lcu_install_minutes, ERROR_INSTALL_FAILURE
@@ -616,6 +622,10 @@ class SimCluster:
             if ok:
                 spec = next(n for n in self.scenario.cluster.nodes if n.name == node.name)
                 node.staged_build, node.staged_kind = spec.media_build or self.target_build, "feature"
+                if node.state == NodeState.Up and self.strikes(node.name, FaultKind.restarts_after_staging):
+                    # Windows restarts a staged node on its own (a policy, a crash, a hand): the offline phases
+                    # run and it comes back on the new build, never drained
+                    self._after(300, lambda: self.restart(node.name, by="system"), "unplanned-restart")
         else:
             ok = code in (0, ERROR_SUCCESS_REBOOT_REQUIRED, WU_S_ALREADY_INSTALLED)
             if code in (0, ERROR_SUCCESS_REBOOT_REQUIRED):

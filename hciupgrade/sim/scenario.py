@@ -121,6 +121,7 @@ class FaultKind(StrEnum):
     winrm_refused = "winrm_refused"  # the node's WinRM port is closed from the start
     pre_script_fails = "pre_script_fails"  # the PreUpdateScript throws on this node
     post_script_fails = "post_script_fails"  # the PostUpdateScript throws on this node
+    restarts_after_staging = "restarts_after_staging"  # a node staged in service restarts on its own, undrained
 
 
 class Fault(Strict):
@@ -171,6 +172,11 @@ class Knobs(Strict):
     cluster_down_error: Literal["ClusterEndpointNotRegistered", "ClusterRpcConnection"] = Field(
         "ClusterEndpointNotRegistered",
         description="what a failover-cluster cmdlet answers on a node whose cluster service is not running")
+    staging_slowdown: float = Field(
+        1.3, ge=1, description=(
+            "[UNVERIFIED] how much longer setup's first phase takes on a node that serves its VMs (PreStage), and "
+            "a live migration from or to such a node: setup and the workloads compete for CPU and storage I/O; "
+            "no published procedure stages a node in service, so the harsher side by default; 1 for none"))
     mixed_version_migration: Literal["fails", "works"] = Field(
         "fails", description=(
             "live migration of a running VM between nodes on different OS builds (22H2 and the target) during the "

@@ -38,6 +38,7 @@ from hciupgrade.upgrade.runbook import (
 
 class Position(StrEnum):
     FRESH = "fresh"
+    STAGED = "staged"  # Up on its old build, setup's first phase done (PreStage): its next restart upgrades it
     DONE = "done"
     RESYNCING = "resyncing"
     OURS_PAUSED = "ours-paused"
@@ -66,6 +67,7 @@ class NodeFacts:
     storage_settled: bool = True  # no repair runs, every virtual disk Healthy
     held_by: str = ""  # who paused it, as far as the cluster says (the mark of another run, or nobody's mark)
     build: str | None = None  # its OS build (10.0.build.UBR); None when it does not answer
+    staged: bool = False  # setup's first phase finished on it: the next restart runs the offline phases
 
 
 def position_of(facts: NodeFacts) -> Position:
@@ -89,7 +91,7 @@ def position_of(facts: NodeFacts) -> Position:
 
 def _up(facts: NodeFacts) -> Position:
     if not facts.on_target:
-        return Position.FRESH
+        return Position.STAGED if facts.staged else Position.FRESH
     return Position.DONE if facts.storage_settled else Position.RESYNCING
 
 
@@ -105,6 +107,7 @@ REFUSE = Decision("refuse")
 
 DECISIONS: dict[tuple[Mode, Position], Decision] = {
     (Mode.UPGRADE, Position.FRESH): Decision("run", FULL, "upgrade"),
+    (Mode.UPGRADE, Position.STAGED): Decision("run", FULL, "staged: setup's first phase is done; drain, restart"),
     (Mode.UPGRADE, Position.DONE): Decision("skip", why="already on the target build"),
     (Mode.UPGRADE, Position.RESYNCING): Decision("run", (START_VMS, WAIT_STORAGE),
                                                  "on the target; wait for its resync"),
@@ -113,6 +116,8 @@ DECISIONS: dict[tuple[Mode, Position], Decision] = {
     (Mode.UPGRADE, Position.OURS_BACK): Decision("run", AFTER_REBOOT, "ours, back on the target: finish it"),
     (Mode.UPGRADE, Position.OURS_AWAY): Decision("run", AFTER_REBOOT, "ours and away: wait for it to come back"),
     (Mode.RESTART, Position.FRESH): Decision("run", RESTART, "rolling restart"),
+    (Mode.RESTART, Position.STAGED): Decision("refuse", why="staged for the feature update: a restart would install "
+                                                           "it; finish its upgrade first"),
     (Mode.RESTART, Position.DONE): Decision("skip", why="not asked to restart"),
     (Mode.RESTART, Position.RESYNCING): Decision("skip", why="not asked to restart"),
     (Mode.RESTART, Position.OURS_PAUSED): Decision("run", CONTINUE_RESTART,

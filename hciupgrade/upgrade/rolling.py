@@ -32,17 +32,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hciupgrade.clock import ClusterClock
-from hciupgrade.cluster import ClusterClient, ClusterSnapshot
+from hciupgrade.cluster import FEATURE, ClusterClient, ClusterSnapshot
 from hciupgrade.models import NodeOutcome, RunOptions, RunOutcome
 from hciupgrade.ownership import Held, LostOwnership
-from hciupgrade.psenums import NodeState
+from hciupgrade.psenums import NodeState, ScheduledTaskState
 from hciupgrade.records import RunRecorder, owned_nodes, runs_in_progress
 from hciupgrade.records.store import host_id
 from hciupgrade.remote import SWITCH, NodeUnreachable, RemoteError
 from hciupgrade.upgrade.gates import repair_running
 from hciupgrade.upgrade.positions import Mode, NodeFacts, Position, decide, held_by, position_of
 from hciupgrade.upgrade.preflight import PlannedNode, Preflight, check
-from hciupgrade.upgrade.runbook import RESUME, STEPS, WAIT_BACK, WAIT_STORAGE, Ownership, wanted
+from hciupgrade.upgrade.runbook import DRAIN, RESUME, STEPS, WAIT_BACK, WAIT_STORAGE, Ownership, wanted
 from hciupgrade.upgrade.steps import GateRefused, PausedByOther, StepFailed, Steps, StorageNotHealthy
 
 
@@ -99,6 +99,8 @@ class RollingUpgrade:
     stale_marks: dict[str, str] = field(default_factory=dict)  # node Up again with a dead run's mark -> that run
     attempts: dict[str, int] = field(default_factory=dict)  # node -> its current attempt (task runs say which)
     last_step: str | None = None  # the step run last (a recovery counts as one)
+    staged: set[str] = field(default_factory=set)  # nodes this run staged (PreStage)
+    drained: set[str] = field(default_factory=set)  # nodes this run drained
 
     def __post_init__(self) -> None:
         self.steps.note = lambda node, text: self.recorder.emit(node, "note", "info", detail=text) and None
@@ -116,6 +118,8 @@ class RollingUpgrade:
 
     def step(self, name: str, node: str) -> Any:
         self.last_step = name
+        if name == DRAIN:
+            self.drained.add(node)
         if self.run_step is not None:
             return self.run_step(name, node)
         return perform(self, name, node)
@@ -131,12 +135,17 @@ class RollingUpgrade:
             on_target = node.lower() not in {n.lower() for n in self.options.restart_only or []}
         else:
             on_target = build is not None and self.options.build_reached(build)
+        staged = False
+        if self.mode == Mode.UPGRADE and self.options.update == "feature" and state == NodeState.Up and build \
+                and not on_target:  # setup's first phase done on a node in service (PreStage, or a run before)
+            status = self.client.update_status(node, FEATURE)
+            staged = status is not None and status[0] == ScheduledTaskState.Ready and status[1] in FEATURE.success
         settled = True
         if on_target and state == NodeState.Up and not self.owned:  # a node of ours away is finished first
             jobs = known.snapshot.jobs if known and known.snapshot else tuple(self.client.storage_jobs())
             settled = not repair_running(ClusterSnapshot((), (), jobs, None))
         return NodeFacts(node, state, reachable, on_target, node in self.owned, marked, settled, held_by(mark),
-                         build)
+                         build, staged)
 
     def _read(self, node: str) -> tuple[str | None, bool, NodeState | None, dict[str, Any] | None]:
         """(build, reachable, state, mark), live: build and mark from the node itself in one call, its state from
@@ -211,6 +220,28 @@ class RollingUpgrade:
                                                                    "Force": SWITCH})
             self.recorder.emit(None, "note", "info", detail=f"removed the cluster group '{group}' (approved by "
                                                             f"{approval.approver}: {approval.reason})")
+
+    def pre_stage(self, plan: list[PlannedNode]) -> None:
+        """PreStage: setup's first phase on every node still to upgrade, at once, while they serve their VMs. A
+        node whose staging fails is left to its turn, where setup runs again in its drain as without PreStage; a
+        node paused by someone else (or away) is not in the list: its plan refuses it."""
+        nodes = [p.node for p in plan if p.position == Position.FRESH.value and p.action == "upgrade"]
+
+        def stage(node: str) -> int:
+            with self.recorder.phase(node, "stage") as extra:
+                extra["result"] = code = self.steps.stage(node)
+            self.staged.add(node)
+            return code
+
+        if not nodes:
+            return
+        self.recorder.emit(None, "note", "info", detail=f"staging setup on {', '.join(nodes)} at once (PreStage)")
+        for node, result in self.client.each(stage, nodes).items():
+            if isinstance(result, LostOwnership):
+                raise result
+            if isinstance(result, BaseException):
+                self.recorder.emit(node, "note", "info", detail=f"{node}: staging failed ({result}); setup runs "
+                                                                "again in its drain")
 
     def own(self, held: Held | None) -> None:
         """Under the lock: a fence newer than any the cluster has seen (the store's count and the nodes' own),
@@ -305,6 +336,8 @@ class RollingUpgrade:
                 with self.lock() as held:  # taken once for the run (DESIGN: one cluster, one run holding its lock)
                     self.own(held)
                     self.clean_up(pre)
+                    if self.options.stages:
+                        self.pre_stage(pre.plan)
                     self._upgrade(pre.plan, outcomes, started)
                 failed = [o for o in outcomes.values() if o.counts_as_failed]
                 if failed:  # within MaxFailedNodes the run went on, but the cluster is not upgraded
@@ -371,6 +404,9 @@ class RollingUpgrade:
                 warned = True
                 self.recorder.emit(None, "warn-after", "failed", error=f"the run exceeds WarnAfter "
                                                                        f"({self.options.warn_after})")
+            if self.options.node_soak_minutes and needs_work and any(
+                    o.result == "upgraded" for o in outcomes.values()):
+                self.soak(node)
             self._node(node, outcome)
             if outcome.counts_as_failed:
                 failed.append(node)
@@ -394,6 +430,13 @@ class RollingUpgrade:
         if not failed:
             self.progress(1.0)
 
+    def soak(self, node: str) -> None:
+        """NodeSoakMinutes: the cluster runs with the last node back under load before the next one leaves."""
+        minutes = self.options.node_soak_minutes
+        with self.recorder.phase(node, "soak", minutes=minutes):
+            self.recorder.emit(node, "note", "info", detail=f"soaking {minutes:g} min before {node}'s gate")
+            self.steps.clock.sleep(minutes * 60)
+
     def _node(self, node: str, outcome: NodeOutcome) -> None:
         """One node: up to MaxRetriesPerNode attempts, each deciding again from the node's position."""
         for attempt in range(1, self.options.max_retries_per_node + 1):
@@ -407,6 +450,11 @@ class RollingUpgrade:
                 if decision.action == "skip" and attempt == 1:
                     outcome.result, outcome.attempts = "skipped", 0
                     outcome.build_after = outcome.build_before
+                    if node in self.staged and node not in self.drained and position == Position.DONE:
+                        outcome.error = (f"{node} restarted outside this run after its staging: it came back on "
+                                         f"{facts.build} without a drain (its VMs failed over); not counted as "
+                                         "upgraded by hci-upgrade: check its VMs and the event log")
+                        self.recorder.emit(node, "note", "info", detail=outcome.error)
                     self.recorder.emit(node, "node", "skipped", result="skipped", reason=decision.why,
                                        build_before=outcome.build_before, build_after=outcome.build_before)
                     return

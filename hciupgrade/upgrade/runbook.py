@@ -40,6 +40,7 @@ GATE, GATE_ADOPTED, PRE_SCRIPT, DRAIN, INSTALL, REBOOT = "gate", "gate-adopted",
 WAIT_BACK, WAIT_REPAIR, RESUME, POST_SCRIPT, WAIT_STORAGE = "wait-back", "wait-repair", "resume", "post-script", \
     "wait-storage"
 STOP_VMS, START_VMS = "stop-vms", "start-vms"  # WorkloadPolicy shut-down
+INSTALL_LCU, REBOOT_LCU, WAIT_BACK_LCU = "install-lcu", "reboot-lcu", "wait-back-lcu"  # the LCU in the same drain
 
 STEPS: dict[str, StepSpec] = {s.name: s for s in (
     StepSpec(GATE, "gate", "gate", "gate_timeout_minutes", reads=True, keeps_result=False),
@@ -51,6 +52,11 @@ STEPS: dict[str, StepSpec] = {s.name: s for s in (
     StepSpec(INSTALL, "install", "install", "install_timeout_minutes"),
     StepSpec(REBOOT, "reboot", "reboot", "restart_timeout_minutes"),
     StepSpec(WAIT_BACK, "wait_back", "back", "restart_timeout_minutes", reads=True),
+    StepSpec(INSTALL_LCU, "install_lcu", "LCU", "install_timeout_minutes", option="lcu_in_drain"),
+    StepSpec(REBOOT_LCU, "reboot_lcu", "LCU reboot", "reboot_timeout_minutes", option="lcu_in_drain",
+             keeps_result=False),
+    StepSpec(WAIT_BACK_LCU, "wait_back_lcu", "LCU back", "reboot_timeout_minutes", reads=True,
+             option="lcu_in_drain"),
     StepSpec(WAIT_REPAIR, "wait_repair", "repair?", "repair_timeout_minutes", reads=True, quiet=True,
              keeps_result=False),
     StepSpec(RESUME, "resume", "resume", None, ownership=Ownership.RELEASES, keeps_result=False),
@@ -60,7 +66,8 @@ STEPS: dict[str, StepSpec] = {s.name: s for s in (
 )}
 
 # the sequences of the position table, in the order a node goes through them
-AFTER_REBOOT = (WAIT_BACK, WAIT_REPAIR, RESUME, START_VMS, POST_SCRIPT, WAIT_STORAGE)
+AFTER_REBOOT = (WAIT_BACK, INSTALL_LCU, REBOOT_LCU, WAIT_BACK_LCU, WAIT_REPAIR, RESUME, START_VMS, POST_SCRIPT,
+                WAIT_STORAGE)
 FULL = (GATE, PRE_SCRIPT, STOP_VMS, DRAIN, INSTALL, REBOOT, *AFTER_REBOOT)
 RESTART = (GATE, DRAIN, REBOOT, *AFTER_REBOOT)
 CONTINUE_UPGRADE = (GATE_ADOPTED, STOP_VMS, DRAIN, INSTALL, REBOOT, *AFTER_REBOOT)

@@ -14,6 +14,7 @@ from typing import TypeVar
 
 from hciupgrade.clock import ClusterClock
 from hciupgrade.cluster import (
+    CUMULATIVE,
     FEATURE,
     SCHED_S_TASK_HAS_NOT_RUN,
     SCHED_S_TASK_RUNNING,
@@ -26,6 +27,7 @@ from hciupgrade.cluster import (
 from hciupgrade.models import RunOptions
 from hciupgrade.psenums import DrainStatus, NodeState, ScheduledTaskState
 from hciupgrade.remote import CmdletFailed, NodeUnreachable
+from hciupgrade.targets import at_least
 from hciupgrade.upgrade.gates import may_drain, repair_running, storage_busy, storage_settled
 
 T = TypeVar("T")
@@ -164,14 +166,41 @@ class Steps:
     def install(self, node: str) -> int:
         """Run the update's installer in its scheduled task (no restart) and wait for its exit code: setup's
         down-level phase for the feature update, wusa.exe for the cumulative update. Idempotent: an installer
-        that is running is only watched, one that already succeeded is not run again."""
-        kind = self.update
+        that is running is only watched, one that already succeeded is not run again (a staged node's)."""
+        path = self.options.setup_path if self.update is FEATURE else self.options.update_package
+        return self._install(node, self.update, path, marked=self.marked)
+
+    def stage(self, node: str) -> int:
+        """PreStage: setup's first phase on a node still in service. Nothing in it changes the running node until
+        its next restart, so no mark is needed; the run's fence still proves the run owns the cluster."""
+        return self._install(node, FEATURE, self.options.setup_path, marked=False)
+
+    def install_lcu(self, node: str) -> int | None:
+        """The cumulative update in the same drain (InstallCumulativeUpdateInSameDrain): after the feature update's
+        restart, the node still paused. None when the node is already at the checker's minimum (media that
+        carried it, or a rerun after this step)."""
+        if at_least(self.client.os_build(node), self.options.release.lcu_minimum):
+            return None
+        return self._install(node, CUMULATIVE, self.options.update_package, marked=self.marked)
+
+    def reboot_lcu(self, node: str) -> None:
+        """The restart that completes the cumulative update, unless the node is at the minimum already."""
+        if not at_least(self.client.os_build(node), self.options.release.lcu_minimum):
+            self.reboot(node, self.options.reboot_timeout_minutes)
+
+    def wait_back_lcu(self, node: str) -> str:
+        build = self.wait_back(node, self.options.reboot_timeout_minutes, "back-lcu")
+        if not at_least(build, self.options.release.lcu_minimum):
+            raise StepFailed(node, "wait-back-lcu", f"back on {build}, below the cumulative update's minimum "
+                                                    f"{self.options.release.lcu_minimum}")
+        return build
+
+    def _install(self, node: str, kind: UpdateKind, path: str, *, marked: bool) -> int:
         state, code = self.client.update_status(node, kind) or (ScheduledTaskState.Unknown, None)
         if state == ScheduledTaskState.Ready and code in kind.success:
             return code
         if state != ScheduledTaskState.Running:
-            path = self.options.setup_path if kind is FEATURE else self.options.update_package
-            self.client.register_update(node, kind, path, start=True, marked=self.marked)
+            self.client.register_update(node, kind, path, start=True, marked=marked)
 
         def finished() -> tuple[ScheduledTaskState, int] | None:
             code = self.client.update_result(node, kind)  # one call a poll: 0x41301 while it runs
@@ -189,8 +218,9 @@ class Steps:
             raise StepFailed(node, "install", f"{what} failed with exit code {code:#010x}; the node keeps its build")
         return code
 
-    def reboot(self, node: str) -> None:
+    def reboot(self, node: str, timeout_minutes: float | None = None) -> None:
         """Restart the node and wait until the cluster sees it go down (it must not be mistaken for back)."""
+        timeout_minutes = timeout_minutes or self.options.restart_timeout_minutes
         self.client.restart(node, marked=self.marked)
 
         def went_down() -> bool:
@@ -199,11 +229,12 @@ class Steps:
             except NodeUnreachable:
                 return False
 
-        if not self.wait(went_down, self.options.restart_timeout_minutes * 60, "went-down"):
+        if not self.wait(went_down, timeout_minutes * 60, "went-down"):
             raise StepFailed(node, "reboot", "the node did not go down after Restart-Computer")
 
-    def wait_back(self, node: str) -> str:
+    def wait_back(self, node: str, timeout_minutes: float | None = None, kind: str = "back") -> str:
         """Wait until WinRM answers and the cluster has the node back (Paused); return its new build."""
+        timeout_minutes = timeout_minutes or self.options.restart_timeout_minutes
 
         def back() -> str | None:
             try:
@@ -212,10 +243,9 @@ class Steps:
                 return None
             return build if self.client.node_info(node).state in (NodeState.Paused, NodeState.Up) else None
 
-        build = self.wait(back, self.options.restart_timeout_minutes * 60, "back")
+        build = self.wait(back, timeout_minutes * 60, kind)
         if build is None:
-            raise StepFailed(node, "wait-back",
-                             f"not back {self.options.restart_timeout_minutes:g} min after its restart")
+            raise StepFailed(node, "wait-back", f"not back {timeout_minutes:g} min after its restart")
         if not self.options.build_reached(build):
             raise StepFailed(node, "wait-back", f"back on {build}, not on {self.options.goal_build}")
         return build
