@@ -169,3 +169,24 @@ def test_killing_the_cli_leaves_no_process_behind(tmp_path, prefect_home):
             time.sleep(0.2)
         left = [p for p, s in children.items() if _started(p) == s]
         assert left == [], f"left behind: {left}"
+
+
+def test_a_run_killed_while_staging_is_finished_by_the_next_one_without_staging_twice(tmp_path, prefect_home):
+    nodes = ["node1", "node2", "node3"]
+    options = {"NodeOrder": nodes, "poll_seconds": 5, "retry_delay_seconds": 0.1, "PreStage": True}
+    with served_cluster(tmp_path, prefect_home, options) as (upgrade, env, events, scenario):
+        first = subprocess.Popen(upgrade, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                 start_new_session=True)
+        for node in ("node1", "node2", "node3"):
+            wait_for_event(events, {"kind": "install", "node": node, "status": "Running"})
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+        second = subprocess.run(upgrade, env=env, capture_output=True, text=True, timeout=300)
+        assert second.returncode == 0, second.stderr[-3000:]
+        outcome = json.loads(second.stdout)
+    log = read_events(events)
+    assert [n["result"] for n in outcome["nodes"]] == ["upgraded"] * 3
+    started = [e["node"] for e in log if e["kind"] == "install" and e["status"] == "Running"]
+    assert sorted(started) == nodes, f"setup started twice: {started}"  # the second run watched the first's
+    assert sorted(e["node"] for e in log if e["kind"] == "suspend") == nodes
+    assert check_invariants(log, scenario, outcome, SIM_USER) == []

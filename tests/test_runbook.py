@@ -21,7 +21,8 @@ def test_every_step_has_a_method_and_a_timeout(name):
     spec = STEPS[name]
     assert callable(getattr(Steps, spec.method, None)), f"Steps.{spec.method} is missing"
     expected = {"gate": 7, "drain": 22, "install": 240, "reboot": RESTART_MINUTES, "wait-back": RESTART_MINUTES,
-                "wait-repair": 600, "wait-storage": 600}.get(name, 30)  # no step gets the default by mistake
+                "wait-repair": 600, "wait-storage": 600, "install-lcu": 240, "reboot-lcu": 15,
+                "wait-back-lcu": 15}.get(name, 30)  # no step gets the default by mistake
     assert timeout_minutes(OPTIONS, name) == expected
 
 
@@ -50,5 +51,6 @@ def test_scripts_run_only_when_their_script_is_given():
 
 
 def test_the_records_phases_are_the_runbooks_steps_in_order():
-    assert PHASES == ("gate", "pre-script", "stop-vms", "drain", "install", "reboot", "wait-back", "wait-repair",
-                      "resume", "start-vms", "post-script", "wait-storage")
+    assert PHASES == ("gate", "pre-script", "stop-vms", "drain", "install", "reboot", "wait-back", "install-lcu",
+                      "reboot-lcu", "wait-back-lcu", "wait-repair", "resume", "start-vms", "post-script",
+                      "wait-storage")

@@ -42,7 +42,16 @@ from hciupgrade.remote import SWITCH, NodeUnreachable, RemoteError
 from hciupgrade.upgrade.gates import repair_running
 from hciupgrade.upgrade.positions import Mode, NodeFacts, Position, decide, held_by, position_of
 from hciupgrade.upgrade.preflight import PlannedNode, Preflight, check
-from hciupgrade.upgrade.runbook import DRAIN, RESUME, STEPS, WAIT_BACK, WAIT_STORAGE, Ownership, wanted
+from hciupgrade.upgrade.runbook import (
+    DRAIN,
+    RESUME,
+    STEPS,
+    WAIT_BACK,
+    WAIT_BACK_LCU,
+    WAIT_STORAGE,
+    Ownership,
+    wanted,
+)
 from hciupgrade.upgrade.steps import GateRefused, PausedByOther, StepFailed, Steps, StorageNotHealthy
 
 
@@ -227,19 +236,31 @@ class RollingUpgrade:
         node paused by someone else (or away) is not in the list: its plan refuses it."""
         nodes = [p.node for p in plan if p.position == Position.FRESH.value and p.action == "upgrade"]
 
-        def stage(node: str) -> int:
-            with self.recorder.phase(node, "stage") as extra:
-                extra["result"] = code = self.steps.stage(node)
+        def stage(node: str) -> int | StepFailed:
+            try:
+                with self.recorder.phase(node, "stage") as extra:
+                    extra["result"] = code = self.steps.stage(node)
+            except StepFailed as e:
+                return e
             self.staged.add(node)
             return code
 
         if not nodes:
             return
         self.recorder.emit(None, "note", "info", detail=f"staging setup on {', '.join(nodes)} at once (PreStage)")
-        for node, result in self.client.each(stage, nodes).items():
+        try:
+            staged = self.client.each(stage, nodes)
+        except BaseException:  # cancelled: setup's first phase is stopped where it runs (it changed nothing yet)
+            for node in nodes:
+                try:
+                    self.client.stop_update(node, FEATURE, marked=False)
+                except RemoteError as e:
+                    self.swallowed[node] = f"could not stop its staging: {e}"
+            raise
+        for node, result in staged.items():
             if isinstance(result, LostOwnership):
                 raise result
-            if isinstance(result, BaseException):
+            if isinstance(result, RemoteError | StepFailed):
                 self.recorder.emit(node, "note", "info", detail=f"{node}: staging failed ({result}); setup runs "
                                                                 "again in its drain")
 
@@ -430,6 +451,28 @@ class RollingUpgrade:
         if not failed:
             self.progress(1.0)
 
+    def _unplanned_restart(self, node: str, facts: NodeFacts, outcome: NodeOutcome) -> NodeFacts | None:
+        """A node this run staged and never drained that is away, or back on the target: it restarted on its own
+        and setup's offline phases upgraded it without a drain. Waited for (it is out of service either way),
+        reported, and never counted as upgraded by hci-upgrade. None when nothing of the kind happened."""
+        away = not facts.reachable or facts.state in (NodeState.Down, NodeState.Joining, None)
+        if not away and not facts.on_target:
+            return None
+        if away:
+            self.recorder.emit(node, "note", "info", detail=f"{node} went down on its own after its staging: "
+                                                            "waiting for it to come back")
+            self.steps.wait(lambda: self.client.reachable(node) and self.client.node_info(node).state in (
+                NodeState.Up, NodeState.Paused) or None, self.options.feature_update_reboot_timeout_minutes * 60)
+            facts = self.facts(node)
+        outcome.build_before = outcome.build_after = facts.build
+        outcome.result, outcome.attempts = "skipped", 0
+        outcome.error = (f"{node} restarted outside this run after its staging: it is on {facts.build} without a "
+                         "drain by hci-upgrade (its VMs failed over); not counted as upgraded: check its VMs and "
+                         "the event log")
+        self.recorder.emit(node, "node", "skipped", result="skipped", reason=outcome.error,
+                           build_before=facts.build, build_after=facts.build)
+        return facts
+
     def soak(self, node: str) -> None:
         """NodeSoakMinutes: the cluster runs with the last node back under load before the next one leaves."""
         minutes = self.options.node_soak_minutes
@@ -444,17 +487,16 @@ class RollingUpgrade:
             results: dict[str, Any] = {}
             try:
                 facts = self.facts(node)  # read again: the plan is older, and an attempt may have failed
+                if attempt == 1 and node in self.staged and node not in self.drained:
+                    facts = self._unplanned_restart(node, facts, outcome) or facts
+                    if outcome.result == "skipped":
+                        return
                 if attempt == 1:
                     outcome.build_before = facts.build
                 position, decision = decide(self.mode, facts)
                 if decision.action == "skip" and attempt == 1:
                     outcome.result, outcome.attempts = "skipped", 0
                     outcome.build_after = outcome.build_before
-                    if node in self.staged and node not in self.drained and position == Position.DONE:
-                        outcome.error = (f"{node} restarted outside this run after its staging: it came back on "
-                                         f"{facts.build} without a drain (its VMs failed over); not counted as "
-                                         "upgraded by hci-upgrade: check its VMs and the event log")
-                        self.recorder.emit(node, "note", "info", detail=outcome.error)
                     self.recorder.emit(node, "node", "skipped", result="skipped", reason=decision.why,
                                        build_before=outcome.build_before, build_after=outcome.build_before)
                     return
@@ -500,7 +542,7 @@ class RollingUpgrade:
                 self._node_failed(node, outcome)
                 raise
             # wait-back read the build the node came back on; an adopted node that skipped it is read now
-            outcome.build_after = results.get(WAIT_BACK) or self.client.os_build(node)
+            outcome.build_after = results.get(WAIT_BACK_LCU) or results.get(WAIT_BACK) or self.client.os_build(node)
             outcome.result, outcome.error = "upgraded" if self.mode == Mode.UPGRADE else "restarted", None
             self.recorder.emit(node, "node", "succeeded", result=outcome.result, attempts=attempt,
                                build_before=outcome.build_before, build_after=outcome.build_after)
