@@ -65,9 +65,10 @@ def test_a_window_that_ends_stops_cleanly_between_nodes_and_the_next_run_continu
 
 
 def test_a_failed_drain_names_the_vms_that_would_not_move_and_where_they_are():
-    sim = cluster(nodes=3, faults=[{"node": "node2", "kind": "drain_fails"}])
+    sim = cluster(nodes=3, faults=[{"node": "node2", "kind": "drain_fails"}],
+                  knobs={"mixed_version_migration": "works"})
     outcome, _ = engine(sim, node_order=["node1", "node2", "node3"], max_failed_nodes=0,
-                        max_retries_per_node=1).run()
+                        max_retries_per_node=1, workload_policy="live-migrate").run()
     node2 = next(n for n in outcome.nodes if n.node == "node2")
     assert "vm-node2-1 is Online on node2" in node2.error
     assert not node2.error.startswith("node2: node2")

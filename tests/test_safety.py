@@ -179,8 +179,8 @@ def test_the_dry_run_shows_the_steps_an_adopted_node_will_really_run():
     _, pre = engine(sim).run(dry_run=True)
     node1 = next(p for p in pre.plan if p.node == "node1")
     assert node1.action == "adopt" and node1.position == "ours-paused"
-    assert node1.steps == ("gate-adopted", "drain", "install", "reboot", "wait-back", "wait-repair", "resume",
-                           "wait-storage")
+    assert node1.steps == ("gate-adopted", "stop-vms", "drain", "install", "reboot", "wait-back", "wait-repair",
+                           "resume", "start-vms", "wait-storage")
     outcome, _ = engine(sim).run()
     assert outcome.succeeded
     assert sum(1 for e in sim.events if e["kind"] == "suspend" and e["node"] == "node1") == 1  # not drained twice
