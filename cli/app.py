@@ -181,7 +181,7 @@ def fleet_cmd(
         for cluster in selected:
             run_options.check_against(cluster)
             cluster.credential.resolve(secret_block=lambda name: "")
-    waves, fits = fleet_plan(fleet, tag)
+    waves, fits = fleet_plan(fleet, tag, staged=run_options.stages)
     plan = [{"wave": w.name, "cluster": name, "window": fits[name].window,
              "opens": fits[name].opens.isoformat() if fits[name].opens else None,
              "closes": fits[name].closes.isoformat() if fits[name].closes else None,

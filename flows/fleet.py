@@ -44,7 +44,8 @@ def ensure_fleet_limit(slots: int) -> str:
 
 def cluster_options(options: RunOptions, fit: WindowFit) -> RunOptions:
     """The cluster's run options with its window: what is left of it in cluster time, and its node estimate."""
-    update: dict[str, Any] = {"node_estimate_seconds": fit.estimate.needed_s, "window_margin_seconds": fit.margin_s}
+    update: dict[str, Any] = {"node_estimate_seconds": fit.estimate.needed_s, "window_margin_seconds": fit.margin_s,
+                              "stage_estimate_seconds": fit.estimate.staging_s or None}
     if fit.remaining_s is not None:
         update["window_seconds"] = max(fit.remaining_s * fit.time_factor, 1.0)
     return options.model_copy(update=update)
@@ -113,7 +114,7 @@ def fleet_upgrade(inventory: str, tags: list[str] | None = None, options: RunOpt
     logger = get_run_logger()
     fleet = load_inventory(inventory)
     options = options or RunOptions()
-    waves, fits = fleet_plan(fleet, tags, names=clusters)
+    waves, fits = fleet_plan(fleet, tags, names=clusters, staged=options.stages)
     policy = fleet.waves
     ensure_fleet_limit(policy.max_parallel)
     logger.info("%d clusters in %d waves, at most %d at once: %s", len(fits), len(waves), policy.max_parallel,

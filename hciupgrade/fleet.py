@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 import pandas as pd
@@ -45,6 +45,7 @@ class NodeEstimate:
     spread_s: float
     samples: int
     source: str  # cluster, fleet, default
+    staging_s: float = 0.0  # PreStage: setup's first phase on every node at once, before the first node
 
     @property
     def needed_s(self) -> float:
@@ -53,21 +54,28 @@ class NodeEstimate:
 
 def node_durations(clusters: list[str], store: RecordStore | None = None) -> pd.DataFrame:
     """One row per node that a past run upgraded: cluster, run, node, start, cluster seconds from its first step
-    to its end (read through the store's index by cluster)."""
+    to its end, whether the run had staged it (PreStage: setup's first phase is then outside the node's time)
+    and how long its staging took (read through the store's index by cluster)."""
     store = store or open_store()
     rows = []
     for cluster in clusters:
         started: dict[tuple[str, str], tuple[str, float]] = {}
-        for e in store.events(cluster=cluster, phases=["node"]):
+        staged: dict[tuple[str, str], float] = {}
+        for e in store.events(cluster=cluster, phases=["node", "stage"]):
             key = (e["run_id"], e["node"])
+            if e["phase"] == "stage":
+                if e["status"] == "succeeded" and e.get("start") and e.get("end"):
+                    took = datetime.fromisoformat(e["end"]) - datetime.fromisoformat(e["start"])
+                    staged[key] = took.total_seconds() * float(e.get("time_factor") or 1)
+                continue
             if e["status"] == "running":
                 started[key] = (e["start"], float(e.get("time_factor") or 1))
             elif e.get("result") in ("upgraded", "restarted") and key in started:
                 begin, factor = started.pop(key)
                 wall = (datetime.fromisoformat(e["start"]) - datetime.fromisoformat(begin)).total_seconds()
                 rows.append({"cluster": cluster, "run_id": e["run_id"], "node": e["node"], "start": begin,
-                             "cluster_s": wall * factor})
-    return pd.DataFrame(rows, columns=["cluster", "run_id", "node", "start", "cluster_s"])
+                             "cluster_s": wall * factor, "staged": key in staged, "stage_s": staged.get(key)})
+    return pd.DataFrame(rows, columns=["cluster", "run_id", "node", "start", "cluster_s", "staged", "stage_s"])
 
 
 def _estimate(samples: list[float], source: str) -> NodeEstimate:
@@ -76,16 +84,25 @@ def _estimate(samples: list[float], source: str) -> NodeEstimate:
     return NodeEstimate(median, max(0.0, p90 - median), len(samples), source)
 
 
-def estimates(clusters: list[str], policy: WavePolicy, history: pd.DataFrame) -> dict[str, NodeEstimate]:
+def estimates(clusters: list[str], policy: WavePolicy, history: pd.DataFrame,
+              staged: bool = False) -> dict[str, NodeEstimate]:
     """Each cluster's node estimate: its own history with 3 nodes or more, else the fleet's, else the default
-    (policy.default_node_minutes, a quarter of it as spread)."""
+    (policy.default_node_minutes, a quarter of it as spread). A run with PreStage learns from staged runs (a
+    node's time is then its out-of-service time, its staging estimated apart) while there are enough of them."""
+    if staged and history["staged"].astype(bool).sum() >= 3:
+        history = history[history["staged"].astype(bool)]
     fleet = list(history["cluster_s"])
     default = NodeEstimate(policy.default_node_minutes * 60, policy.default_node_minutes * 15, 0, "default")
     result = {}
     for cluster in clusters:
-        own = list(history.loc[history["cluster"] == cluster, "cluster_s"])
-        result[cluster] = _estimate(own, "cluster") if len(own) >= 3 else \
+        mine = history.loc[history["cluster"] == cluster]
+        own = list(mine["cluster_s"])
+        guess = _estimate(own, "cluster") if len(own) >= 3 else \
             _estimate(fleet, "fleet") if len(fleet) >= 3 else default
+        if staged:
+            stages = [float(v) for v in (mine if len(own) >= 3 else history)["stage_s"].dropna()]
+            guess = replace(guess, staging_s=max(stages) if stages else policy.default_stage_minutes * 60)
+        result[cluster] = guess
     return result
 
 
@@ -120,7 +137,8 @@ class WindowFit:
         """Whether the next node fits what is left of the window (in cluster time) with the margin."""
         if self.remaining_s is None:
             return True
-        return self.open_now and self.remaining_s * self.time_factor >= self.estimate.needed_s + self.margin_s
+        return self.open_now and self.remaining_s * self.time_factor >= \
+            self.estimate.staging_s + self.estimate.needed_s + self.margin_s
 
 
 def window_fit(inventory: Inventory, cluster: ClusterInventory, estimate: NodeEstimate,
@@ -138,13 +156,14 @@ def window_fit(inventory: Inventory, cluster: ClusterInventory, estimate: NodeEs
 
 
 def fleet_plan(inventory: Inventory, tags: list[str] | None = None, now: datetime | None = None,
-               store: RecordStore | None = None, names: list[str] | None = None
+               store: RecordStore | None = None, names: list[str] | None = None, staged: bool = False
                ) -> tuple[list[Wave], dict[str, WindowFit]]:
-    """The waves of the selected clusters, and each one's window and fit."""
+    """The waves of the selected clusters, and each one's window and fit (`staged`: the runs use PreStage, so the
+    first node needs the staging too)."""
     clusters = inventory.select(tags, names)
     names = [c.name for c in clusters]
     history = node_durations(sorted({c.name.lower() for c in inventory.clusters}), store)
-    guess = estimates([n.lower() for n in names], inventory.waves, history)
+    guess = estimates([n.lower() for n in names], inventory.waves, history, staged)
     fits = {c.name: window_fit(inventory, c, guess[c.name.lower()], now) for c in clusters}
     return plan_waves(clusters, inventory.waves), fits
 

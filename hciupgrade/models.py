@@ -163,6 +163,8 @@ class WavePolicy(Strict):
                                                         "window's remaining time")
     default_node_minutes: float = Field(150, gt=0, description="a node's estimate with no history: drain, 45-90 "
                                                                "min of setup, a 40-min restart, the resync")
+    default_stage_minutes: float = Field(120, gt=0, description="PreStage with no history: setup's first phase on "
+                                                                "every node at once (45-90 min, slower in service)")
 
     @field_validator("batch")
     @classmethod
@@ -380,6 +382,8 @@ class RunOptions(Strict):
                                 "fleet flow): a node starts only if its estimate and the margin fit what is left")
     node_estimate_seconds: float | None = Field(None, gt=0, description="a node's expected duration, cluster "
                                                                         "seconds (from past runs)")
+    stage_estimate_seconds: float | None = Field(None, gt=0, description="PreStage: the staging's expected "
+                                                                         "duration, cluster seconds (past runs)")
     window_margin_seconds: float = Field(900, ge=0, description="kept free at the window's end")
     lock_lease_seconds: float = Field(120, ge=60, le=86400,
                                       description="Prefect lease: how long a killed run's lock outlives it")

@@ -6,9 +6,14 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
+
+from hciupgrade.fleet import estimates
+from hciupgrade.models import WavePolicy
 from hciupgrade.psenums import NodeState
 from hciupgrade.sim.scenario import make_scenario
 from hciupgrade.upgrade.positions import Mode, NodeFacts, Position, decide
+from tests.test_safety import cluster, engine
 
 FAST = 5000
 ORDER = ["node1", "node2", "node3"]
@@ -100,3 +105,21 @@ def test_a_rolling_restart_refuses_a_staged_node_and_an_upgrade_continues_it():
     not_asked = NodeFacts("n1", NodeState.Up, True, on_target=True, recorded_ours=False, marked_ours=False,
                           staged=True)
     assert decide(Mode.RESTART, not_asked)[1].action == "skip"
+
+
+def test_window_fit_learns_from_staged_runs_and_the_plan_says_which_nodes_fit():
+    rows = [{"cluster": "c1", "run_id": run, "node": f"n{i}", "start": f"2026-11-0{day}T22:00:00",
+             "cluster_s": seconds, "staged": staged, "stage_s": 5400.0 if staged else None}
+            for run, day, seconds, staged in (("r1", 1, 9000.0, False), ("r2", 8, 3600.0, True)) for i in range(3)]
+    history = pd.DataFrame(rows)
+    plain = estimates(["c1"], WavePolicy(), history)["c1"]
+    staged = estimates(["c1"], WavePolicy(), history, staged=True)["c1"]
+    assert plain.median_s > 3600 and plain.staging_s == 0
+    assert (staged.median_s, staged.staging_s) == (3600.0, 5400.0)  # out of service apart from the staging
+    sim = cluster(nodes=3)
+    _, pre = engine(sim, node_order=ORDER, pre_stage=True, window_seconds=4 * 3600, node_estimate_seconds=3600,
+                    stage_estimate_seconds=5400, window_margin_seconds=0).run(dry_run=True)
+    details = [p.detail for p in pre.plan]
+    assert "fits the window (done by about 150 min)" in details[0]
+    assert "fits the window (done by about 210 min)" in details[1]
+    assert "after the window's end" in details[2]

@@ -28,7 +28,7 @@ import os
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from hciupgrade.clock import ClusterClock
@@ -326,7 +326,24 @@ class RollingUpgrade:
             detail = f"paused by {facts.held_by}" if position == Position.PAUSED_BY_OTHER else decision.why
             steps = tuple(s for s in decision.steps if wanted(self.options, s))
             planned.append(PlannedNode(node, action, detail, steps, position.value))
-        return planned
+        return self.fit_window(planned)
+
+    def fit_window(self, planned: list[PlannedNode]) -> list[PlannedNode]:
+        """With a window and estimates (the fleet's, from past runs): which nodes fit before the run starts, the
+        staging first when PreStage runs."""
+        o = self.options
+        if o.window_seconds is None or o.node_estimate_seconds is None:
+            return planned
+        at = (o.stage_estimate_seconds or 0) if o.stages else 0
+        fitted = []
+        for p in planned:
+            if p.action in ("upgrade", "adopt", "restart"):
+                at += o.node_estimate_seconds
+                fits = at + o.window_margin_seconds <= o.window_seconds
+                p = replace(p, detail=f"{p.detail}; " + (f"fits the window (done by about {at / 60:.0f} min)" if fits
+                                                         else "after the window's end: left for the next one"))
+            fitted.append(p)
+        return fitted
 
     # --- the run ----------------------------------------------------------------------------------------------
     def run(self, *, dry_run: bool = False) -> tuple[RunOutcome, Preflight]:
