@@ -4,8 +4,10 @@ The same simulated twin (the demo cluster's per-node shape: three VMs, setup 45-
 restart 40 min, resync by data written) runs twice in one process, 4 nodes and 16 nodes:
 - cau: the feature update pass (drain, setup, restart, resume, node by node), then the cumulative update pass (the
   same again with wusa.exe), no staging: CAU's RollingUpgradePlugin run, then its WindowsUpdatePlugin run;
-- ours: PreStage (setup's first phase on every node at once before the first drain) and
-  InstallCumulativeUpdateInSameDrain (one drain per node for the whole OS path).
+- ours: PreStage (setup's first phase on every node at once before the first drain) and one drain per node for
+  the whole OS path, two ways: media that already carries the cumulative update (a refreshed ISO, or the LCU
+  serviced into the media with DISM: the simulated setup installs 25398.1913 directly), the headline figure; and
+  InstallCumulativeUpdateInSameDrain (the 2503 media, then wusa.exe and one more restart inside the drain).
 Both live-migrate the VMs (the simulator lets mixed builds migrate here: the window is the question, not the
 workload policy) and both end with every node on the same build at or above the checker's LCU minimum.
 
@@ -31,24 +33,26 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
-def twin(nodes: int, time_factor: float) -> Any:
-    """The demo cluster's per-node shape at any size."""
+def twin(nodes: int, time_factor: float, serviced_media: bool = False) -> Any:
+    """The demo cluster's per-node shape at any size; `serviced_media`: the setup media carries the LCU."""
     from hciupgrade.sim.scenario import builtin_scenario, make_scenario
 
     demo = builtin_scenario()
+    extra = {"target_build": "10.0.25398.1913"} if serviced_media else {}
     scenario = make_scenario(nodes=nodes, vms_per_node=3, time_factor=time_factor,
-                             knobs={"mixed_version_migration": "works", "second_hop": "allowed"})
+                             knobs={"mixed_version_migration": "works", "second_hop": "allowed"}, **extra)
     return scenario.model_copy(update={"durations": demo.durations})
 
 
-def run_passes(nodes: int, time_factor: float, passes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def run_passes(nodes: int, time_factor: float, passes: list[dict[str, Any]],
+               serviced_media: bool = False) -> list[dict[str, Any]]:
     """Each pass a rolling_upgrade flow run on one simulated cluster; the simulator's event log at the end."""
     from flows.rolling_upgrade import rolling_upgrade
     from flows.runtime import embedded_settings
     from hciupgrade.models import RunOptions
     from hciupgrade.sim.harness import SimHarness
 
-    with SimHarness(twin(nodes, time_factor)) as harness, tempfile.TemporaryDirectory() as tmp:
+    with SimHarness(twin(nodes, time_factor, serviced_media)) as harness, tempfile.TemporaryDirectory() as tmp:
         inventory = Path(tmp) / "inventory.yaml"
         harness.inventory().write(inventory)
         os.environ.update(harness.environment())
@@ -95,25 +99,30 @@ def main() -> int:
     parser.add_argument("--timeline", type=Path, help="write each run's per-node spans here (JSON, for the plot)")
     args = parser.parse_args()
     cau = [{}, {"update": "cumulative"}]
-    ours = [{"pre_stage": True, "cumulative_in_drain": True}]
+    ours = [{"pre_stage": True, "cumulative_in_drain": True}]  # on serviced media the LCU steps find it done
     result: dict[str, dict[str, float]] = {}
     spans: dict[str, Any] = {}
     for nodes in args.sizes:
-        runs = {"cau": run_passes(nodes, args.time_factor, cau), "ours": run_passes(nodes, args.time_factor, ours)}
+        runs = {"cau": run_passes(nodes, args.time_factor, cau),
+                "ours": run_passes(nodes, args.time_factor, ours, serviced_media=True),
+                "ours_lcu_in_drain": run_passes(nodes, args.time_factor, ours)}
         measured = {name: window(events) for name, events in runs.items()}
         spans[f"nodes{nodes}"] = {name: per_node(events) for name, events in runs.items()}
-        c, o = measured["cau"], measured["ours"]
-        print(f"{nodes:2d} nodes  cau: {c['drain_to_resync_min']:7.0f} min first drain to last resync "
-              f"({c['first_to_last_min']:7.0f} first action to last)   ours: {o['drain_to_resync_min']:7.0f} min "
-              f"({o['first_to_last_min']:7.0f})   ratio {o['drain_to_resync_min'] / c['drain_to_resync_min']:.2f} "
-              f"({o['first_to_last_min'] / c['first_to_last_min']:.2f})")
-        result[f"nodes{nodes}"] = {
-            "cau_minutes": round(c["drain_to_resync_min"], 1), "ours_minutes": round(o["drain_to_resync_min"], 1),
-            "ratio": round(o["drain_to_resync_min"] / c["drain_to_resync_min"], 3),
-            "cau_first_to_last_minutes": round(c["first_to_last_min"], 1),
-            "ours_first_to_last_minutes": round(o["first_to_last_min"], 1),
-            "ratio_first_to_last": round(o["first_to_last_min"] / c["first_to_last_min"], 3),
-            "time_factor": args.time_factor}
+        c = measured["cau"]
+        row: dict[str, float] = {"cau_minutes": round(c["drain_to_resync_min"], 1),
+                                 "cau_first_to_last_minutes": round(c["first_to_last_min"], 1),
+                                 "time_factor": args.time_factor}
+        line = (f"{nodes:2d} nodes  cau {c['drain_to_resync_min']:5.0f} min first drain to last resync "
+                f"({c['first_to_last_min']:5.0f} first action to last)")
+        for name in ("ours", "ours_lcu_in_drain"):
+            o = measured[name]
+            ratio = o["drain_to_resync_min"] / c["drain_to_resync_min"]
+            row.update({f"{name}_minutes": round(o["drain_to_resync_min"], 1), f"{name.replace('ours', 'ratio')}":
+                        round(ratio, 3), f"{name}_first_to_last_minutes": round(o["first_to_last_min"], 1)})
+            line += (f"   {name} {o['drain_to_resync_min']:5.0f} ({o['first_to_last_min']:5.0f}) ratio {ratio:.2f} "
+                     f"({o['first_to_last_min'] / c['first_to_last_min']:.2f})")
+        print(line)
+        result[f"nodes{nodes}"] = row
     if args.timeline:
         args.timeline.write_text(json.dumps(spans))
     print(json.dumps(result))

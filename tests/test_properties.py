@@ -121,7 +121,7 @@ def engine_for(sim: SimCluster, options: RunOptions, budget: list[int] | None = 
     return RollingUpgrade(client, options, recorder, Steps(client, options, ClusterClock(FACTOR)))
 
 
-@settings(max_examples=int(os.environ.get("HCI_PROPERTY_EXAMPLES", "150")), deadline=None,
+@settings(max_examples=int(os.environ.get("HCI_PROPERTY_EXAMPLES", "100")), deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(cases())
 def test_invariants_hold_under_random_faults_and_kills(case):
