@@ -10,11 +10,12 @@ Either way the approval (who, why, which steps, where) is in the run record and 
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.flow_runs import pause_flow_run
-from pydantic import Field
+from pydantic import Field, create_model
 
 from flows.ghosts import bury_ghosts
 from flows.locking import cluster_lock
@@ -28,29 +29,40 @@ from hciupgrade.upgrade.postos import PostUpgrade, PostUpgradeOutcome, levels_ta
 AWAITING_APPROVAL = "awaiting approval"
 
 
-class ApprovalInput(ApprovalForm):
-    """The form the Prefect UI shows when the post-OS steps wait for an approval."""
+# each irreversible step's toggle: what it changes, and that it cannot be undone (every toggle starts off)
+STEP_TOGGLES = {
+    "functional-level": ("functional_level", "Raise the cluster functional level (Update-ClusterFunctionalLevel): "
+                                             "nodes of the old OS can no longer join. Cannot be undone."),
+    "storage-pool": ("storage_pool", "Update the storage pool version (Update-StoragePool): the pool can no longer "
+                                     "be used by the old OS. Cannot be undone."),
+    "vm-versions": ("vm_versions", "Update the listed VMs' configuration versions (Update-VMVersion; each VM is shut "
+                                   "down for it): they can no longer run on the old OS. Cannot be undone."),
+}
 
-    functional_level: bool = Field(False, description="raise the cluster functional level (irreversible)")
-    storage_pool: bool = Field(False, description="update the storage pool version (irreversible)")
-    vm_versions: bool = Field(False, description="update the listed VMs' configuration versions (irreversible, "
-                                                 "each VM is shut down)")
+
+class ApprovalInput(ApprovalForm):
+    """The form the Prefect UI shows when the post-OS steps wait for an approval: a toggle for each step the
+    cluster still needs (`for_steps`), none switched on."""
 
     def approval(self) -> Approval | None:
-        steps = [s for s, on in (("functional-level", self.functional_level), ("storage-pool", self.storage_pool),
-                                 ("vm-versions", self.vm_versions)) if on]
+        steps = [step for step, (name, _) in STEP_TOGGLES.items() if getattr(self, name, False)]
         return Approval(approver=self.approver, reason=self.reason, steps=steps, source="prefect-ui") if steps \
             else None
+
+    @classmethod
+    def for_steps(cls, steps: list[str]) -> type[ApprovalInput]:
+        """The form with a toggle only for the steps pending: a step with nothing to do is not offered."""
+        toggles: dict[str, Any] = {STEP_TOGGLES[s][0]: (bool, Field(False, description=STEP_TOGGLES[s][1]))
+                                   for s in steps if s in STEP_TOGGLES}
+        return create_model("ApprovalInput", __base__=cls, **toggles)
 
 
 def ask_in_the_ui(timeout_minutes: float):  # noqa: ANN201 - returns PostUpgrade's Approve callable
     def approve(steps: list[str], plan: str) -> Approval | None:
-        logger = get_run_logger()
-        logger.warning("waiting for an approval of: %s", ", ".join(steps))
-        form = ApprovalInput.with_initial_data(
-            description=f"### Approve the irreversible post-OS steps\n{plan}\n\nTick what you approve.",
-            functional_level="functional-level" in steps, storage_pool="storage-pool" in steps,
-            vm_versions="vm-versions" in steps)
+        logger = get_run_logger()  # "waiting for an approval" reaches the log once, from the run record
+        form = ApprovalInput.for_steps(steps).with_initial_data(
+            description=f"### Approve the irreversible post-OS steps\n{plan}\n\nSwitch on what you approve: "
+                        "each one cannot be undone.")
         answer = pause_flow_run(wait_for_input=form, timeout=int(timeout_minutes * 60), poll_interval=5)
         approval = answer.approval()
         if approval is None:

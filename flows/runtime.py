@@ -41,10 +41,19 @@ def embedded() -> bool:
 
 
 @contextmanager
-def embedded_settings() -> Iterator[None]:
+def embedded_settings(cluster: str | None = None) -> Iterator[None]:
     """In embedded mode, run flows without heartbeats: they feed zombie detection on a server, and the temporary
     server dies with the process, so nothing could act on them; they cost about 1 s at the end of every flow run
-    (the heartbeat thread is joined). On a Prefect server they stay on."""
+    (the heartbeat thread is joined). On a Prefect server they stay on. `cluster`: the flow runs started inside
+    carry the tags a deployment gives them (hci-upgrade, cluster:<name>), so the UI's filters find CLI runs too."""
+    from prefect import tags
+
+    with tags("hci-upgrade", *([f"cluster:{cluster}"] if cluster else [])), _embedded():
+        yield
+
+
+@contextmanager
+def _embedded() -> Iterator[None]:
     if not embedded():
         yield
         return

@@ -158,3 +158,15 @@ def test_the_cumulative_update_is_a_run_and_artifacts_of_its_own(run_upgrade):
     name, *_ = flow_run_logs(run.state)
     assert name == "cumulative-update-hci-demo"
     assert artifact("cumulative-update-hci-demo-summary").startswith("# Cumulative update of hci-demo: upgraded")
+
+
+def test_the_approval_form_offers_only_the_pending_steps_each_off_and_saying_it_cannot_be_undone():
+    from flows.finish import ApprovalInput
+
+    form = ApprovalInput.for_steps(["functional-level", "storage-pool"])  # no VM below the target: not offered
+    schema = form.model_json_schema()["properties"]
+    assert set(schema) == {"approver", "reason", "functional_level", "storage_pool"}
+    for toggle in ("functional_level", "storage_pool"):
+        assert schema[toggle]["default"] is False and "Cannot be undone" in schema[toggle]["description"]
+    assert form(approver="ana", reason="CHG-7", functional_level=True).approval().steps == ["functional-level"]
+    assert form(approver="ana", reason="CHG-7").approval() is None  # a name and a reason approve nothing

@@ -3,6 +3,7 @@ operator reads why a node may not leave service (DESIGN.md invariants 1 and 2)."
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 from hciupgrade.cluster import ClusterSnapshot
@@ -25,8 +26,10 @@ class Verdict:
 
 
 def storage_busy(snapshot: ClusterSnapshot) -> list[str]:
-    reasons = [f"storage job {j.name} ({j.percent}%) is {j.state.name}" for j in snapshot.jobs
-               if j.state in ACTIVE_JOB_STATES]
+    # a repair runs as one job a virtual disk, each named Repair: alike ones are counted, not repeated
+    alike = Counter((j.name, j.percent, j.state.name) for j in snapshot.jobs if j.state in ACTIVE_JOB_STATES)
+    reasons = [f"storage job {name} ({percent}%) is {state}" if n == 1 else
+               f"{n} storage jobs {name} ({percent}%) are {state}" for (name, percent, state), n in alike.items()]
     reasons += [f"virtual disk {d.name} is {d.health.name} ({', '.join(d.operational)})" for d in snapshot.disks
                 if d.health != HealthStatus.Healthy or any(s != "OK" for s in d.operational)]
     if snapshot.pool is not None and snapshot.pool.health != HealthStatus.Healthy:
