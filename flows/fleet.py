@@ -18,7 +18,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.heap import freeze_startup_heap
 from flows.locking import fleet_slot
-from flows.rolling_upgrade import rolling_upgrade
+from flows.rolling_upgrade import WINDOW_ENDED, rolling_upgrade
 from flows.runtime import embedded
 from hciupgrade.fleet import NodeEstimate, Wave, WindowFit, fleet_plan, until_open, window_fit
 from hciupgrade.models import Inventory, RunOptions, load_inventory
@@ -75,7 +75,7 @@ def run_cluster(inventory_path: str, inventory: Inventory, name: str, estimate: 
         with fleet_slot(FLEET_LIMIT, lease_seconds=lease_seconds):
             state, flow_run_id = _run_child(inventory_path, name, cluster_options(options, fit), deployment)
         result["flow_run"], result["reason"] = str(flow_run_id), state.message
-        if state.is_completed() and state.name == "WindowEnded":
+        if state.is_completed() and (state.message or "").startswith(WINDOW_ENDED):
             result["state"] = "window ended"  # the next window continues it
             continue
         result["state"] = "upgraded" if state.is_completed() else "failed"

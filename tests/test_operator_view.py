@@ -51,7 +51,11 @@ def test_a_window_that_ends_stops_cleanly_between_nodes_and_the_next_run_continu
     # machine, and node1 ends after the window
     scenario = make_scenario(nodes=3, vms_per_node=1, time_factor=500)
     first = run_upgrade(scenario, node_order=["node1", "node2", "node3"], StopAfter=timedelta(minutes=50))
-    assert first.state.is_completed() and first.state.name == "WindowEnded"
+    # Completed by name (the Runs tab's default filter lists known state names), the message and a tag say why
+    assert first.state.is_completed() and first.state.name == "Completed"
+    assert first.state.message.startswith("window ended: StopAfter")
+    listed = runs_the_ui_lists(first.state.state_details.flow_run_id)
+    assert listed and "window-ended" in listed[0].tags
     assert first.outcome["window_ended"] and "left for the next window: node2, node3" in first.outcome["error"]
     records = [json.loads(line) for line in first.record.splitlines()]
     assert records[-1]["phase"] == "run" and records[-1]["status"] == "stopped"
@@ -139,6 +143,28 @@ def test_the_log_says_what_the_lock_and_a_takeover_mean_and_a_warning_is_a_warni
     assert describe({"node": None, "phase": "check", "status": "failed", "check": "second hop for Test-Cluster",
                      "detail": "access denied", "blocking": False}) == \
         (30, "check second hop for Test-Cluster: access denied")  # never "cluster: check failed: None" at ERROR
+
+
+# the state names the UI's Runs tab asks for by default (Prefect UI's flow-runs filter, its known states)
+UI_DEFAULT_STATES = ["Scheduled", "Late", "Resuming", "AwaitingRetry", "AwaitingConcurrencySlot", "Pending",
+                     "Paused", "Suspended", "Running", "Retrying", "Completed", "Cached", "Cancelling", "Cancelled",
+                     "Failed", "Crashed", "TimedOut"]
+
+
+def runs_the_ui_lists(flow_run_id):  # noqa: ANN001, ANN201
+    """The flow run as the Runs tab's query finds it: by id, with the UI's default state-name filter."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterId,
+        FlowRunFilterState,
+        FlowRunFilterStateName,
+    )
+
+    query = FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]),
+                          state=FlowRunFilterState(name=FlowRunFilterStateName(any_=UI_DEFAULT_STATES)))
+    with get_client(sync_client=True) as client:
+        return client.read_flow_runs(flow_run_filter=query)
 
 
 def artifact(key: str):  # noqa: ANN201
