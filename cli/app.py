@@ -345,8 +345,9 @@ def report(run: Annotated[Optional[str], typer.Argument(help="run id (default: t
     label = f" ({header['aside']})" if header["aside"] else ""
     ended = f", ended {header['ended'][:19]} UTC: {header['status']}" if header["ended"] else ", not ended"
     console = make_console()
-    console.print(f"Run {run_id}{label} on {header['cluster']} from {header['host'] or 'unknown host'}: started "
-                  f"{header['started'][:19]} UTC{ended}")
+    target = f" to {header['target']}" if header.get("target") else ""
+    console.print(f"Run {run_id}{label} on {header['cluster']}{target} from {header['host'] or 'unknown host'}: "
+                  f"started {header['started'][:19]} UTC{ended}")
     console.print(node_table(df, "Per node: builds, result, start and end (UTC), minutes of cluster time per phase"))
     for node, error in zip(df["node"], df["error"], strict=False):
         if isinstance(error, str) and error:

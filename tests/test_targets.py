@@ -123,6 +123,14 @@ def test_upgrade_refuses_an_unknown_approval_and_one_without_a_reason(tmp_path, 
     assert done.returncode == 2 and "--reason" in done.stderr
 
 
+def test_demo_knows_the_24h2_scenario_by_name():
+    from cli.simulate import pick_scenario
+
+    scenario = pick_scenario("24h2")
+    assert scenario.cluster.target_release == "24H2" and scenario.cluster.build == "10.0.20349.3692"
+    assert pick_scenario(None).cluster.target_release == "23H2"
+
+
 def test_demo_runs_the_whole_24h2_path_and_stops_before_the_undocumented_solution_upgrade(tmp_path):
     scenario = direct(nodes=2, name="hci-24h2")
     data = scenario.model_dump(mode="json")
@@ -135,3 +143,6 @@ def test_demo_runs_the_whole_24h2_path_and_stops_before_the_undocumented_solutio
     assert "to 24H2 (10.0.26100.4061)" in out
     assert "10.0.26100.32814" in out  # the cumulative update to the checker's 24H2 minimum
     assert "Stopping before the solution upgrade" in out and "install-solution-upgrade.md" in out
+    run_id = out.split("Run record: ")[1].split()[0]
+    report = run_cli("report", run_id, tmp=tmp_path)
+    assert report.returncode == 0 and "on hci-24h2 to 24H2" in report.stdout

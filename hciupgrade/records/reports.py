@@ -59,12 +59,14 @@ def target_of(events: pd.DataFrame) -> str:
 
 
 def run_report(run_id: str, store: RecordStore | None = None) -> tuple[dict[str, Any], pd.DataFrame] | None:
-    """A run's row (cluster, host, start, end, status, label) and its per-node table; None if unknown."""
+    """A run's row (cluster, host, start, end, status, label, target release) and its per-node table; None if
+    unknown."""
     store = store or open_store()
     found = store.runs(run_ids=[run_id])
     if not found:
         return None
-    return found[0], node_summary(load_events(run_ids=[run_id], store=store), run_id)
+    events = load_events(run_ids=[run_id], store=store)
+    return {**found[0], "target": target_of(events)}, node_summary(events, run_id)
 
 
 def latest_run_id(cluster: str | None = None, store: RecordStore | None = None) -> str | None:
