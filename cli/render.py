@@ -212,6 +212,13 @@ def print_status(cluster: str, current: Any, console: Console) -> None:
                   + f"  on {current.host or 'unknown host'}  started {current.started:%Y-%m-%d %H:%M:%S} UTC"
                   + (f"  result {current.result}" if current.result else "")
                   + (f"  current node {current.current_node}" if current.current_node else ""))
+    if current.awaiting is not None:
+        from prefect.settings import get_current_settings
+
+        ui = get_current_settings().ui_url
+        where = f"{str(ui).rstrip('/')}/runs/flow-run/{current.awaiting}" if ui and current.awaiting else \
+            "hci-upgrade finish --approve --reason '<change>'"
+        console.print(f"[yellow]awaiting approval[/]: {where}")
     for warning in current.warnings:
         console.print(f"[yellow]warning:[/] {warning}")
     table = Table(box=box.SIMPLE_HEAD)

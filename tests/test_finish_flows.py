@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from hciupgrade.models import RunOptions
+from hciupgrade.records.reports import run_status
 from hciupgrade.sim.scenario import make_scenario
 from tests.conftest import CLI, serve_cluster
 
@@ -68,7 +69,8 @@ def served(prefect_server, tmp_path):
         yield h, inventory
 
 
-def resume_when_paused(answer: dict, found: list) -> threading.Thread:
+
+def resume_when_paused(answer: dict, found: list, cluster: str | None = None) -> threading.Thread:
     """Wait for the post-upgrade flow run to pause, then resume it with `answer` through Prefect's API."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
@@ -83,6 +85,8 @@ def resume_when_paused(answer: dict, found: list) -> threading.Thread:
                     type=FlowRunFilterStateType(any_=[StateType.PAUSED]))))
                 if runs:
                     found.append(runs[0])
+                    if cluster:
+                        found.append(run_status(cluster))  # what `status` says meanwhile
                     resume_flow_run(runs[0].id, run_input=answer)
                     return
                 time.sleep(0.5)
@@ -97,12 +101,13 @@ def test_on_a_server_the_flow_pauses_for_a_typed_approval_and_runs_only_what_was
 
     harness, inventory = served
     found: list = []
-    answer = {"approver": "alice", "reason": "CHG-7", "functional_level": True, "storage_pool": False,
-              "vm_versions": False}
-    thread = resume_when_paused(answer, found)
+    answer = {"approver": "alice", "reason": "CHG-7", "functional_level": True, "storage_pool": False}
+    thread = resume_when_paused(answer, found, harness.sim.name)
     state = post_upgrade(inventory=str(inventory), options=RunOptions(), wait_for_approval=True, return_state=True)
     thread.join(timeout=5)
     assert found, "the flow run never paused"
+    paused, status = found
+    assert status.awaiting == str(paused.id)  # `status`: awaiting approval, with the run's page
     result = state.result(raise_on_failure=False)
     assert result["approval"] == {"approver": "alice", "reason": "CHG-7", "steps": ["functional-level"],
                                   "source": "prefect-ui"}
@@ -144,7 +149,7 @@ def test_an_approver_who_ticks_nothing_refuses_and_nothing_irreversible_happens(
     harness, inventory = served
     found: list = []
     thread = resume_when_paused({"approver": "bob", "reason": "not tonight", "functional_level": False,
-                                 "storage_pool": False, "vm_versions": False}, found)
+                                 "storage_pool": False}, found)
     state = post_upgrade(inventory=str(inventory), options=RunOptions(), wait_for_approval=True, return_state=True)
     thread.join(timeout=5)
     result = state.result(raise_on_failure=False)

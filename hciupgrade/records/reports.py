@@ -26,6 +26,7 @@ class RunStatus:
     warnings: list[str]
     nodes: pd.DataFrame  # node, phase, status, at
     target: str = ""  # the target release the run's options name (hciupgrade/targets.py)
+    awaiting: str | None = None  # the run waits for an approval: its flow run's id ("" if unknown); None if not
 
 
 def run_status(cluster: str, store: RecordStore | None = None) -> RunStatus | None:
@@ -47,7 +48,19 @@ def run_status(cluster: str, store: RecordStore | None = None) -> RunStatus | No
     current = None if running.empty or state != "RunInProgress" else str(running["node"].iloc[-1])
     warnings = list(events.loc[events["phase"] == "warn-after", "error"].dropna()) if "error" in events else []
     return RunStatus(run["run_id"], run["cluster"], run["host"], pd.Timestamp(run["started"]), state, result,
-                     run["aside"] or "", current, warnings, nodes, target_of(events))
+                     run["aside"] or "", current, warnings, nodes, target_of(events),
+                     awaiting_approval(events) if not run["ended"] else None)
+
+
+def awaiting_approval(events: pd.DataFrame) -> str | None:
+    """The flow run whose approval is pending ("" when the run has no flow run id); None when none is."""
+    if "phase" not in events:
+        return None
+    asked = events[events["phase"] == "approval"]
+    if asked.empty or asked["status"].iloc[-1] != "running":
+        return None
+    ids = list(events["flow_run_id"].dropna()) if "flow_run_id" in events else []
+    return str(ids[-1]) if ids else ""
 
 
 def target_of(events: pd.DataFrame) -> str:
