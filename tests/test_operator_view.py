@@ -196,3 +196,10 @@ def test_the_approval_form_offers_only_the_pending_steps_each_off_and_saying_it_
         assert schema[toggle]["default"] is False and "Cannot be undone" in schema[toggle]["description"]
     assert form(approver="ana", reason="CHG-7", functional_level=True).approval().steps == ["functional-level"]
     assert form(approver="ana", reason="CHG-7").approval() is None  # a name and a reason approve nothing
+
+
+def test_the_log_says_what_each_irreversible_step_changed():
+    assert describe({"phase": "functional-level", "status": "succeeded", "before": 11, "after": 12}) == \
+        (20, "cluster functional level raised: 11 -> 12")
+    assert describe({"phase": "storage-pool", "status": "succeeded", "before": 27, "after": 29}) == \
+        (20, "storage pool version updated: 27 -> 29")

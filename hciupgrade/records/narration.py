@@ -71,6 +71,8 @@ def describe(event: dict[str, Any]) -> tuple[int, str] | None:
             return (INFO, f"{event.get('kind')} submitted; following operation {event['status_url']}") \
                 if event.get("status_url") else (INFO, f"submitting {event.get('kind')} of {event.get('key')}")
         return INFO, f"{event.get('kind')} followed to its end: {status}"
+    if phase in LEVEL_CHANGES and status == "succeeded":  # what an irreversible step changed, from and to
+        return INFO, f"{LEVEL_CHANGES[phase]}: {event.get('before')} -> {event.get('after')}"
     if phase and status == "failed":
         return ERROR, f"{node or 'cluster'}: {phase} failed: {error}"
     if phase and status == "succeeded" and event.get("result") is not None and phase == runbook.INSTALL:
@@ -78,6 +80,10 @@ def describe(event: dict[str, Any]) -> tuple[int, str] | None:
     if phase and status == "running" and phase not in QUIET_PHASES:
         return INFO, f"{node or 'cluster'}: {phase}"
     return None
+
+
+LEVEL_CHANGES = {"functional-level": "cluster functional level raised",
+                 "storage-pool": "storage pool version updated"}
 
 
 def _node(event: dict[str, Any]) -> tuple[int, str] | None:
