@@ -73,7 +73,7 @@ def critical_path_work(events: list[dict], time_factor: float) -> float:
     return total / time_factor
 
 
-def run_once(scenario: str | None, transport: str) -> dict:
+def run_once(scenario: str | None, transport: str, extra: dict | None = None) -> dict:
     """One rolling upgrade of a freshly started simulated cluster: the flow's wall time, the cluster's own work on
     the critical path, and the overhead per node."""
     from flows.rolling_upgrade import rolling_upgrade
@@ -93,7 +93,8 @@ def run_once(scenario: str | None, transport: str) -> dict:
         t1 = time.perf_counter()
         with embedded_settings():  # as `hci-upgrade demo` runs it
             state = rolling_upgrade(inventory=str(path),
-                                    options=RunOptions(poll_seconds=5, retry_delay_seconds=0.2), return_state=True)
+                                    options=RunOptions(poll_seconds=5, retry_delay_seconds=0.2, **(extra or {})),
+                                    return_state=True)
         flow_wall = time.perf_counter() - t1
     parent.send("done")
     events = parent.recv()  # the simulated cluster's teardown is not the orchestrator's time
@@ -114,7 +115,12 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5,
                         help="upgrades measured, each of a fresh simulated cluster; the median is the figure (this "
                              "machine's timings vary by about 0.1 s a node from run to run)")
+    parser.add_argument("--options", type=Path, help="run options (YAML) on top of the benchmark's, e.g. "
+                                                      "WorkloadPolicy: live-migrate")
     args = parser.parse_args()
+    import yaml
+
+    extra = yaml.safe_load(args.options.read_text()) if args.options else {}
     t0 = time.perf_counter()
     from prefect import flow
 
@@ -126,7 +132,7 @@ def main() -> int:
 
     warm_up()  # starts Prefect's embedded server, once per process
     startup = time.perf_counter() - t0
-    runs = [run_once(args.scenario, args.transport) for _ in range(args.runs)]
+    runs = [run_once(args.scenario, args.transport, extra) for _ in range(args.runs)]
     first = runs[0]
     overhead = statistics.median(r["overhead_per_node_s"] for r in runs)
     calls = sorted(CALL_SECONDS)
