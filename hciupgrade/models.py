@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
@@ -297,11 +297,16 @@ LOCAL_DIR = r"^[A-Za-z]:\\[A-Za-z0-9_\\ .()-]{0,250}$"  # a local folder on the 
 LOCAL_MSU = r"^[A-Za-z]:\\[A-Za-z0-9_\\ .()-]{1,250}\.msu$"
 
 
+def cau_title(name: str, info: Any) -> str:
+    """A form title as CAU writes the option (its alias: PathToSetupMedia, not 'Pathtosetupmedia')."""
+    return info.alias or name.replace("_", " ").capitalize()
+
+
 class RunOptions(Strict):
     """How a rolling upgrade runs, with Cluster-Aware Updating's names (as aliases) and defaults where CAU has
     them (reference/domain.md §5.2). Durations are cluster minutes: the simulator's clock scales them."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, field_title_generator=cau_title)
 
     update: Literal["feature", "cumulative"] = Field(
         "feature", description="feature: the target release's feature update from the setup media; cumulative: "

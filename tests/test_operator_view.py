@@ -203,3 +203,14 @@ def test_the_log_says_what_each_irreversible_step_changed():
         (20, "cluster functional level raised: 11 -> 12")
     assert describe({"phase": "storage-pool", "status": "succeeded", "before": 27, "after": 29}) == \
         (20, "storage pool version updated: 27 -> 29")
+
+
+def test_the_run_form_titles_the_options_as_cau_writes_them():
+    """The deployment's Run form is Prefect's parameter schema of the flow: CAU's names, not 'Pathtosetupmedia'."""
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.rolling_upgrade import rolling_upgrade
+
+    fields = parameter_schema(rolling_upgrade.fn).model_dump()["definitions"]["RunOptions"]["properties"]
+    for name in ("PathToSetupMedia", "MaxFailedNodes", "StopAfter", "PreStage", "TargetRelease", "WorkloadPolicy"):
+        assert fields[name]["title"] == name and fields[name].get("description"), name
