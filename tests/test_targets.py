@@ -146,3 +146,16 @@ def test_demo_runs_the_whole_24h2_path_and_stops_before_the_undocumented_solutio
     run_id = out.split("Run record: ")[1].split()[0]
     report = run_cli("report", run_id, tmp=tmp_path)
     assert report.returncode == 0 and "on hci-24h2 to 24H2" in report.stdout
+
+
+def test_vms_a_crashed_run_left_off_after_the_resume_are_started_by_the_next_run():
+    """A run shut node1's VMs down, upgraded and resumed it, and died before starting them: the next run finds
+    node1 done, and starts the VMs its list on the node still names."""
+    from tests.test_safety import cluster, engine
+
+    sim = cluster(nodes=2, build="10.0.25398.1486")  # every node on the target already
+    held = sim.stop_workloads("node1", by="a dead run")
+    assert held and not any(sim.vms[v].running for v in held)
+    outcome, _ = engine(sim).run()
+    assert outcome.succeeded and {n.result for n in outcome.nodes} == {"skipped"}
+    assert all(sim.vms[v].running for v in held) and sim.nodes["node1"].workloads_held == []

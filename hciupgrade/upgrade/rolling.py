@@ -514,6 +514,11 @@ class RollingUpgrade:
                 if decision.action == "skip" and attempt == 1:
                     outcome.result, outcome.attempts = "skipped", 0
                     outcome.build_after = outcome.build_before
+                    if self.options.shuts_down_vms and position == Position.DONE:
+                        try:  # VMs a run shut down, left off by a crash between its resume and their start
+                            self.steps.start_vms(node)
+                        except StepFailed as e:
+                            outcome.error = str(e)
                     self.recorder.emit(node, "node", "skipped", result="skipped", reason=decision.why,
                                        build_before=outcome.build_before, build_after=outcome.build_before)
                     return
