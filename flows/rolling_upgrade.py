@@ -5,7 +5,9 @@ markdown artifacts at the end."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from functools import partial
 from typing import Any
 from uuid import UUID
@@ -105,6 +107,40 @@ def publish_if_possible(recorder: RunRecorder, outcome: RunOutcome, stage: str) 
         get_run_logger().warning("the run's artifacts could not be published: Prefect's API failed (%s)", e)
 
 
+@contextmanager
+def alerts_quiet(target: ClusterInventory, options: RunOptions, run_id: str, *, enabled: bool = True
+                 ) -> Iterator[None]:
+    """With the inventory's azure.quiet_alerts: an alert processing rule on the cluster's resource for the run
+    (hciupgrade/azure/alerts.py), until the window's end at the latest. Alerts are a comfort, not a safety: a rule
+    that cannot be created or deleted is a warning, never a reason to stop."""
+    azure = target.azure
+    if not enabled or azure is None or not azure.quiet_alerts:
+        yield
+        return
+    from hciupgrade.azure import alerts
+    from hciupgrade.azure.arm import ArmClient, ArmError
+
+    logger = get_run_logger()
+    hours = (options.window_seconds or (options.stop_after.total_seconds() if options.stop_after else 86400)) \
+        / 3600 / target.time_factor + 1  # wall hours, and one more for the last node
+    arm = ArmClient(azure.endpoint, credential=azure.credential.build(), scope=azure.scope)
+    try:
+        try:
+            alerts.quiet(arm, azure, target.name, run_id, hours)
+            logger.info("alerts on %s quiet for the run (alert processing rule %s)", target.name,
+                        alerts.rule_path(azure, target.name).rsplit("/", 1)[-1])
+        except ArmError as e:
+            logger.warning("alerts on %s could not be quieted: %s", target.name, e)
+        yield
+    finally:
+        try:
+            alerts.unquiet(arm, azure, target.name)
+        except ArmError as e:
+            logger.warning("the alert processing rule of %s is left (it ends with the window; the next run removes "
+                           "it): %s", target.name, e)
+        arm.close()
+
+
 WINDOW_ENDED = "window ended"  # a run's state message begins with it when its window ended before its last node
 WINDOW_ENDED_TAG = "window-ended"
 
@@ -133,7 +169,9 @@ def rolling_upgrade(inventory: str, cluster: str | None = None, options: RunOpti
     options = options.check_against(target)  # before anything connects
     for warning in target.warnings():
         get_run_logger().warning(warning)
-    outcome = run_engine(*prefect_engine(target, options, run_id), dry_run=dry_run)
+    run_id = run_id or new_run_id()
+    with alerts_quiet(target, options, run_id, enabled=not dry_run):
+        outcome = run_engine(*prefect_engine(target, options, run_id), dry_run=dry_run)
     if outcome.window_ended:  # the window's end is not a failure: the next run continues
         get_run_logger().warning("%s", outcome.error)
         tag_this_run(WINDOW_ENDED_TAG)

@@ -159,6 +159,9 @@ class AzureTarget(BaseModel):
     failover_cluster_name: str | None = Field(None, description="the failover cluster's name (default: the cluster's)")
     naming_prefix: str = Field("HCI001", pattern=r"^[A-Za-z0-9-]{1,8}$",
                                description="namingPrefix: up to 8 letters, digits and hyphens (the template's HCI001)")
+    quiet_alerts: bool = Field(
+        False, description="during a run, an alert processing rule (RemoveAllActionGroups) scoped to the cluster's "
+                           "resource keeps its planned restarts from paging anyone; removed at the end")
     adou_path: str = Field("", description="adouPath (the template's empty string: the domain's default OU)")
     observability: Observability = Observability()
     key_vault_suffix: str | None = Field(None, description="Key Vault's DNS suffix, for a cloud hci-upgrade does "

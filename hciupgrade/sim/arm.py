@@ -232,6 +232,8 @@ class FakeArm:
         self.lock = threading.Lock()
         self._t0 = time.monotonic()
         self.requests = 0  # every request seen: what the throttling knobs count
+        self.action_rules: dict[str, dict[str, Any]] = {}  # alert processing rules by id
+        self.action_rule_log: list[tuple[str, str, Any]] = []  # (method, id, body) of each PUT and DELETE
         self.log: list[dict[str, Any]] = []  # every request with its answer, for judge()
         self._wall0 = datetime.now(UTC)
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -370,6 +372,9 @@ class FakeArm:
             def do_POST(self) -> None:  # noqa: N802
                 self._handle("POST")
 
+            def do_DELETE(self) -> None:  # noqa: N802
+                self._handle("DELETE")
+
         return Handler
 
     def route(self, method: str, raw_path: str, body: Any) -> tuple[int, Any, dict[str, str]]:
@@ -437,6 +442,10 @@ class FakeArm:
                 return 404, error("ResourceNotFound", f"{rest} was not found"), {}
             return 200, {"id": f"/subscriptions/{m['sub']}/resourceGroups/{m['rg']}/providers/{rest}",
                          "name": k["secret"] or k["kv"], "properties": {"attributes": {"enabled": True}}}, {}
+        q = re.match(r"^Microsoft\.AlertsManagement/actionRules/(?P<name>[^/]+)$", rest)
+        if q:
+            return self._action_rule(f"/subscriptions/{m['sub']}/resourceGroups/{m['rg']}/providers/{rest}", method,
+                                     query, body)
         r = re.match(r"^Microsoft\.Authorization/roleAssignments(/(?P<name>[^/]+))?$", rest)
         if r:
             state = next((s for s in self.clusters.values() if s.resource_group == m["rg"]), None)
@@ -444,6 +453,33 @@ class FakeArm:
                 return 404, error("ResourceGroupNotFound", f"resource group {m['rg']} not found"), {}
             return self._role_assignments(state, m["sub"], m["rg"], method, r["name"], query, body)
         return 404, error("InvalidResourceType", f"no route for {rest}"), {}
+
+    # --- alert processing rules (azure-rest-api-specs alertsmanagement 2021-08-08 AlertProcessingRules.json) --------
+    def _action_rule(self, rule_id: str, method: str, query: dict[str, list[str]], body: Any
+                     ) -> tuple[int, Any, dict[str, str]]:
+        """A synchronous resource: PUT 201 (created) or 200, GET 200 or 404, DELETE 200 or 204 (already gone).
+        The body must carry scopes and actions, as the specification requires."""
+        if query["api-version"][0] != "2021-08-08":
+            return 400, error("NoRegisteredProviderFound", "No registered resource provider found for api version "
+                                                           f"'{query['api-version'][0]}'."), {}
+        name = rule_id.rsplit("/", 1)[-1]
+        if method in ("PUT", "DELETE"):
+            self.action_rule_log.append((method, rule_id, body))
+        if method == "PUT":
+            props = (body or {}).get("properties") or {}
+            if not props.get("scopes") or not props.get("actions") or (body or {}).get("location") != "Global":
+                return 400, error("InvalidRequestContent", "location Global, properties.scopes and "
+                                                           "properties.actions are required."), {}
+            created = rule_id not in self.action_rules
+            self.action_rules[rule_id] = {"id": rule_id, "name": name,
+                                          "type": "Microsoft.AlertsManagement/actionRules", **body}
+            return (201 if created else 200), self.action_rules[rule_id], {}
+        if method == "DELETE":
+            return (200 if self.action_rules.pop(rule_id, None) else 204), None, {}
+        found = self.action_rules.get(rule_id)
+        if found is None:
+            return 404, error("ResourceNotFound", f"The alert processing rule '{name}' was not found."), {}
+        return 200, found, {}
 
     # --- Arc machines' edge devices and role assignments ----------------------------------------------------------
     def _edge_device(self, state: ArmState, node: str, machine_id: str, method: str, body: Any
