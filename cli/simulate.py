@@ -25,7 +25,6 @@ from cli.render import (
     summary_table,
 )
 from hciupgrade.records import new_run_id
-from hciupgrade.sim.scenario import ScenarioError, builtin_scenario, load_scenario
 
 TRANSPORT_HELP = ("how the simulated nodes listen: negotiate (NTLM with WinRM message encryption over HTTP, as a "
                   "real node), https (Negotiate over TLS, a throwaway CA), basic (plain HTTP, for debugging)")
@@ -33,7 +32,7 @@ TRANSPORT_HELP = ("how the simulated nodes listen: negotiate (NTLM with WinRM me
 
 def pick_scenario(name_or_path: str | None) -> Any:
     """A built-in scenario by name (hciupgrade/sim/scenarios/), else a scenario file."""
-    from hciupgrade.sim.scenario import SCENARIO_DIR
+    from hciupgrade.sim.scenario import SCENARIO_DIR, ScenarioError, builtin_scenario, load_scenario
 
     if not name_or_path:
         return builtin_scenario()
@@ -68,6 +67,8 @@ def demo(
 ) -> None:
     """Upgrade a simulated 22H2 cluster (to 23H2, or to 24H2 with --scenario 24h2) through the Prefect flow, over
     real PowerShell remoting."""
+    from hciupgrade.sim.scenario import ScenarioError  # the simulator loads only for the commands that use it
+
     with bad_input(ScenarioError):
         chosen = pick_scenario(scenario)
     import secrets
@@ -197,6 +198,7 @@ def sim_serve(
     from hciupgrade.models import Inventory
     from hciupgrade.sim.arm import FakeArm
     from hciupgrade.sim.harness import ARM_TOKEN_ENV, PASSWORD_ENV, SimHarness
+    from hciupgrade.sim.scenario import ScenarioError, builtin_scenario, load_scenario
 
     with bad_input(ScenarioError):
         chosen = [load_scenario(path) for path in scenario] if scenario else [builtin_scenario()]
