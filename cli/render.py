@@ -219,6 +219,8 @@ def print_status(cluster: str, current: Any, console: Console) -> None:
         where = f"{str(ui).rstrip('/')}/runs/flow-run/{current.awaiting}" if ui and current.awaiting else \
             "hci-upgrade finish --approve --reason '<change>'"
         console.print(f"[yellow]awaiting approval[/]: {where}")
+    if current.stalled:
+        console.print(f"[red]stalled:[/] {current.stalled}")
     for warning in current.warnings:
         console.print(f"[yellow]warning:[/] {warning}")
     table = Table(box=box.SIMPLE_HEAD)

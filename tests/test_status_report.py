@@ -50,3 +50,24 @@ def test_status_and_report_of_a_finished_and_a_stopped_run(tmp_path, monkeypatch
     assert "RunStopped" in stopped.output and "drain" in stopped.output
     missing = runner.invoke(app, ["report", "no-such-run"])
     assert missing.exit_code == 2
+
+
+def test_status_calls_a_step_past_its_budget_stalled():
+    """A run whose heartbeat lives but whose step does not move: past the step's timeout (install: 240 min) it is
+    named as stalled, with how long it has run."""
+    import pandas as pd
+
+    from hciupgrade.records.reports import stalled_step
+
+    now = pd.Timestamp("2026-12-07T12:00:00Z")
+
+    def events(started: str) -> pd.DataFrame:
+        return pd.DataFrame([
+            {"node": None, "phase": "run", "status": "running", "start": "2026-12-07T05:00:00+00:00",
+             "time_factor": 1.0, "options": {"MaxRetriesPerNode": 2}},
+            {"node": "n1", "phase": "install", "status": "running", "start": started, "time_factor": 1.0,
+             "options": None}])
+
+    assert stalled_step(events("2026-12-07T07:00:00+00:00"), "n1", now) == \
+        "n1: install running for 300 min, past its budget of 240 min"
+    assert stalled_step(events("2026-12-07T10:00:00+00:00"), "n1", now) is None

@@ -27,6 +27,7 @@ class RunStatus:
     nodes: pd.DataFrame  # node, phase, status, at
     target: str = ""  # the target release the run's options name (hciupgrade/targets.py)
     awaiting: str | None = None  # the run waits for an approval: its flow run's id ("" if unknown); None if not
+    stalled: str | None = None  # the current step has run past its budget (the runbook's timeout): which, how long
 
 
 def run_status(cluster: str, store: RecordStore | None = None) -> RunStatus | None:
@@ -49,7 +50,33 @@ def run_status(cluster: str, store: RecordStore | None = None) -> RunStatus | No
     warnings = list(events.loc[events["phase"] == "warn-after", "error"].dropna()) if "error" in events else []
     return RunStatus(run["run_id"], run["cluster"], run["host"], pd.Timestamp(run["started"]), state, result,
                      run["aside"] or "", current, warnings, nodes, target_of(events),
-                     awaiting_approval(events) if not run["ended"] else None)
+                     awaiting_approval(events) if not run["ended"] else None,
+                     stalled_step(events, current) if state == "RunInProgress" and current else None)
+
+
+def stalled_step(events: pd.DataFrame, node: str, now: pd.Timestamp | None = None) -> str | None:
+    """The node's running step when it has run past its budget (the step's timeout under the run's options, in
+    cluster minutes): a run whose heartbeat is alive but whose step does not move. None otherwise."""
+    from hciupgrade.models import RunOptions
+    from hciupgrade.upgrade.runbook import STEPS, timeout_minutes
+
+    mine = events[(events["node"] == node) & events["phase"].isin(list(STEPS))]
+    if mine.empty or mine["status"].iloc[-1] != "running":
+        return None
+    step, started = str(mine["phase"].iloc[-1]), pd.Timestamp(mine["start"].iloc[-1])
+    factor = float(events["time_factor"].dropna().iloc[0]) if "time_factor" in events and \
+        events["time_factor"].notna().any() else 1.0
+    recorded = [o for o in events["options"].dropna() if isinstance(o, dict)] if "options" in events else []
+    try:
+        options = RunOptions.model_validate(recorded[0]) if recorded else RunOptions()
+    except ValueError:  # options of another version: the defaults' budgets
+        options = RunOptions()
+    now = now or pd.Timestamp.now(tz="UTC")
+    minutes = (now - (started if started.tzinfo else started.tz_localize("UTC"))).total_seconds() * factor / 60
+    budget = timeout_minutes(options, step)
+    if minutes <= budget:
+        return None
+    return f"{node}: {step} running for {minutes:.0f} min, past its budget of {budget:.0f} min"
 
 
 def awaiting_approval(events: pd.DataFrame) -> str | None:
