@@ -35,11 +35,11 @@ def test_a_long_wait_backs_off_to_one_probe_a_minute():
     assert late <= 60 and probes < 100  # not 240 probes at 15 s
 
 
-def test_a_wait_that_took_as_long_on_the_last_node_sees_its_end_within_a_poll():
+def test_a_wait_that_took_as_long_on_the_last_node_sees_its_end_within_a_120th_of_it():
     for ends_at in (3300, 3600 + 7, 4200, 5300):  # this node's setup: a little faster, or up to half slower
         late, probes = wait(ends_at, expected=3600)
-        assert late <= 15, ends_at
-        assert probes < ends_at / 15, ends_at  # fewer than polling every 15 s from the start
+        assert late <= 30, ends_at  # an hour's setup seen ending within 30 s
+        assert probes < ends_at / 30, ends_at  # not a probe every 15 s through the stretch it may end in
     far_off, _ = wait(ends_at=9000, expected=3600)  # much slower than the last node: back off again
     assert far_off <= 60
 
