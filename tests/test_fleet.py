@@ -157,8 +157,19 @@ def test_the_engine_starts_no_node_that_does_not_fit_what_is_left_of_the_window(
 # --- the fleet, embedded --------------------------------------------------------------------------------------
 @pytest.fixture
 def fleet_of(prefect_server, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    from flows.fleet import FLEET_LIMIT
     from hciupgrade.sim.harness import SimHarness
 
+    # each fleet starts with its K slots free: a slot an earlier test's killed run left is held until its lease
+    # lapses (by design), which would make this fleet's K smaller for that long
+    with get_client(sync_client=True) as client:
+        try:
+            client.delete_global_concurrency_limit_by_name(FLEET_LIMIT)
+        except ObjectNotFound:
+            pass
     started = []
 
     def make(specs: list[tuple[str, dict, list]], **waves) -> Path:
