@@ -86,7 +86,7 @@ def upgrade(
     announce(run_id, target.name)
     view = LiveView(run_id, console) if not json_out else None
     thread = view.start() if view else None
-    with embedded_settings(target.name):
+    with embedded_settings():
         try:
             state = rolling_upgrade(inventory=str(inventory), cluster=target.name, options=run_options,
                                     run_id=run_id, return_state=True)
@@ -260,7 +260,7 @@ def finish_cmd(
     from flows.runtime import embedded_settings
 
     console = err if json_out else make_console()
-    with embedded_settings(target.name):
+    with embedded_settings():
         state = finish(inventory=str(inventory), cluster=target.name, options=run_options, approval=approval,
                        wait_for_approval=False, return_state=True)
     result = state.result(raise_on_failure=False)
@@ -305,7 +305,7 @@ def offline_cmd(
     approval = Approval(approver=getpass.getuser(), reason=str(reason).strip(), steps=["offline"], source="cli")
     console = err if json_out else make_console()
     console.print(f"Offline upgrade of [bold]{target.name}[/], approved by {approval.approver}: {approval.reason}")
-    with embedded_settings(target.name):
+    with embedded_settings():
         state = offline_upgrade(inventory=str(inventory), cluster=target.name, options=run_options,
                                 approval=approval, wait_for_approval=False, return_state=True)
     result = state.result(raise_on_failure=False)

@@ -53,7 +53,7 @@ def solution_cmd(
         target.azure.credential.build()  # a missing variable is bad input, before anything is read
     approval = Approval(approver=getpass.getuser(), reason=reason or "", steps=["solution-upgrade"],
                         source="cli") if approve else None
-    with embedded_settings(target.name):
+    with embedded_settings():
         result = solution_upgrade(inventory=str(inventory), cluster=target.name, approval=approval,
                                   validate_only=validate_only, resume=resume, wait_for_approval=False,
                                   assign_roles=assign_roles)

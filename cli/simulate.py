@@ -95,7 +95,7 @@ def demo(
         thread = view.start()
         options = RunOptions(poll_seconds=5, retry_delay_seconds=0.2, target_build=chosen.cluster.target_build,
                              target_release=chosen.cluster.target_release, approval=demo_approval(chosen))
-        with embedded_settings(chosen.cluster.name):
+        with embedded_settings():
             state = rolling_upgrade(inventory=str(inventory), options=options, run_id=run_id, return_state=True)
         view.stop(thread)
         finished = None

@@ -21,7 +21,7 @@ from flows.ghosts import bury_ghosts
 from flows.locking import cluster_lock
 from flows.readiness import readiness
 from flows.rolling_upgrade import UpgradeFailed, prefect_engine, rolling_upgrade, run_engine
-from flows.runtime import ApprovalForm, connect, embedded, narrate_to_run_log, run_name
+from flows.runtime import ApprovalForm, connect, embedded, narrate_to_run_log, run_name, tag_this_run
 from hciupgrade.models import Approval, RunOptions, load_inventory
 from hciupgrade.records import RunRecorder, new_run_id
 from hciupgrade.upgrade.postos import PostUpgrade, PostUpgradeOutcome, levels_table, validation_summary
@@ -81,6 +81,7 @@ def post_upgrade(inventory: str, cluster: str | None = None, options: RunOptions
     options = options or RunOptions()
     target = load_inventory(inventory).cluster(cluster)
     options = options.check_against(target)
+    tag_this_run("hci-upgrade", f"cluster:{target.name}")
     if wait_for_approval is None:
         wait_for_approval = approval is None and not embedded()
     client = connect(target)

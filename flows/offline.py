@@ -17,7 +17,7 @@ from pydantic import Field
 from flows.ghosts import bury_ghosts
 from flows.locking import cluster_lock
 from flows.rolling_upgrade import UpgradeFailed
-from flows.runtime import ApprovalForm, connect, embedded, narrate_to_run_log, run_name
+from flows.runtime import ApprovalForm, connect, embedded, narrate_to_run_log, run_name, tag_this_run
 from hciupgrade.clock import ClusterClock
 from hciupgrade.models import Approval, RunOptions, load_inventory
 from hciupgrade.records import RunRecorder, new_run_id
@@ -57,6 +57,7 @@ def offline_upgrade(inventory: str, cluster: str | None = None, options: RunOpti
     options = options or RunOptions()
     target = load_inventory(inventory).cluster(cluster)
     options = options.check_against(target)
+    tag_this_run("hci-upgrade", f"cluster:{target.name}")
     recorder = RunRecorder(new_run_id(), target.name, time_factor=target.time_factor)
     narrate_to_run_log(recorder)
     bury_ghosts(recorder)

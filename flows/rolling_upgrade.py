@@ -25,7 +25,7 @@ from prefect.states import Completed, Failed
 from flows.ghosts import bury_ghosts
 from flows.heap import freeze_startup_heap
 from flows.locking import cluster_lock
-from flows.runtime import connect, embedded, narrate_to_run_log, run_name
+from flows.runtime import connect, embedded, narrate_to_run_log, run_name, tag_this_run
 from hciupgrade.cluster import ClusterClient
 from hciupgrade.models import ClusterInventory, RunOptions, RunOutcome, load_inventory
 from hciupgrade.records import PHASES, RunRecorder, new_run_id, node_summary
@@ -145,21 +145,6 @@ WINDOW_ENDED = "window ended"  # a run's state message begins with it when its w
 WINDOW_ENDED_TAG = "window-ended"
 
 
-def tag_this_run(tag: str) -> None:
-    """Add a tag to the current flow run (the UI filters by tags); a Prefect API that fails costs only the tag."""
-    from prefect.client.orchestration import get_client
-    from prefect.context import get_run_context
-
-    run = get_run_context().flow_run
-    try:
-        with get_client(sync_client=True) as client:
-            client.update_flow_run(run.id, tags=[*run.tags, tag])
-    except Exception as e:
-        if not prefect_api_failure(e):
-            raise
-        get_run_logger().warning("could not tag the run %r: Prefect's API failed (%s)", tag, e)
-
-
 @flow(name="rolling-upgrade", flow_run_name=run_name("upgrade"), log_prints=True)
 def rolling_upgrade(inventory: str, cluster: str | None = None, options: RunOptions | None = None,
                     run_id: str | None = None, dry_run: bool = False) -> dict:
@@ -167,6 +152,7 @@ def rolling_upgrade(inventory: str, cluster: str | None = None, options: RunOpti
     options = options or RunOptions()
     target = load_inventory(inventory).cluster(cluster)
     options = options.check_against(target)  # before anything connects
+    tag_this_run("hci-upgrade", f"cluster:{target.name}")  # as a deployment's runs are: the UI filters by them
     for warning in target.warnings():
         get_run_logger().warning(warning)
     run_id = run_id or new_run_id()

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from prefect import get_run_logger
 from prefect.input import RunInput
 from prefect.settings import get_current_settings
 from pydantic import Field
@@ -41,19 +42,10 @@ def embedded() -> bool:
 
 
 @contextmanager
-def embedded_settings(cluster: str | None = None) -> Iterator[None]:
+def embedded_settings() -> Iterator[None]:
     """In embedded mode, run flows without heartbeats: they feed zombie detection on a server, and the temporary
     server dies with the process, so nothing could act on them; they cost about 1 s at the end of every flow run
-    (the heartbeat thread is joined). On a Prefect server they stay on. `cluster`: the flow runs started inside
-    carry the tags a deployment gives them (hci-upgrade, cluster:<name>), so the UI's filters find CLI runs too."""
-    from prefect import tags
-
-    with tags("hci-upgrade", *([f"cluster:{cluster}"] if cluster else [])), _embedded():
-        yield
-
-
-@contextmanager
-def _embedded() -> Iterator[None]:
+    (the heartbeat thread is joined). On a Prefect server they stay on."""
     if not embedded():
         yield
         return
@@ -66,6 +58,26 @@ def _embedded() -> Iterator[None]:
 
     with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         yield
+
+
+def tag_this_run(*tags: str) -> None:
+    """Add tags to the current flow run (the UI filters by them), only those it lacks; task runs stay untagged (a
+    tagged task run asks the server for its tags' slots). A Prefect API that fails costs only the tags."""
+    from prefect.client.orchestration import get_client
+    from prefect.context import get_run_context
+
+    from tasks.node_steps import prefect_api_failure
+
+    run = get_run_context().flow_run
+    try:
+        with get_client(sync_client=True) as client:
+            current = client.read_flow_run(run.id).tags
+            if set(tags) - set(current):
+                client.update_flow_run(run.id, tags=[*current, *(t for t in tags if t not in current)])
+    except Exception as e:
+        if not prefect_api_failure(e):
+            raise
+        get_run_logger().warning("could not tag the run %s: Prefect's API failed (%s)", ", ".join(tags), e)
 
 
 def start_temporary_server() -> None:

@@ -55,7 +55,7 @@ def test_a_window_that_ends_stops_cleanly_between_nodes_and_the_next_run_continu
     assert first.state.is_completed() and first.state.name == "Completed"
     assert first.state.message.startswith("window ended: StopAfter")
     listed = runs_the_ui_lists(first.state.state_details.flow_run_id)
-    assert listed and "window-ended" in listed[0].tags
+    assert listed and {"window-ended", "hci-upgrade", "cluster:hci-demo"} <= set(listed[0].tags)
     assert first.outcome["window_ended"] and "left for the next window: node2, node3" in first.outcome["error"]
     records = [json.loads(line) for line in first.record.splitlines()]
     assert records[-1]["phase"] == "run" and records[-1]["status"] == "stopped"
