@@ -6,14 +6,22 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 from rich import box
 from rich.table import Table
 
 from cli import azure, simulate
-from cli.inputs import EXIT_AWAITING_APPROVAL, EXIT_WINDOW_ENDED, bad_input, err, refuse, run_inputs
+from cli.inputs import (
+    EXIT_AWAITING_APPROVAL,
+    EXIT_WINDOW_ENDED,
+    bad_input,
+    err,
+    refuse,
+    run_inputs,
+    upfront_approval,
+)
 from cli.render import (
     LiveView,
     builds_frame,
@@ -38,21 +46,6 @@ def _commands() -> None:
 
 app.command()(simulate.demo)
 app.add_typer(simulate.sim_app, name="sim")
-
-
-def upfront_approval(steps: list[str], reason: str | None) -> Any:
-    """The CLI's explicit approval of an irreversible step before the run; bad input exits 2 naming the fix."""
-    import getpass
-
-    from hciupgrade.models import Approval
-
-    allowed = ("cloud-management",)
-    bad = [s for s in steps if s not in allowed]
-    if bad:
-        refuse(f"[red]--approve: {bad[0]!r} is not approved before a run; allowed: {', '.join(allowed)}[/]")
-    if not (reason or "").strip():
-        refuse("[red]--approve needs --reason (a change ticket), e.g. --reason 'CHG-1234'[/]")
-    return Approval(approver=getpass.getuser(), reason=str(reason).strip(), steps=steps, source="cli")
 
 
 @app.command()

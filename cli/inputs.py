@@ -51,3 +51,18 @@ def run_inputs(inventory: Path, cluster: str | None, options: Path | None,
         if require:
             raise InputError(require)
     return target, run_options
+
+
+def upfront_approval(steps: list[str], reason: str | None) -> Any:
+    """The CLI's explicit approval of an irreversible step before the run; bad input exits 2 naming the fix."""
+    import getpass
+
+    from hciupgrade.models import Approval
+
+    allowed = ("cloud-management",)
+    bad = [s for s in steps if s not in allowed]
+    if bad:
+        refuse(f"[red]--approve: {bad[0]!r} is not approved before a run; allowed: {', '.join(allowed)}[/]")
+    if not (reason or "").strip():
+        refuse("[red]--approve needs --reason (a change ticket), e.g. --reason 'CHG-1234'[/]")
+    return Approval(approver=getpass.getuser(), reason=str(reason).strip(), steps=steps, source="cli")
