@@ -365,7 +365,7 @@ class SimCluster:
         for i, vm in enumerate(mine):
             target = targets[i % len(targets)] if targets else None
             slow = self.knobs.staging_slowdown if {node.name, target} & staging else 1.0
-            if not vm.running:  # an Off VM's group moves as it is: no memory to copy, nothing to refuse
+            if not vm.running:  # [INFER] an Off VM's group moves as it is: no memory to copy, nothing to refuse
                 elapsed += self.durations.vm_move_overhead_s
                 if target is None:
                     self._after(elapsed, lambda vm=vm: self._drain_failed(node, vm), "drain-fail")
@@ -622,6 +622,8 @@ class SimCluster:
             if ok:
                 spec = next(n for n in self.scenario.cluster.nodes if n.name == node.name)
                 node.staged_build, node.staged_kind = spec.media_build or self.target_build, "feature"
+                # setup's staged state runs at the next restart, whoever causes it (reference/domain.md §1.3:
+                # the down-level phase, then the offline phases at the restart)
                 if node.state == NodeState.Up and self.strikes(node.name, FaultKind.restarts_after_staging):
                     # Windows restarts a staged node on its own (a policy, a crash, a hand): the offline phases
                     # run and it comes back on the new build, never drained

@@ -122,7 +122,8 @@ def _no_group(name: str, command: str) -> Terminating:
 
 @cmdlet("Start-ClusterGroup", "Name Wait IgnoreLocked", positional=("Name",))
 def start_cluster_group(inv: Invocation) -> list[Out]:
-    """A VM role brought online wherever it is (Microsoft's Start-ClusterGroup; the simulator starts VM groups)."""
+    """A VM role brought online wherever it is (FailoverClusters' Start-ClusterGroup, reference/domain.md §3.4 for
+    the group objects; the simulator starts VM groups). Its refusal's text is the cluster's [UNVERIFIED]."""
     require_cluster_node(inv)
     name = str(inv.params.get("Name", ""))
     vm = inv.sim.vms.get(name)
@@ -137,9 +138,12 @@ def start_cluster_group(inv: Invocation) -> list[Out]:
 
 @cmdlet("Remove-ClusterGroup", "Name RemoveResources Force", positional=("Name",))
 def remove_cluster_group(inv: Invocation) -> list[Out]:
-    """The 24H2 path's clean-up of the 'Cloud Management' group; -Force skips the confirmation a remote session
-    cannot answer. The simulator removes that group only."""
+    """The 24H2 path's clean-up of the 'Cloud Management' group (reference/domain.md §3.4). [UNVERIFIED] whether
+    Remove-ClusterGroup asks for confirmation: the harsher side, it does, and a remote session cannot answer, so
+    only -Force removes it. The simulator removes that group only."""
     require_cluster_node(inv)
+    if "Force" not in inv.params:
+        raise Terminating(NON_INTERACTIVE)
     name = str(inv.params.get("Name", ""))
     if name != "Cloud Management" or not inv.sim.remove_cloud_management(by=inv.caller):
         raise _no_group(name, "RemoveClusterGroupCommand")

@@ -42,7 +42,9 @@ def invoke_upgrade_validation(inv: Invocation) -> list[Out]:
 
 @cmdlet("Get-Module", "Name ListAvailable All", positional=("Name",))
 def get_module(inv: Invocation) -> list[Out]:
-    if str(inv.params.get("Name", "")).lower() == "akshci":  # AKS on HCI's module, while it is installed
+    # AKS on HCI's module while it is installed (reference/domain.md §1.0 P3: Uninstall-AksHci, then
+    # Uninstall-Module AksHci); [INFER] its version number
+    if str(inv.params.get("Name", "")).lower() == "akshci":
         if _readiness(inv).akshci_state == "NotInstalled":
             return []
         return [Out(["System.Management.Automation.PSModuleInfo", "System.Object"],
@@ -246,7 +248,10 @@ def set_service(inv: Invocation) -> list[Out]:
 
 @cmdlet("Get-NetAdapter", "Name Physical InterfaceDescription IncludeHidden", positional=("Name",))
 def get_net_adapter(inv: Invocation) -> list[Out]:
-    """The node's two physical ports (MSFT_NetAdapter), with the driver the 24H2 path compares to the inbox one."""
+    """The node's two physical ports (MSFT_NetAdapter, ROOT/StandardCimv2: Name, InterfaceDescription,
+    DriverProvider, DriverVersionString, DriverInformation, as Get-NetAdapter shows them), with the driver the 24H2
+    path compares to the inbox one (upgrade-to-24h2-powershell.md@05ff0df4's table). [INFER] the adapter names
+    and descriptions, and that an NVIDIA ConnectX reports the Mellanox provider."""
     spec = _spec(inv)
     description = {"Intel": "Intel(R) Ethernet Controller E810-XXV", "Mellanox": "Mellanox ConnectX-6 Dx Adapter",
                    "Broadcom": "Broadcom NetXtreme E-Series Advanced Dual-port 25Gb"}[spec.nic_vendor]
