@@ -250,12 +250,12 @@ def finish_cmd(
     approval = Approval(approver=getpass.getuser(), reason=reason.strip(), source="cli") if approve and reason \
         else None
     from flows.finish import finish
-    from flows.runtime import embedded_settings
+    from flows.runtime import embedded, embedded_settings
 
     console = err if json_out else make_console()
-    with embedded_settings():
+    with embedded_settings():  # on a Prefect server, without --approve, the run pauses for the UI's form
         state = finish(inventory=str(inventory), cluster=target.name, options=run_options, approval=approval,
-                       wait_for_approval=False, return_state=True)
+                       wait_for_approval=approval is None and not embedded(), return_state=True)
     result = state.result(raise_on_failure=False)
     if not isinstance(result, dict):
         if json_out:
@@ -288,19 +288,25 @@ def offline_cmd(
 
     from hciupgrade.models import Approval
 
-    approved = approve and (reason or "").strip()
-    target, run_options = run_inputs(inventory, cluster, options, require=None if approved else (
-        "--approve --reason: the offline path takes the whole cluster down; it runs only with an approval and its "
-        "reason, e.g. --approve --reason 'CHG-1234 window Sat 02:00'"))
-    from flows.offline import offline_upgrade
-    from flows.runtime import embedded_settings
+    from flows.runtime import embedded, embedded_settings
 
-    approval = Approval(approver=getpass.getuser(), reason=str(reason).strip(), steps=["offline"], source="cli")
+    approved = approve and (reason or "").strip()
+    in_the_ui = not approved and not approve and not embedded()  # a server: its UI's form is the approval
+    target, run_options = run_inputs(inventory, cluster, options, require=None if approved or in_the_ui else (
+        "--approve --reason: the offline path takes the whole cluster down; it runs only with an approval and its "
+        "reason, e.g. --approve --reason 'CHG-1234 window Sat 02:00' (or, with PREFECT_API_URL set, approve in "
+        "the Prefect UI)"))
+    from flows.offline import offline_upgrade
+
+    approval = None if in_the_ui else \
+        Approval(approver=getpass.getuser(), reason=str(reason).strip(), steps=["offline"], source="cli")
     console = err if json_out else make_console()
-    console.print(f"Offline upgrade of [bold]{target.name}[/], approved by {approval.approver}: {approval.reason}")
+    console.print(f"Offline upgrade of [bold]{target.name}[/], " + (
+        "awaiting its approval in the Prefect UI" if approval is None else
+        f"approved by {approval.approver}: {approval.reason}"))
     with embedded_settings():
         state = offline_upgrade(inventory=str(inventory), cluster=target.name, options=run_options,
-                                approval=approval, wait_for_approval=False, return_state=True)
+                                approval=approval, wait_for_approval=in_the_ui, return_state=True)
     result = state.result(raise_on_failure=False)
     if json_out:
         print(json.dumps(result if isinstance(result, dict) else {"succeeded": False, "error": str(result)},

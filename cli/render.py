@@ -156,7 +156,7 @@ def print_finish(result: dict, console: Console) -> None:
             console.print(f"[yellow]{finding['check']}[/]: {finding['detail']}")
     if post.get("awaiting_approval"):
         console.print(f"[yellow]Awaiting approval:[/] {', '.join(post['awaiting_approval'])}: run again with "
-                      "--approve --reason TEXT (or approve in the Prefect UI)")
+                      "--approve --reason TEXT (with PREFECT_API_URL set, the run waits for the Prefect UI's form)")
 
 
 def builds_frame(result: dict) -> Any:

@@ -14,14 +14,22 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.flow_runs import pause_flow_run
+from prefect.states import Failed, State
 from pydantic import Field, create_model
 
 from flows.ghosts import bury_ghosts
 from flows.locking import cluster_lock
 from flows.readiness import readiness
 from flows.rolling_upgrade import UpgradeFailed, prefect_engine, rolling_upgrade, run_engine
-from flows.runtime import ApprovalForm, connect, embedded, narrate_to_run_log, run_name, tag_this_run
+from flows.runtime import (
+    ApprovalForm,
+    connect,
+    embedded,
+    narrate_to_run_log,
+    pause_for_approval,
+    run_name,
+    tag_this_run,
+)
 from hciupgrade.models import Approval, RunOptions, load_inventory
 from hciupgrade.records import RunRecorder, new_run_id
 from hciupgrade.upgrade.postos import PostUpgrade, PostUpgradeOutcome, levels_table, validation_summary
@@ -63,7 +71,7 @@ def ask_in_the_ui(timeout_minutes: float):  # noqa: ANN201 - returns PostUpgrade
         form = ApprovalInput.for_steps(steps).with_initial_data(
             description=f"### Approve the irreversible post-OS steps\n{plan}\n\nSwitch on what you approve: "
                         "each one cannot be undone.")
-        answer = pause_flow_run(wait_for_input=form, timeout=int(timeout_minutes * 60), poll_interval=5)
+        answer = pause_for_approval(form, timeout_minutes * 60, "the irreversible post-OS steps")
         approval = answer.approval()
         if approval is None:
             logger.warning("%s approved none of the steps (%s)", answer.approver, answer.reason)
@@ -105,10 +113,28 @@ def post_upgrade(inventory: str, cluster: str | None = None, options: RunOptions
         client.close()
     publish(outcome)
     if not outcome.succeeded:
-        get_run_logger().error("post-upgrade of %s: %s", target.name, outcome.error)
         if not outcome.awaiting_approval or outcome.vms and any(v.result == "failed" for v in outcome.vms):
+            get_run_logger().error("post-upgrade of %s: %s", target.name, outcome.error)
             raise UpgradeFailed(outcome.error)
+        # not done what it was asked: Failed (the dashboard counts it), the outcome kept as the result
+        return not_done(f"{AWAITING_APPROVAL}: {', '.join(outcome.awaiting_approval)}",
+                        outcome.model_dump(mode="json"))
     return outcome.model_dump(mode="json")
+
+
+def not_done(message: str, result: dict) -> State:
+    """A run that stopped short of what it was asked without an error (an approval not given): a Failed state
+    whose message says what waits, its result still the outcome (the CLI reads it for its exit code)."""
+    get_run_logger().warning(message)
+    return Failed(message=message, data=result)
+
+
+def outcome_of(state: State) -> dict:
+    """A stage's result, whether it ended done or not done (`not_done`); its exception if it failed."""
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, BaseException):
+        raise result
+    return result
 
 
 def publish(outcome: PostUpgradeOutcome) -> None:
@@ -143,8 +169,9 @@ def finish(inventory: str, cluster: str | None = None, options: RunOptions | Non
     if lcu.get("window_ended"):  # the window closed during the cumulative update: the post-OS steps wait
         return {"cumulative_update": lcu, "post_upgrade": None}
     post = post_upgrade(inventory=inventory, cluster=cluster, options=options, approval=approval,
-                        wait_for_approval=wait_for_approval)
-    return {"cumulative_update": lcu, "post_upgrade": post}
+                        wait_for_approval=wait_for_approval, return_state=True)
+    result = {"cumulative_update": lcu, "post_upgrade": outcome_of(post)}
+    return not_done(str(post.message), result) if post.is_failed() else result
 
 
 def lcu_options(options: RunOptions) -> RunOptions:
@@ -163,8 +190,11 @@ def full_upgrade(inventory: str, cluster: str | None = None, options: RunOptions
     feature = rolling_upgrade(inventory=inventory, cluster=target.name, options=options)
     if feature.get("window_ended"):  # the next window's run resumes here
         return {"feature_update": feature}
-    rest = finish(inventory=inventory, cluster=target.name, options=options, approval=approval,
-                  wait_for_approval=wait_for_approval)
+    finished = finish(inventory=inventory, cluster=target.name, options=options, approval=approval,
+                      wait_for_approval=wait_for_approval, return_state=True)
+    rest = outcome_of(finished)
+    if finished.is_failed():  # the post-OS steps await an approval: the next run resumes there
+        return not_done(str(finished.message), {"feature_update": feature, **rest})
     if rest["post_upgrade"] is None:
         return {"feature_update": feature, **rest}
     ready = readiness(inventory=inventory, clusters=[target.name])

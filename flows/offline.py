@@ -11,13 +11,20 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.flow_runs import pause_flow_run
 from pydantic import Field
 
 from flows.ghosts import bury_ghosts
 from flows.locking import cluster_lock
 from flows.rolling_upgrade import UpgradeFailed
-from flows.runtime import ApprovalForm, connect, embedded, narrate_to_run_log, run_name, tag_this_run
+from flows.runtime import (
+    ApprovalForm,
+    connect,
+    embedded,
+    narrate_to_run_log,
+    pause_for_approval,
+    run_name,
+    tag_this_run,
+)
 from hciupgrade.clock import ClusterClock
 from hciupgrade.models import Approval, RunOptions, load_inventory
 from hciupgrade.records import RunRecorder, new_run_id
@@ -62,10 +69,11 @@ def offline_upgrade(inventory: str, cluster: str | None = None, options: RunOpti
     narrate_to_run_log(recorder)
     bury_ghosts(recorder)
     if approval is None and (wait_for_approval if wait_for_approval is not None else not embedded()):
-        answer = pause_flow_run(wait_for_input=DowntimeApproval.with_initial_data(
+        answer = pause_for_approval(DowntimeApproval.with_initial_data(
             description=f"### Take **{target.name}** down?\nEvery VM is shut down, the cluster stopped, every node "
                         "updated at once and restarted, then everything started again."),
-            timeout=int(options.approval_timeout_minutes * 60), poll_interval=5)
+            options.approval_timeout_minutes * 60, f"the offline path of {target.name} (every VM and the cluster "
+                                                   "stop)")
         if answer.take_the_cluster_down:
             approval = Approval(approver=answer.approver, reason=answer.reason, steps=["offline"],
                                 source="prefect-ui")

@@ -37,6 +37,24 @@ class ApprovalForm(RunInput):
     reason: str = Field(min_length=1, description="why: the change ticket or the maintenance window")
 
 
+def run_page(flow_run_id: object) -> str | None:
+    """The flow run's page in the Prefect UI (None when no UI is known, as in embedded mode)."""
+    ui = get_current_settings().ui_url
+    return f"{str(ui).rstrip('/')}/runs/flow-run/{flow_run_id}" if ui and not embedded() else None
+
+
+def pause_for_approval(form: Any, timeout_seconds: float, what: str) -> Any:
+    """Pause this flow run until someone answers `form` in the Prefect UI; the run's log (and the CLI's console,
+    which shows warnings) names what waits and the page to approve it on. Raises on timeout: nothing was done."""
+    from prefect.context import get_run_context
+    from prefect.flow_runs import pause_flow_run
+
+    page = run_page(get_run_context().flow_run.id)
+    get_run_logger().warning("%s: approve in the Prefect UI%s (the run waits %.0f min)", what,
+                             f", {page}" if page else "", timeout_seconds / 60)
+    return pause_flow_run(wait_for_input=form, timeout=int(timeout_seconds), poll_interval=5)
+
+
 def embedded() -> bool:
     return get_current_settings().api.url is None
 

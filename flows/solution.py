@@ -14,11 +14,10 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
-from prefect.flow_runs import pause_flow_run
 from pydantic import Field
 
 from flows.readiness import check_cluster
-from flows.runtime import ApprovalForm, embedded, narrate_to_run_log, run_name
+from flows.runtime import ApprovalForm, embedded, narrate_to_run_log, pause_for_approval, run_name
 from hciupgrade.azure.arm import ArmClient, ArmError
 from hciupgrade.azure.operations import Budget, Ledger, Stalled, verdict
 from hciupgrade.azure.resources import DeploymentSetting, Step, UpdateRun
@@ -112,10 +111,10 @@ def solution_upgrade(inventory: str, cluster: str | None = None, approval: Appro
 
     def approved() -> Approval | None:
         if approval is None and (wait_for_approval if wait_for_approval is not None else not embedded()):
-            logger.warning("waiting for the approval of the Deploy")
-            answer = pause_flow_run(wait_for_input=SolutionApprovalInput.with_initial_data(
+            answer = pause_for_approval(SolutionApprovalInput.with_initial_data(
                 description=f"### Start the solution upgrade of {target.name}\nValidation passed. The Deploy "
-                            "takes hours and has no documented rollback."), timeout=24 * 3600, poll_interval=5)
+                            "takes hours and has no documented rollback."), 24 * 3600,
+                f"the solution upgrade's Deploy on {target.name}")
             if answer.deploy:
                 return Approval(approver=answer.approver, reason=answer.reason, steps=["solution-upgrade"],
                                 source="prefect-ui")

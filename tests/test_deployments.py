@@ -45,7 +45,7 @@ def test_the_deployment_file_deploys_and_each_deployment_runs_through_a_process_
                                "--all"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
     names = {d["name"] for d in httpx.post(f"{api}/deployments/filter", json={}, timeout=10).json()}
-    assert names == {"rolling-upgrade-hci-demo", "full-upgrade-hci-demo", "readiness-fleet", "fleet",
+    assert names == {"rolling-upgrade-hci-demo", "full-upgrade-hci-demo", "finish-hci-demo", "readiness-fleet", "fleet",
                      "rolling-upgrade-fleet"}
 
     # set up for the second hop (CredSSP), so the full upgrade's Test-Cluster reaches every node

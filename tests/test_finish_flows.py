@@ -113,6 +113,30 @@ def test_on_a_server_the_flow_pauses_for_a_typed_approval_and_runs_only_what_was
                                   "source": "prefect-ui"}
     assert harness.sim.functional_level == 12 and harness.sim.pool_version == 27
     assert result["awaiting_approval"] == ["storage-pool"]
+    # not all it was asked: the run says so where the dashboard counts (Failed, with what waits)
+    assert state.is_failed() and state.message == "awaiting approval: storage-pool"
+
+
+def test_finish_from_the_cli_on_a_server_pauses_for_the_ui_form_and_names_its_page(served):
+    """With PREFECT_API_URL set, `finish` without --approve waits for the UI's form (it does not exit 3 pointing
+    at a UI where nothing waits), names the run's page, and goes on with what was approved there."""
+    from prefect.settings import PREFECT_API_URL
+
+    harness, inventory = served
+    found: list = []
+    thread = resume_when_paused({"approver": "dana", "reason": "CHG-8", "functional_level": True,
+                                 "storage_pool": True}, found)
+    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value()), "COLUMNS": "200"}
+    done = subprocess.run([*CLI, "finish", "--inventory", str(inventory), "--json"], capture_output=True, text=True,
+                          env=env, timeout=600)
+    thread.join(timeout=5)
+    assert found, "the CLI's run never paused"
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert f"/runs/flow-run/{found[0].id}" in done.stderr and "approve in the Prefect UI" in done.stderr
+    post = json.loads(done.stdout)["post_upgrade"]
+    assert post["approval"] == {"approver": "dana", "reason": "CHG-8", "steps": ["functional-level", "storage-pool"],
+                                "source": "prefect-ui"}
+    assert harness.sim.functional_level == 12 and harness.sim.pool_version >= 28
 
 
 def test_an_approval_that_times_out_leaves_nothing_irreversible_done(served):
@@ -154,6 +178,7 @@ def test_an_approver_who_ticks_nothing_refuses_and_nothing_irreversible_happens(
     thread.join(timeout=5)
     result = state.result(raise_on_failure=False)
     assert found and result["approval"] is None
+    assert state.is_failed() and state.message == "awaiting approval: functional-level, storage-pool"
     assert result["awaiting_approval"] == ["functional-level", "storage-pool"]
     assert harness.sim.functional_level == 11 and harness.sim.pool_version == 27
 
@@ -169,7 +194,9 @@ def test_the_whole_path_as_one_parent_flow_resumes_where_it_stopped(prefect_serv
         harness.inventory().write(inventory)
         os.environ.update(harness.environment())
         options = RunOptions(poll_seconds=10, retry_delay_seconds=0.05)
-        waiting = full_upgrade(inventory=str(inventory), options=options, wait_for_approval=False)
+        stopped = full_upgrade(inventory=str(inventory), options=options, wait_for_approval=False, return_state=True)
+        assert stopped.is_failed() and stopped.message == "awaiting approval: functional-level, storage-pool"
+        waiting = stopped.result(raise_on_failure=False)
         assert waiting["post_upgrade"]["awaiting_approval"] == ["functional-level", "storage-pool"]
         assert {n.build for n in harness.sim.nodes.values()} == {"10.0.25398.1913"}
         restarts = sum(1 for e in harness.events() if e["kind"] == "restart")
