@@ -49,10 +49,46 @@ def pause_for_approval(form: Any, timeout_seconds: float, what: str) -> Any:
     from prefect.context import get_run_context
     from prefect.flow_runs import pause_flow_run
 
-    page = run_page(get_run_context().flow_run.id)
+    run = get_run_context().flow_run
+    page = run_page(run.id)
     get_run_logger().warning("%s: approve in the Prefect UI%s (the run waits %.0f min)", what,
                              f", {page}" if page else "", timeout_seconds / 60)
-    return pause_flow_run(wait_for_input=form, timeout=int(timeout_seconds), poll_interval=5)
+    waiting = f"awaiting approval in {run.name}: {what}" + (f", {page}" if page else "")
+    parents = tell_the_parents(run, waiting, page)
+    try:
+        return pause_flow_run(wait_for_input=form, timeout=int(timeout_seconds), poll_interval=5)
+    finally:
+        tell_the_parents(run, None, None, parents)
+
+
+def tell_the_parents(run: Any, message: str | None, page: str | None, parents: list | None = None) -> list:
+    """A paused subflow run is two levels down in the UI while its parents show Running: each parent's state
+    message says what waits and where (None clears it), and each gets a link artifact to the paused run. Only the
+    UI's view: a Prefect API that fails costs the hint, never the run."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import ArtifactCreate
+    from prefect.states import Running
+
+    from tasks.node_steps import prefect_api_failure
+
+    try:
+        with get_client(sync_client=True) as client:
+            if parents is None:
+                parents, current = [], run
+                while current.parent_task_run_id:
+                    current = client.read_flow_run(client.read_task_run(current.parent_task_run_id).flow_run_id)
+                    parents.append(current.id)
+            for parent in parents:
+                client.set_flow_run_state(parent, Running(message=message), force=True)
+                if message and page:
+                    client.create_artifact(ArtifactCreate(
+                        type="markdown", flow_run_id=parent, description="the paused run awaiting an approval",
+                        data=f"**Awaiting approval** in [{run.name}]({page}): {message}"))
+    except Exception as e:
+        if not prefect_api_failure(e):
+            raise
+        get_run_logger().warning("could not tell the parent runs what waits: Prefect's API failed (%s)", e)
+    return parents or []
 
 
 def embedded() -> bool:

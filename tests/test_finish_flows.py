@@ -73,7 +73,13 @@ def served(prefect_server, tmp_path):
 def resume_when_paused(answer: dict, found: list, cluster: str | None = None) -> threading.Thread:
     """Wait for the post-upgrade flow run to pause, then resume it with `answer` through Prefect's API."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
     from prefect.client.schemas.objects import StateType
     from prefect.flow_runs import resume_flow_run
 
@@ -87,6 +93,11 @@ def resume_when_paused(answer: dict, found: list, cluster: str | None = None) ->
                     found.append(runs[0])
                     if cluster:
                         found.append(run_status(cluster))  # what `status` says meanwhile
+                    if runs[0].parent_task_run_id:  # what its parent run shows meanwhile: message, artifacts
+                        parent = client.read_flow_run(client.read_task_run(runs[0].parent_task_run_id).flow_run_id)
+                        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+                            flow_run_id=ArtifactFilterFlowRunId(any_=[parent.id])))
+                        found.append((parent, [a.data for a in artifacts]))
                     resume_flow_run(runs[0].id, run_input=answer)
                     return
                 time.sleep(0.5)
@@ -133,6 +144,9 @@ def test_finish_from_the_cli_on_a_server_pauses_for_the_ui_form_and_names_its_pa
     assert found, "the CLI's run never paused"
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert f"/runs/flow-run/{found[0].id}" in done.stderr and "approve in the Prefect UI" in done.stderr
+    parent, artifacts = found[1]  # the finish run, one level up, said what waits below it and linked to it
+    assert parent.name.startswith("finish-") and parent.state.message.startswith("awaiting approval in post-upgrade-")
+    assert any(f"/runs/flow-run/{found[0].id}" in str(a) for a in artifacts)
     post = json.loads(done.stdout)["post_upgrade"]
     assert post["approval"] == {"approver": "dana", "reason": "CHG-8", "steps": ["functional-level", "storage-pool"],
                                 "source": "prefect-ui"}
