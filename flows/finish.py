@@ -33,6 +33,7 @@ from flows.runtime import (
 from hciupgrade.models import Approval, RunOptions, load_inventory
 from hciupgrade.records import RunRecorder, new_run_id
 from hciupgrade.upgrade.postos import PostUpgrade, PostUpgradeOutcome, levels_table, validation_summary
+from tasks.node_steps import TaskChain
 
 AWAITING_APPROVAL = "awaiting approval"
 
@@ -108,7 +109,8 @@ def post_upgrade(inventory: str, cluster: str | None = None, options: RunOptions
         with cluster_lock(target.name, lease_seconds=options.lock_lease_seconds) as held:
             client.own(recorder.run_id, partial(recorder.store.next_fence, target.name), held)
             approve = ask_in_the_ui(options.approval_timeout_minutes) if wait_for_approval else given
-            outcome = PostUpgrade(client, options, recorder, approve, restart).run()
+            steps = TaskChain(recorder.run_id, target.name, target.time_factor, tagged=not embedded())
+            outcome = PostUpgrade(client, options, recorder, approve, restart, steps.phase).run()
     finally:
         client.close()
     publish(outcome)

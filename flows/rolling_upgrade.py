@@ -55,7 +55,7 @@ def prefect_engine(target: ClusterInventory, options: RunOptions, run_id: str | 
         lock=partial(cluster_lock, target.name, lease_seconds=options.lock_lease_seconds),
         progress=Progress(create_progress_artifact(0.0, key=key, description=f"Rolling upgrade of {target.name}")),
     )
-    chain = TaskChain(engine, target.name, target.time_factor, tagged=not embedded())
+    chain = TaskChain(engine.recorder.run_id, target.name, target.time_factor, engine=engine, tagged=not embedded())
     engine.run_step, engine.run_phase = chain.step, chain.phase
     return engine, client
 

@@ -81,11 +81,14 @@ def phase(key: str, name: str) -> Any:
 class TaskChain:
     """The engine's step and phase runners for a flow: each a task run submitted after the previous one."""
 
-    def __init__(self, engine: RollingUpgrade, cluster: str, time_factor: float, *, tagged: bool = True) -> None:
-        """`tagged`: task runs carry cluster and node tags. Each tagged task run asks the server for its tags'
-        concurrency slots (one API call): worth it on a server, where operators filter by tag; in embedded mode
-        the task runs vanish with the process and the call cost 0.1 s a task (1.2 s a node, measured)."""
-        self.engine, self.cluster, self.time_factor, self.tagged = engine, cluster, time_factor, tagged
+    def __init__(self, run_id: str, cluster: str, time_factor: float, *, engine: RollingUpgrade | None = None,
+                 tagged: bool = True) -> None:
+        """`engine`: the rolling engine whose node steps run (`step`); without one, only `phase` (the post-OS
+        steps). `tagged`: task runs carry cluster and node tags. Each tagged task run asks the server for its
+        tags' concurrency slots (one API call): worth it on a server, where operators filter by tag; in embedded
+        mode the task runs vanish with the process and the call cost 0.1 s a task (1.2 s a node, measured)."""
+        self.run_id, self.engine, self.cluster, self.time_factor, self.tagged = \
+            run_id, engine, cluster, time_factor, tagged
         self.last: State | None = None
 
     def tags(self, node: str | None) -> list[str]:
@@ -116,6 +119,7 @@ class TaskChain:
         return outcome["result"]
 
     def step(self, name: str, node: str) -> Any:
+        assert self.engine is not None, "a node step needs the rolling engine"
         options = self.engine.options
         attempt = self.engine.attempts.get(node, 1)
         # a backstop above the step's own timeout: the step's own message is the one an operator should read
@@ -126,12 +130,12 @@ class TaskChain:
             task_run_name=f"{name}-{node}" + (f"-attempt-{attempt}" if attempt > 1 else ""),
             tags=self.tags(node), timeout_seconds=timeout,
             retries=options.task_retries, retry_delay_seconds=options.retry_delay_seconds)
-        run_id = self.engine.recorder.run_id
-        return self._submit(runner, f"{run_id}/{name}/{node}", lambda: perform(self.engine, name, node), run_id,
+        run_id, engine = self.run_id, self.engine
+        return self._submit(runner, f"{run_id}/{name}/{node}", lambda: perform(engine, name, node), run_id,
                             name, node)
 
     def phase(self, name: str, what: Callable[[], Any]) -> Any:
-        key = f"{self.engine.recorder.run_id}/{name}"
+        key = f"{self.run_id}/{name}"
         PHASES[key] = what
         try:
             node = name.removeprefix("recover-") if name.startswith("recover-") else None

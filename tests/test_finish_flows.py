@@ -126,6 +126,15 @@ def test_on_a_server_the_flow_pauses_for_a_typed_approval_and_runs_only_what_was
     assert result["awaiting_approval"] == ["storage-pool"]
     # not all it was asked: the run says so where the dashboard counts (Failed, with what waits)
     assert state.is_failed() and state.message == "awaiting approval: storage-pool"
+    # the run graph: each post-OS step a task run, in order; the step not approved has none
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(
+            any_=[state.state_details.flow_run_id])))
+    ran = [t.name for t in sorted(tasks, key=lambda t: t.start_time or t.expected_start_time)]
+    assert ran == ["verify", "what-if", "functional-level", "test-cluster", "report"], ran
 
 
 def test_finish_from_the_cli_on_a_server_pauses_for_the_ui_form_and_names_its_page(served):

@@ -11,13 +11,15 @@
 
 Nothing irreversible runs without an Approval; without one the run ends "awaiting approval" and says what waits.
 Its parts are handed in like the rolling engine's: `approve` (the CLI's flag, or a Prefect pause with a typed
-input) and `restart` (a rolling restart through the engine, for Storage Replica).
+input), `restart` (a rolling restart through the engine, for Storage Replica) and `step` (what runs each step: a
+Prefect task run per step in the flow, so the run graph shows them; the approval is never inside one).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import pandas as pd
@@ -80,30 +82,24 @@ class PostUpgrade:
     recorder: RunRecorder
     approve: Approve
     restart: Callable[[list[str]], bool] = lambda nodes: False  # a rolling restart of these nodes; True if done
+    step: Callable[[str, Callable[[], Any]], Any] = lambda name, body: body()  # runs one step's body
     findings: list[Finding] = field(default_factory=list)
 
     def run(self) -> PostUpgradeOutcome:
         outcome = PostUpgradeOutcome(run_id=self.recorder.run_id, cluster=self.client.name, succeeded=False)
         self.recorder.emit(None, "run", "running", kind="post-upgrade")
         try:
-            with self.recorder.phase(None, "verify"):
-                outcome.before = self.levels()
-                self.verify(outcome.before)
-                self.second_hop()
+            outcome.before = self.step("verify", self.verified)
             if self.client.storage_replica():
-                with self.recorder.phase(None, "storage-replica-restart"):
-                    if not self.restart(list(self.client.sessions)):
-                        raise StopPostUpgrade("Storage Replica: the second restart of each node did not complete")
-            pending, plan = self.pending(outcome.before)
+                self.step("storage-replica-restart", self.replica_restart)
+            pending, plan = self.step("what-if", lambda: self.pending(outcome.before))
             if pending:
                 outcome.approval = self.ask(pending, plan)
                 approved = set(outcome.approval.steps) if outcome.approval else set()
                 outcome.awaiting_approval = [s for s in pending if s not in approved]
                 self.irreversible(outcome, approved)
-            with self.recorder.phase(None, "validate") as extra:
-                outcome.validation = self.client.validate()
-                extra["summary"] = validation_summary(outcome.validation).to_dict(orient="records")
-            outcome.after = self.levels()
+            outcome.validation = self.step("test-cluster", self.validate)
+            outcome.after = self.step("report", self.levels)
             outcome.succeeded = not outcome.awaiting_approval and all(v.result != "failed" for v in outcome.vms)
             if not outcome.succeeded and not outcome.error:
                 failed = [v.vm for v in outcome.vms if v.result == "failed"]
@@ -115,6 +111,25 @@ class PostUpgrade:
         self.recorder.emit(None, "run", "succeeded" if outcome.succeeded else "failed", error=outcome.error,
                            kind="post-upgrade", outcome=outcome.model_dump(mode="json"))
         return outcome
+
+    # --- the steps ----------------------------------------------------------------------------------------------
+    def verified(self) -> Levels:
+        with self.recorder.phase(None, "verify"):
+            levels = self.levels()
+            self.verify(levels)
+            self.second_hop()
+        return levels
+
+    def replica_restart(self) -> None:
+        with self.recorder.phase(None, "storage-replica-restart"):
+            if not self.restart(list(self.client.sessions)):
+                raise StopPostUpgrade("Storage Replica: the second restart of each node did not complete")
+
+    def validate(self) -> list[dict[str, Any]]:
+        with self.recorder.phase(None, "validate") as extra:
+            rows = self.client.validate()
+            extra["summary"] = validation_summary(rows).to_dict(orient="records")
+        return rows
 
     # --- reads ---------------------------------------------------------------------------------------------------
     def levels(self) -> Levels:
@@ -211,20 +226,25 @@ class PostUpgrade:
         assert before is not None
         target = self.options.release
         if "functional-level" in approved and before.functional_level < target.functional_level:
-            with self.recorder.phase(None, "functional-level", before=before.functional_level) as extra:
-                extra["after"] = level = self.client.raise_functional_level()
-            if level < target.functional_level:
-                raise StopPostUpgrade(f"the functional level is {level} after Update-ClusterFunctionalLevel")
+            self.step("functional-level", lambda: self.raise_functional_level(before))
         if "storage-pool" in approved and before.pool_version < target.pool_version:
-            with self.recorder.phase(None, "storage-pool", before=before.pool_version) as extra:
-                try:
-                    self.client.update_pool(before.pool)
-                except CmdletFailed as e:
-                    raise StopPostUpgrade(f"Update-StoragePool '{before.pool}' failed: {e.errors[0].message}") \
-                        from None
-                extra["after"] = self.client.pool()[1]
+            self.step("storage-pool", lambda: self.update_pool(before))
         if "vm-versions" in approved:
             outcome.vms = self.update_vms(before)
+
+    def raise_functional_level(self, before: Levels) -> None:
+        with self.recorder.phase(None, "functional-level", before=before.functional_level) as extra:
+            extra["after"] = level = self.client.raise_functional_level()
+        if level < self.options.release.functional_level:
+            raise StopPostUpgrade(f"the functional level is {level} after Update-ClusterFunctionalLevel")
+
+    def update_pool(self, before: Levels) -> None:
+        with self.recorder.phase(None, "storage-pool", before=before.pool_version) as extra:
+            try:
+                self.client.update_pool(before.pool)
+            except CmdletFailed as e:
+                raise StopPostUpgrade(f"Update-StoragePool '{before.pool}' failed: {e.errors[0].message}") from None
+            extra["after"] = self.client.pool()[1]
 
     def update_vms(self, levels: Levels) -> list[VmResult]:
         """One VM at a time: shut down, Update-VMVersion, start, verify. A VM that will not shut down is left
@@ -236,19 +256,22 @@ class PostUpgrade:
             result = VmResult(vm=name, node=node, before=levels.vm_versions[name])
             results.append(result)
             try:
-                with self.recorder.phase(node, "vm-version", vm=name):
-                    self.client.vm_call(node, "Stop-VM", name)
-                    self.client.vm_call(node, "Update-VMVersion", name, Force=SWITCH)
-                    self.client.vm_call(node, "Start-VM", name)
-                    vm = next(v for v in self.client.vms(node) if str(v["Name"]) == name)
-                    if parse(VMState, vm["State"]) != VMState.Running:
-                        raise StopPostUpgrade(f"{name} is {vm['State']} after Start-VM")
-                    result.after, result.result = str(vm["Version"]), "updated"
+                self.step(f"vm-version-{name}", partial(self.update_vm, node, name, result))
             except (RemoteError, StopPostUpgrade) as e:
                 result.result, result.error = "failed", str(e)
                 self._start_again(node, name)
                 break
         return results
+
+    def update_vm(self, node: str, name: str, result: VmResult) -> None:
+        with self.recorder.phase(node, "vm-version", vm=name):
+            self.client.vm_call(node, "Stop-VM", name)
+            self.client.vm_call(node, "Update-VMVersion", name, Force=SWITCH)
+            self.client.vm_call(node, "Start-VM", name)
+            vm = next(v for v in self.client.vms(node) if str(v["Name"]) == name)
+            if parse(VMState, vm["State"]) != VMState.Running:
+                raise StopPostUpgrade(f"{name} is {vm['State']} after Start-VM")
+            result.after, result.result = str(vm["Version"]), "updated"
 
     def _start_again(self, node: str, vm: str) -> None:
         try:
