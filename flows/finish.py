@@ -16,6 +16,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Failed, State
 from pydantic import Field, create_model
+from pydantic.json_schema import SkipJsonSchema
 
 from flows.ghosts import bury_ghosts
 from flows.locking import cluster_lock
@@ -84,7 +85,7 @@ def ask_in_the_ui(timeout_minutes: float):  # noqa: ANN201 - returns PostUpgrade
 @flow(name="post-upgrade", flow_run_name=run_name("post-upgrade"), log_prints=True)
 def post_upgrade(inventory: str, cluster: str | None = None, options: RunOptions | None = None,
                  approval: Approval | None = None, wait_for_approval: bool | None = None,
-                 run_id: str | None = None) -> dict:
+                 run_id: SkipJsonSchema[str | None] = None) -> dict:
     """The post-OS steps of one cluster. `wait_for_approval` (default: on a Prefect server) pauses for the UI's
     form; with `approval` given, that is the approval; with neither, the irreversible steps wait."""
     options = options or RunOptions()

@@ -21,6 +21,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.states import Completed, Failed
+from pydantic.json_schema import SkipJsonSchema
 
 from flows.ghosts import bury_ghosts
 from flows.heap import freeze_startup_heap
@@ -147,7 +148,8 @@ WINDOW_ENDED_TAG = "window-ended"
 
 @flow(name="rolling-upgrade", flow_run_name=run_name("upgrade"), log_prints=True)
 def rolling_upgrade(inventory: str, cluster: str | None = None, options: RunOptions | None = None,
-                    run_id: str | None = None, dry_run: bool = False) -> dict:
+                    run_id: SkipJsonSchema[str | None] = None, dry_run: SkipJsonSchema[bool] = False) -> dict:
+    """A rolling upgrade of one cluster. `run_id` and `dry_run` are the CLI's (kept out of the Run form)."""
     freeze_startup_heap()
     options = options or RunOptions()
     target = load_inventory(inventory).cluster(cluster)

@@ -15,6 +15,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from pydantic import Field
+from pydantic.json_schema import SkipJsonSchema
 
 from flows.readiness import check_cluster
 from flows.runtime import ApprovalForm, embedded, narrate_to_run_log, pause_for_approval, run_name
@@ -86,7 +87,7 @@ def _tree(setting: DeploymentSetting | None, which: str) -> Step:
 def solution_upgrade(inventory: str, cluster: str | None = None, approval: Approval | None = None,
                      validate_only: bool = False, resume: bool = False, wait_for_approval: bool | None = None,
                      check_readiness: bool = True, assign_roles: bool = False, poll_seconds: float = 60,
-                     stall_minutes: float = 180, run_id: str | None = None) -> dict[str, Any]:
+                     stall_minutes: float = 180, run_id: SkipJsonSchema[str | None] = None) -> dict[str, Any]:
     """The solution upgrade of one cluster. Without an approval it stops after Validate (awaiting approval), or
     on a Prefect server pauses for the approval form (`wait_for_approval`, default: on a server). A Deploy that
     failed is resumed in Deploy mode (`resume`, approved), never validated again on a half-upgraded cluster."""

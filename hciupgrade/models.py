@@ -302,11 +302,27 @@ def cau_title(name: str, info: Any) -> str:
     return info.alias or name.replace("_", " ").capitalize()
 
 
+# the engine's own settings (set by the flows, the benchmarks and the tests, or learnt from past runs): kept out
+# of the Prefect UI's Run form, still accepted when given
+INTERNAL_OPTIONS = ("restart_only", "poll_seconds", "poll_max_seconds", "task_retries", "retry_delay_seconds",
+                    "window_seconds", "node_estimate_seconds", "stage_estimate_seconds")
+
+
+def operator_schema(schema: dict[str, Any]) -> None:
+    """RunOptions' JSON schema as the Run form shows it: the internal settings left out, and other properties
+    allowed (so a deployment that sets an internal one still validates; the model itself still forbids a
+    misspelt name when the run starts)."""
+    for name in INTERNAL_OPTIONS:
+        schema["properties"].pop(name, None)
+    schema["additionalProperties"] = True
+
+
 class RunOptions(Strict):
     """How a rolling upgrade runs, with Cluster-Aware Updating's names (as aliases) and defaults where CAU has
     them (reference/domain.md §5.2). Durations are cluster minutes: the simulator's clock scales them."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, field_title_generator=cau_title)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, field_title_generator=cau_title,
+                              json_schema_extra=operator_schema)
 
     update: Literal["feature", "cumulative"] = Field(
         "feature", description="feature: the target release's feature update from the setup media; cumulative: "
@@ -334,10 +350,13 @@ class RunOptions(Strict):
                                          description="failed nodes the run tolerates; default: a third of the nodes")
     max_retries_per_node: int = Field(3, ge=1, le=64, alias="MaxRetriesPerNode",
                                       description="attempts of a node's whole update before it counts as failed")
-    require_all_nodes_online: bool = Field(False, alias="RequireAllNodesOnline")
+    require_all_nodes_online: bool = Field(False, alias="RequireAllNodesOnline",
+                                           description="refuse to start unless every node is Up (CAU's switch)")
     node_order: list[str] | None = Field(None, alias="NodeOrder",
                                          description="explicit order; default: fewest roles first, as CAU")
-    failback: Literal["Immediate", "Policy", "NoFailback"] = Field("Immediate", alias="FailbackMode")
+    failback: Literal["Immediate", "Policy", "NoFailback"] = Field(
+        "Immediate", alias="FailbackMode",
+        description="the roles after a node's resume: moved back at once, by each group's failback policy, or left")
     reboot_timeout_minutes: float = Field(15, gt=0, alias="RebootTimeoutMinutes",
                                           description="a plain restart (rolling restart, monthly update) until the "
                                                       "node is back: CAU's default")
@@ -345,22 +364,26 @@ class RunOptions(Strict):
         120, gt=0, alias="FeatureUpdateRebootTimeoutMinutes",
         description="the restart that installs the feature update (setup's offline phases: several restarts, "
                     "often past 30 min) until the node is back")
-    drain_timeout_minutes: float = Field(30, gt=0, alias="DrainTimeoutMinutes")
+    drain_timeout_minutes: float = Field(30, gt=0, alias="DrainTimeoutMinutes",
+                                         description="how long a node's drain may take")
     drain_timeout_policy: Literal["fail", "force-drain"] = Field(
         "fail", alias="DrainTimeoutPolicy",
         description="when a drain fails or times out: fail the node, or -ForceDrain (roles that cannot move are "
                     "moved as failed: only when the operator allows it)")
-    repair_timeout_minutes: float = Field(720, gt=0, alias="WaitForStorageRepairTimeoutMinutes")
+    repair_timeout_minutes: float = Field(720, gt=0, alias="WaitForStorageRepairTimeoutMinutes",
+                                          description="how long storage may repair after a node is back")
     gate_timeout_minutes: float = Field(30, gt=0, alias="SuspendClusterNodeTimeoutMinutes",
                                         description="how long to wait for the cluster to be safe to drain")
-    install_timeout_minutes: float = Field(240, gt=0)
+    install_timeout_minutes: float = Field(240, gt=0, description="how long setup's first phase (or the update's "
+                                                                  "install) may take on a node")
     pre_update_script: str | None = Field(None, pattern=SCRIPT_PATH, alias="PreUpdateScript",
                                           description="a .ps1 on the node, run before the pause")
     post_update_script: str | None = Field(None, pattern=SCRIPT_PATH, alias="PostUpdateScript",
                                            description="a .ps1 on the node, run after the resume")
     stop_after: timedelta | None = Field(None, alias="StopAfter",
                                          description="start no node after this much time (cluster time)")
-    warn_after: timedelta | None = Field(None, alias="WarnAfter")
+    warn_after: timedelta | None = Field(None, alias="WarnAfter",
+                                         description="warn when the run is still going after this much time")
     pre_stage: bool = Field(
         False, alias="PreStage",
         description="tight windows: setup's first phase (/NoReboot) runs on every node at once before the first "

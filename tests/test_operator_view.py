@@ -211,6 +211,19 @@ def test_the_run_form_titles_the_options_as_cau_writes_them():
 
     from flows.rolling_upgrade import rolling_upgrade
 
-    fields = parameter_schema(rolling_upgrade.fn).model_dump()["definitions"]["RunOptions"]["properties"]
+    schema = parameter_schema(rolling_upgrade.fn).model_dump()
+    fields = schema["definitions"]["RunOptions"]["properties"]
     for name in ("PathToSetupMedia", "MaxFailedNodes", "StopAfter", "PreStage", "TargetRelease", "WorkloadPolicy"):
         assert fields[name]["title"] == name and fields[name].get("description"), name
+    # every option the form shows says what it does; the engine's own settings and the CLI's are not offered
+    assert not [name for name, field in fields.items() if not field.get("description")]
+    assert not {"poll_seconds", "poll_max_seconds", "window_seconds", "task_retries", "restart_only"} & set(fields)
+    assert set(schema["properties"]) == {"inventory", "cluster", "options"}  # no run_id, no dry_run
+
+
+def test_a_deployment_may_still_set_an_internal_option_and_a_misspelt_one_is_refused_when_the_run_starts():
+    from hciupgrade.models import RunOptions
+
+    assert RunOptions.model_validate({"poll_seconds": 5, "StopAfter": "06:00:00"}).poll_seconds == 5
+    with pytest.raises(ValueError, match="StopAftr"):
+        RunOptions.model_validate({"StopAftr": "06:00:00"})
