@@ -70,8 +70,11 @@ def served(prefect_server, tmp_path):
 
 
 
-def resume_when_paused(answer: dict, found: list, cluster: str | None = None) -> threading.Thread:
-    """Wait for the post-upgrade flow run to pause, then resume it with `answer` through Prefect's API."""
+def resume_when_paused(answer: dict, found: list, cluster: str | None = None,
+                       schemas: list | None = None) -> threading.Thread:
+    """Wait for the post-upgrade flow run to pause, then resume it with `answer` through Prefect's API; the form's
+    schema, as the UI reads it, goes to `schemas`."""
+    schemas = [] if schemas is None else schemas
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         ArtifactFilter,
@@ -91,6 +94,8 @@ def resume_when_paused(answer: dict, found: list, cluster: str | None = None) ->
                     type=FlowRunFilterStateType(any_=[StateType.PAUSED]))))
                 if runs:
                     found.append(runs[0])
+                    keys = runs[0].state.state_details.run_input_keyset or {}
+                    schemas.append(json.loads(client.read_flow_run_input(runs[0].id, keys["schema"])))
                     if cluster:
                         found.append(run_status(cluster))  # what `status` says meanwhile
                     if runs[0].parent_task_run_id:  # what its parent run shows meanwhile: message, artifacts
@@ -112,13 +117,18 @@ def test_on_a_server_the_flow_pauses_for_a_typed_approval_and_runs_only_what_was
 
     harness, inventory = served
     found: list = []
+    schemas: list = []
     answer = {"approver": "alice", "reason": "CHG-7", "functional_level": True, "storage_pool": False}
-    thread = resume_when_paused(answer, found, harness.sim.name)
+    thread = resume_when_paused(answer, found, harness.sim.name, schemas)
     state = post_upgrade(inventory=str(inventory), options=RunOptions(), wait_for_approval=True, return_state=True)
     thread.join(timeout=5)
     assert found, "the flow run never paused"
     paused, status = found
     assert status.awaiting == str(paused.id)  # `status`: awaiting approval, with the run's page
+    # the form as the UI reads it from the paused run: a toggle per pending step, each off, saying it is final
+    toggles = {k: v for k, v in schemas[0]["properties"].items() if k not in ("approver", "reason")}
+    assert set(toggles) == {"functional_level", "storage_pool"}  # no VM below the target: not offered
+    assert all(v["default"] is False and "Cannot be undone" in v["description"] for v in toggles.values())
     result = state.result(raise_on_failure=False)
     assert result["approval"] == {"approver": "alice", "reason": "CHG-7", "steps": ["functional-level"],
                                   "source": "prefect-ui"}
