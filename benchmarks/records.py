@@ -27,8 +27,10 @@ from hciupgrade.records import PHASES, owned_nodes, runs_in_progress  # noqa: E4
 from hciupgrade.records.reports import run_report  # noqa: E402
 from hciupgrade.records.store import RecordStore  # noqa: E402
 
-MINUTES = {"gate": 0.2, "drain": 4, "install": 60, "reboot": 40, "wait-back": 2, "wait-repair": 1, "resume": 0.5,
-           "wait-storage": 25, "pre-script": 0, "post-script": 0}
+# a node's steps in a default run (the shut-down policy; PreStage and the LCU in the same drain off: 0 minutes)
+MINUTES = {"gate": 0.2, "stop-vms": 1, "drain": 4, "install": 60, "reboot": 40, "wait-back": 2, "install-lcu": 0,
+           "reboot-lcu": 0, "wait-back-lcu": 0, "wait-repair": 1, "resume": 0.5, "start-vms": 1, "wait-storage": 25,
+           "pre-script": 0, "post-script": 0}
 
 
 def run_events(run_id: str, cluster: str, started: datetime, rng: random.Random) -> list[dict]:
