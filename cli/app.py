@@ -286,9 +286,8 @@ def offline_cmd(
     it failed (the cluster is brought back as far as it can, and the output says what is left), 2 for bad input."""
     import getpass
 
-    from hciupgrade.models import Approval
-
     from flows.runtime import embedded, embedded_settings
+    from hciupgrade.models import Approval
 
     approved = approve and (reason or "").strip()
     in_the_ui = not approved and not approve and not embedded()  # a server: its UI's form is the approval
