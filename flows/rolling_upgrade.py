@@ -26,7 +26,8 @@ from pydantic.json_schema import SkipJsonSchema
 from flows.ghosts import bury_ghosts
 from flows.heap import freeze_startup_heap
 from flows.locking import cluster_lock
-from flows.runtime import connect, embedded, narrate_to_run_log, run_name, tag_this_run
+from flows.runtime import announce_stalls, connect, embedded, narrate_to_run_log, run_name, tag_this_run
+from hciupgrade.clock import ClusterClock
 from hciupgrade.cluster import ClusterClient
 from hciupgrade.models import ClusterInventory, RunOptions, RunOutcome, load_inventory
 from hciupgrade.records import PHASES, RunRecorder, new_run_id, node_summary
@@ -49,6 +50,7 @@ def prefect_engine(target: ClusterInventory, options: RunOptions, run_id: str | 
     client = connect(target)
     recorder = RunRecorder(run_id or new_run_id(), target.name, time_factor=target.time_factor)
     narrate_to_run_log(recorder)
+    announce_stalls(recorder)
     bury_ghosts(recorder)
     key = f"{options.stage}-{target.name.lower()}"
     engine = RollingUpgrade.build(
@@ -160,6 +162,8 @@ def rolling_upgrade(inventory: str, cluster: str | None = None, options: RunOpti
     run_id = run_id or new_run_id()
     with alerts_quiet(target, options, run_id, enabled=not dry_run):
         outcome = run_engine(*prefect_engine(target, options, run_id), dry_run=dry_run)
+        if options.retry_once and outcome.retryable and not dry_run:
+            outcome = retry_once(target, options, outcome)
     if outcome.window_ended:  # the window's end is not a failure: the next run continues
         get_run_logger().warning("%s", outcome.error)
         tag_this_run(WINDOW_ENDED_TAG)
@@ -172,6 +176,23 @@ def rolling_upgrade(inventory: str, cluster: str | None = None, options: RunOpti
         # logged (a parent flow calling this one still gets an exception)
         return Failed(message=outcome.reason, data=outcome.model_dump(mode="json"))
     return outcome.model_dump(mode="json")
+
+
+def retry_once(target: ClusterInventory, options: RunOptions, failed: RunOutcome) -> RunOutcome:
+    """RetryStalledOrFailedRunOnce: after the cool-down, one more run of the engine (a run of its own in the
+    records, adopting the nodes the first left under its mark); its outcome is the flow's, its error says it was
+    the retry."""
+    logger = get_run_logger()
+    logger.warning("retrying once in %g min (RetryStalledOrFailedRunOnce), after: %s", options.retry_cooldown_minutes,
+                   failed.reason)
+    ClusterClock(target.time_factor).sleep(options.retry_cooldown_minutes * 60)
+    outcome = run_engine(*prefect_engine(target, options))
+    if not outcome.succeeded and outcome.error:
+        outcome.error = f"{outcome.error} (the one retry, after: {failed.reason})"
+    elif outcome.succeeded:
+        logger.warning("the retry succeeded (run %s) after run %s failed: %s", outcome.run_id, failed.run_id,
+                       failed.reason)
+    return outcome
 
 
 def node_rows(events: pd.DataFrame, outcome: RunOutcome) -> pd.DataFrame:

@@ -186,6 +186,40 @@ def run_name(prefix: str):  # noqa: ANN201 - a Prefect flow_run_name callable
     return name
 
 
+def announce_stalls(recorder: Any) -> None:
+    """A stalled step (hciupgrade.upgrade.steps.STALL_FACTOR) shows where operators look without reading logs: the
+    flow run's state message (still Running) and a Prefect event, `hci-upgrade.step.stalled`, for an automation
+    to page someone. A Prefect API that fails costs only the notice."""
+    from prefect.client.orchestration import get_client
+    from prefect.context import get_run_context
+    from prefect.events import emit_event
+    from prefect.states import Running
+
+    from hciupgrade.records.narration import describe
+    from tasks.node_steps import prefect_api_failure
+
+    flow_run_id = get_run_context().flow_run.id
+
+    def listener(event: dict[str, Any]) -> None:
+        if event.get("phase") != "stalled":
+            return
+        _, text = describe(event) or (0, "stalled")
+        try:
+            with get_client(sync_client=True) as client:
+                client.set_flow_run_state(flow_run_id, Running(message=text), force=True)
+            emit_event(event="hci-upgrade.step.stalled",
+                       resource={"prefect.resource.id": f"hci-upgrade.cluster.{event.get('cluster')}",
+                                 "hci-upgrade.node": str(event.get("node"))},
+                       related=[{"prefect.resource.id": f"prefect.flow-run.{flow_run_id}",
+                                 "prefect.resource.role": "flow-run"}],
+                       payload={k: event.get(k) for k in ("run_id", "step", "minutes", "expected_minutes")})
+        except Exception as e:
+            if not prefect_api_failure(e):
+                raise
+
+    recorder.listeners.append(listener)
+
+
 def narrate_to_run_log(recorder: Any) -> None:
     """Every record event worth a line goes to the flow run's log in Prefect (the CLI's console stays quiet:
     its console handler shows warnings only)."""

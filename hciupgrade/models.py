@@ -415,6 +415,14 @@ class RunOptions(Strict):
     window_margin_seconds: float = Field(900, ge=0, description="kept free at the window's end")
     lock_lease_seconds: float = Field(120, ge=60, le=86400,
                                       description="Prefect lease: how long a killed run's lock outlives it")
+    retry_once: bool = Field(False, alias="RetryStalledOrFailedRunOnce",
+                             description="unattended fleets: a run that failed in a way one more try may get past "
+                                         "(a lost session, a node slow to come back) runs once more after "
+                                         "RetryCooldownMinutes, adopting what it left; never after a gate refused, "
+                                         "a node paused by someone else, or a step the cluster refused")
+    retry_cooldown_minutes: float = Field(15, ge=0, le=24 * 60, alias="RetryCooldownMinutes",
+                                          description="RetryStalledOrFailedRunOnce: the wait before the one retry "
+                                                      "(cluster minutes)")
     vm_version_update: list[str] = Field(
         default_factory=list, alias="VmVersionUpdate",
         description="post-upgrade: the VMs whose configuration version to update; each is shut down, updated and "
@@ -556,6 +564,8 @@ class NodeOutcome(Strict):
     refused: bool = Field(False, description="not started because of the node itself (paused by someone else, "
                                              "down): counts against MaxFailedNodes")
     storage_healthy: bool | None = Field(None, description="False: updated, but its resync did not finish in time")
+    retryable: bool = Field(False, description="failed in a way one more run may get past: its session lost, or "
+                                               "not back within its restart's timeout")
 
     @property
     def counts_as_failed(self) -> bool:
@@ -583,6 +593,14 @@ class RunOutcome(Strict):
             worked = [n.result for n in self.nodes if n.result not in ("skipped", "not-started")]
             return "restarted" if worked and all(r == "restarted" for r in worked) else "upgraded"
         return "cancelled" if (self.error or "").startswith("cancelled") else "failed"
+
+    @property
+    def retryable(self) -> bool:
+        """Worth one more run after a cool-down: it failed, and every node that failed or was refused failed in a
+        retryable way (a gate that refused, a node paused by someone else, a step the cluster refused: never)."""
+        troubled = [n for n in self.nodes if n.counts_as_failed or (n.error and n.result == "not-started")]
+        return (not self.succeeded and not self.window_ended and self.end != "cancelled" and bool(troubled)
+                and all(n.retryable for n in troubled))
 
     @property
     def reason(self) -> str | None:

@@ -41,7 +41,8 @@ def run_status(cluster: str, store: RecordStore | None = None) -> RunStatus | No
         state, result = "RunNotInProgress", str(run["status"])
     else:
         state, result = ("RunInProgress" if run_alive(run) else "RunStopped"), None
-    steps = events[events["node"].notna() & (events["phase"] != "ownership")] if "node" in events else events
+    steps = events[events["node"].notna() & ~events["phase"].isin(["ownership", "stalled"])] if "node" in events \
+        else events
     latest = steps.groupby("node").tail(1)
     nodes = pd.DataFrame({"node": latest["node"], "phase": latest["phase"], "status": latest["status"],
                           "at": latest["end"].fillna(latest["start"])}).reset_index(drop=True)
@@ -64,6 +65,11 @@ def stalled_step(events: pd.DataFrame, node: str, now: pd.Timestamp | None = Non
     if mine.empty or mine["status"].iloc[-1] != "running":
         return None
     step, started = str(mine["phase"].iloc[-1]), pd.Timestamp(mine["start"].iloc[-1])
+    told = events[(events["node"] == node) & (events["phase"] == "stalled")]
+    if not told.empty and pd.Timestamp(told["start"].iloc[-1]) >= started:  # the run said so (the spread rule)
+        last = told.iloc[-1]
+        return (f"{node}: {step} running for {last['minutes']:g} min, past 1.5 times the {last['expected_minutes']:g}"
+                " min it took on an earlier node")
     factor = float(events["time_factor"].dropna().iloc[0]) if "time_factor" in events and \
         events["time_factor"].notna().any() else 1.0
     recorded = [o for o in events["options"].dropna() if isinstance(o, dict)] if "options" in events else []

@@ -129,6 +129,7 @@ class Node:
     staged_kind: str = ""  # feature (setup's offline phases at the restart) or cumulative
     tasks: dict[str, UpdateTask] = field(default_factory=dict)
     returns: bool = True  # False: the node never comes back from its next restart
+    late_seconds: float = 0.0  # its next restart takes this much longer (the slow_return fault, once)
     marker: dict[str, Any] | None = None  # values under MARKER_KEY in the node's registry
     fence: dict[str, Any] | None = None  # values under FENCE_KEY: Fence (the newest run's number), RunId
     os_running: bool = True  # the OS runs (WinRM can answer), whatever the cluster service does
@@ -211,6 +212,8 @@ class SimCluster:
                 node.away_since = 0.0 if self.knobs.storage_maintenance_mode else None
             node.winrm_up = scenario.faults_for(n.name, FaultKind.winrm_refused) is None
             node.returns = scenario.faults_for(n.name, FaultKind.no_return) is None
+            slow = scenario.faults_for(n.name, FaultKind.slow_return)
+            node.late_seconds = slow.late_minutes * 60 if slow else 0.0
             self.nodes[n.name] = node
         self.vms = {v.name: Vm(v.name, v.owner, v.memory_gb, v.dynamic_memory, locked_console=v.locked_console,
                                running=v.state == "Running", state="Online" if v.state == "Running" else "Offline",
@@ -502,6 +505,7 @@ class SimCluster:
         self._refresh_storage_health()
         if not node.returns:
             return
+        late, node.late_seconds = node.late_seconds, 0.0
         if node.staged_build and node.staged_kind == "feature":
             # setup's offline phases: several restarts with no WinRM in between, then the first boot of the new
             # build; to the outside one long Down (reference/anchors.md §3)
@@ -509,9 +513,9 @@ class SimCluster:
             for i in range(1, restarts):
                 self._after(total * i / restarts, lambda i=i: self._log("setup_phase", node.name, restart=i + 1,
                                                                        of=restarts), "setup-phase")
-            self._after(total, lambda: self._boot(node), "boot")
+            self._after(total + late, lambda: self._boot(node), "boot")
         else:
-            self._after(self.durations.reboot_minutes * 60, lambda: self._boot(node), "boot")
+            self._after(self.durations.reboot_minutes * 60 + late, lambda: self._boot(node), "boot")
 
     def _any_up_node(self, exclude: str) -> str | None:
         return next((n.name for n in self.nodes.values() if n.state == NodeState.Up and n.name != exclude), None)

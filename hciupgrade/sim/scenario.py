@@ -117,6 +117,9 @@ class FaultKind(StrEnum):
     pool_update_refused = "pool_update_refused"  # Update-StoragePool fails (any node names the cluster's pool)
     vm_shutdown_fails = "vm_shutdown_fails"  # a VM owned by this node does not shut down (Stop-VM fails)
     no_return = "no_return"  # the node does not come back from its reboot
+    # the node's first restart takes `late_minutes` longer than usual: firmware, POST, a slow disk (anchors.md:
+    # restarts "5 to 15 min typical, tail to 30+ min"; Ansible's win_reboot: 600 s "may not suffice")
+    slow_return = "slow_return"
     repair_stalls = "repair_stalls"  # the resync stops making progress
     winrm_refused = "winrm_refused"  # the node's WinRM port is closed from the start
     pre_script_fails = "pre_script_fails"  # the PreUpdateScript throws on this node
@@ -132,6 +135,7 @@ class Fault(Strict):
                                                             "stops")
     times: int | None = Field(None, ge=1, description="drain_fails / install_fails / *_script_fails: how many "
                                                       "times it strikes (default: every time)")
+    late_minutes: float = Field(60, gt=0, description="slow_return: how much longer its first restart takes")
 
 
 class Knobs(Strict):

@@ -38,7 +38,7 @@ from hciupgrade.ownership import Held, LostOwnership
 from hciupgrade.psenums import NodeState, ScheduledTaskState
 from hciupgrade.records import RunRecorder, owned_nodes, runs_in_progress
 from hciupgrade.records.store import host_id
-from hciupgrade.remote import SWITCH, NodeUnreachable, RemoteError
+from hciupgrade.remote import SWITCH, CertificateRejected, NodeUnreachable, RemoteError, RemotingError
 from hciupgrade.upgrade.gates import repair_running
 from hciupgrade.upgrade.positions import Mode, NodeFacts, Position, decide, held_by, position_of
 from hciupgrade.upgrade.preflight import PlannedNode, Preflight, check
@@ -52,7 +52,7 @@ from hciupgrade.upgrade.runbook import (
     Ownership,
     wanted,
 )
-from hciupgrade.upgrade.steps import GateRefused, PausedByOther, StepFailed, Steps, StorageNotHealthy
+from hciupgrade.upgrade.steps import GateRefused, NotBackInTime, PausedByOther, StepFailed, Steps, StorageNotHealthy
 
 
 def perform(engine: RollingUpgrade, step: str, node: str) -> Any:
@@ -108,11 +108,19 @@ class RollingUpgrade:
     stale_marks: dict[str, str] = field(default_factory=dict)  # node Up again with a dead run's mark -> that run
     attempts: dict[str, int] = field(default_factory=dict)  # node -> its current attempt (task runs say which)
     last_step: str | None = None  # the step run last (a recovery counts as one)
+    current: str | None = None  # the node of the step run last
     staged: set[str] = field(default_factory=set)  # nodes this run staged (PreStage)
     drained: set[str] = field(default_factory=set)  # nodes this run drained
 
     def __post_init__(self) -> None:
         self.steps.note = lambda node, text: self.recorder.emit(node, "note", "info", detail=text) and None
+        self.steps.stalled = self._stalled
+
+    def _stalled(self, kind: str, waited: float, expected: float) -> None:
+        """A wait past the spread rule: told (status, the run's log, the flow's state message and event), and
+        waited on to the step's timeout, which decides."""
+        self.recorder.emit(self.current, "stalled", "running", step=self.last_step, wait=kind,
+                           minutes=round(waited / 60, 1), expected_minutes=round(expected / 60, 1))
 
     @classmethod
     def build(cls, client: ClusterClient, options: RunOptions, recorder: RunRecorder, time_factor: float,
@@ -126,7 +134,7 @@ class RollingUpgrade:
         return Mode.UPGRADE if self.options.restart_only is None else Mode.RESTART
 
     def step(self, name: str, node: str) -> Any:
-        self.last_step = name
+        self.last_step, self.current = name, node
         if name == DRAIN:
             self.drained.add(node)
         if self.run_step is not None:
@@ -549,6 +557,7 @@ class RollingUpgrade:
                 self._storage_stop(node, outcome, e)
             except (StepFailed, RemoteError) as e:
                 outcome.error = str(e) if str(e).startswith(node) else f"{node}: {e}"
+                outcome.retryable = retryable(e)
                 if not self._recover(node):
                     outcome.left_paused = True
                     why = f": {self.swallowed[node]}" if node in self.swallowed else ""
@@ -566,6 +575,7 @@ class RollingUpgrade:
             # wait-back read the build the node came back on; an adopted node that skipped it is read now
             outcome.build_after = results.get(WAIT_BACK_LCU) or results.get(WAIT_BACK) or self.client.os_build(node)
             outcome.result, outcome.error = "upgraded" if self.mode == Mode.UPGRADE else "restarted", None
+            outcome.retryable = False
             self.recorder.emit(node, "node", "succeeded", result=outcome.result, attempts=attempt,
                                build_before=outcome.build_before, build_after=outcome.build_after)
             return
@@ -642,6 +652,15 @@ class RollingUpgrade:
         except (RemoteError, StepFailed) as e:
             self.swallowed[node] = f"best-effort resume failed: {e}"
         return False
+
+
+def retryable(error: BaseException) -> bool:
+    """A failure one more run may get past: the node's session lost (it did not answer, the shell went away, a
+    remoting fault), or a node not back within its restart's timeout. Not: refused credentials or certificate, a
+    cmdlet's error, a step the cluster refused, an install that failed with its exit code."""
+    if isinstance(error, NotBackInTime):
+        return True
+    return isinstance(error, NodeUnreachable | RemotingError) and not isinstance(error, CertificateRejected)
 
 
 class NotStarted(StepFailed):

@@ -44,6 +44,11 @@ class StepFailed(Exception):
         self.step = step
 
 
+class NotBackInTime(StepFailed):
+    """A node that did not come back within its restart's timeout: slow, maybe not broken (a later run adopts
+    it from its live state)."""
+
+
 class PausedByOther(StepFailed):
     """The node is paused, and not by this run (no mark of ours): it is never drained, updated, restarted or
     resumed by us."""
@@ -59,6 +64,12 @@ class StorageNotHealthy(StepFailed):
     volumes and jobs, not a failure of the node that was updated."""
 
 
+# a wait past this many times what the same wait took on an earlier node of the run is stalled: anchors.md gives
+# 45 to 90 min a node for the feature update (the longest twice the shortest, an assumption to calibrate) and 5 to
+# 15 min for a restart, so 1.5 times the shortest seen is [UNVERIFIED] as a spread rule; a knob would be the
+# option's when real runs calibrate it
+STALL_FACTOR = 1.5
+STALL_MARGIN_SECONDS = 15 * 60  # and at least this much past it: a poll's timing is not a stall
 NOT_OURS = ("NodeNotUp", "NotOurPause")  # the error ids of our packaged pause and resume scripts
 
 
@@ -68,6 +79,9 @@ class Steps:
     options: RunOptions
     clock: ClusterClock
     note: Callable[[str, str], None] = lambda node, text: None  # (node, what an operator reads in the run's log)
+    # (kind, cluster seconds waited, cluster seconds it took before): a wait past the spread rule (STALL_FACTOR
+    # times what the same wait took on an earlier node), told once a wait; the run goes on to the step's timeout
+    stalled: Callable[[str, float, float], None] = lambda kind, waited, expected: None
     # cluster seconds each kind of wait took on the nodes done so far (the shortest): a cluster's nodes are alike
     took: dict[str, float] = field(default_factory=dict)
     marked: bool = True  # each node's changes need this run's mark on it (the rolling path; not the offline one)
@@ -81,14 +95,22 @@ class Steps:
         `kind` seen before polls often again near the time it took then."""
         start = self.clock.now()
         owner = self.client.owner
+        expected = self.took.get(kind) if kind else None
+        told: list[bool] = []
 
         def checked() -> T | None:  # a run that lost the cluster stops waiting at once, not at its next change
             if owner is not None:
                 owner.check()
-            return probe()
+            value = probe()
+            waited = self.clock.now() - start
+            if not value and kind and expected and not told and \
+                    waited > max(STALL_FACTOR * expected, expected + STALL_MARGIN_SECONDS):
+                told.append(True)
+                self.stalled(kind, waited, expected)
+            return value
 
         value = self.clock.wait_for(checked, timeout=timeout, poll=self.poll, max_poll=self.options.poll_max_seconds,
-                                    expected=self.took.get(kind) if kind else None)
+                                    expected=expected)
         if value and kind:
             took = self.clock.now() - start
             self.took[kind] = min(took, self.took.get(kind, took))
@@ -245,7 +267,7 @@ class Steps:
 
         build = self.wait(back, timeout_minutes * 60, kind)
         if build is None:
-            raise StepFailed(node, "wait-back", f"not back {timeout_minutes:g} min after its restart")
+            raise NotBackInTime(node, "wait-back", f"not back {timeout_minutes:g} min after its restart")
         if not self.options.build_reached(build):
             raise StepFailed(node, "wait-back", f"back on {build}, not on {self.options.goal_build}")
         return build
