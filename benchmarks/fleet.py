@@ -2,7 +2,9 @@
 N simulated clusters of 4 nodes served by `hci-upgrade sim serve` processes, and `hci-upgrade fleet` with every
 cluster in one wave and K = N (all at once). First one cluster alone (the slowest cluster's time: the clusters are
 alike), then the fleet. Prints the wall times, their ratio, the orchestrator's and the Prefect server's peak
-memory and CPU; its last line is one JSON object (clusters, wall_s, slowest_cluster_s, ratio, peak_rss_mb).
+memory and CPU, and per node upgraded the CPU seconds of ours (orchestrator and server) and per cluster in flight
+the memory it adds; its last line is one JSON object (clusters, wall_s, slowest_cluster_s, ratio, peak_rss_mb,
+cpu_s_per_node, rss_mb_per_cluster, ...).
 
     python benchmarks/fleet.py [--clusters 200] [--time-factor 200] [--per-serve 50]
 """
@@ -131,6 +133,9 @@ def main() -> None:
             try:
                 server = Sampler(server_pgid)
                 alone, alone_rss, alone_cpu, _ = run_fleet(folder, clusters[:1], env, "alone")
+                server.stop()
+                alone_server_cpu = server.cpu
+                server = Sampler(server_pgid)  # the fleet's share of the server, apart from the run alone
                 wall, rss, cpu, summary = run_fleet(folder, clusters, env, "all")
                 server.stop()
                 sim_rss = sum(group_usage(p.pid)[0] for p in serves)
@@ -148,8 +153,15 @@ def main() -> None:
           f"simulators: {sim_rss:.0f} MB")
     print(f"machine: {os.cpu_count()} cores; children of this script: "
           f"{resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024:.0f} MB max RSS")
+    nodes = 4 * args.clusters
+    cpu_per_node = (cpu + server.cpu) / nodes  # all of ours: the orchestrator and the Prefect server's share
+    rss_per_cluster = max(0.0, rss - alone_rss) / max(1, args.clusters - 1)  # what each cluster in flight adds
+    print(f"per node upgraded: {cpu_per_node:.2f} CPU s (orchestrator and server; alone: "
+          f"{(alone_cpu + alone_server_cpu) / 4:.2f}); per cluster in flight: {rss_per_cluster:.1f} MB "
+          "(goals: 0.3 CPU s, 8 MB)")
     print(json.dumps({"clusters": args.clusters, "wall_s": round(wall, 1), "slowest_cluster_s": round(alone, 1),
                       "ratio": round(ratio, 2), "peak_rss_mb": round(rss), "upgraded": upgraded,
+                      "cpu_s_per_node": round(cpu_per_node, 3), "rss_mb_per_cluster": round(rss_per_cluster, 1),
                       "orchestrator_cpu_s": round(cpu), "server_peak_rss_mb": round(server.peak),
                       "server_cpu_s": round(server.cpu), "time_factor": args.time_factor}))
 
