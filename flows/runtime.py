@@ -199,10 +199,22 @@ def announce_stalls(recorder: Any) -> None:
     from tasks.node_steps import prefect_api_failure
 
     flow_run_id = get_run_context().flow_run.id
+    stalled: dict[str, str] = {}  # node -> its step told stalled, until that step ends (then the message clears)
 
     def listener(event: dict[str, Any]) -> None:
-        if event.get("phase") != "stalled":
+        node, phase = str(event.get("node")), event.get("phase")
+        if phase == stalled.get(node) and event.get("status") != "running":
+            stalled.pop(node)
+            try:
+                with get_client(sync_client=True) as client:
+                    client.set_flow_run_state(flow_run_id, Running(), force=True)
+            except Exception as e:
+                if not prefect_api_failure(e):
+                    raise
             return
+        if phase != "stalled":
+            return
+        stalled[node] = str(event.get("step"))
         _, text = describe(event) or (0, "stalled")
         try:
             with get_client(sync_client=True) as client:
