@@ -224,7 +224,7 @@ def announce_stalls(recorder: Any) -> None:
                                  "hci-upgrade.node": str(event.get("node"))},
                        related=[{"prefect.resource.id": f"prefect.flow-run.{flow_run_id}",
                                  "prefect.resource.role": "flow-run"}],
-                       payload={k: event.get(k) for k in ("run_id", "step", "minutes", "expected_minutes")})
+                       payload={k: event.get(k) for k in ("run_id", "step", "minutes", "why")})
         except Exception as e:
             if not prefect_api_failure(e):
                 raise

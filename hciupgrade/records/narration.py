@@ -57,9 +57,8 @@ def describe(event: dict[str, Any]) -> tuple[int, str] | None:
                           f"{node}: pausing it under our mark (run {event.get('mark')})")
         return INFO, f"{node}: released" + (f" ({event['reason']})" if event.get("reason") else "")
     if phase == "stalled":
-        return WARNING, (f"{node}: {event.get('step')} stalled: {event.get('minutes'):g} min so far, past 1.5 times "
-                         f"(and 15 min more than) the {event.get('expected_minutes'):g} min it took on an earlier "
-                         "node; waiting on to its timeout")
+        return WARNING, (f"{node}: {event.get('step')} stalled: {event.get('minutes'):g} min so far, "
+                         f"{event.get('why')}; waiting on to its timeout")
     if phase == "retry":
         return WARNING, f"{node}: attempt {event.get('attempt')} after: {error}"
     if phase == "warn-after":

@@ -68,8 +68,7 @@ def stalled_step(events: pd.DataFrame, node: str, now: pd.Timestamp | None = Non
     told = events[(events["node"] == node) & (events["phase"] == "stalled")]
     if not told.empty and pd.Timestamp(told["start"].iloc[-1]) >= started:  # the run said so (the spread rule)
         last = told.iloc[-1]
-        return (f"{node}: {step} running for {last['minutes']:g} min, past 1.5 times the {last['expected_minutes']:g}"
-                " min it took on an earlier node")
+        return f"{node}: {step} running for {last['minutes']:g} min, {last['why']}"
     factor = float(events["time_factor"].dropna().iloc[0]) if "time_factor" in events and \
         events["time_factor"].notna().any() else 1.0
     recorded = [o for o in events["options"].dropna() if isinstance(o, dict)] if "options" in events else []

@@ -116,11 +116,11 @@ class RollingUpgrade:
         self.steps.note = lambda node, text: self.recorder.emit(node, "note", "info", detail=text) and None
         self.steps.stalled = self._stalled
 
-    def _stalled(self, kind: str, waited: float, expected: float) -> None:
-        """A wait past the spread rule: told (status, the run's log, the flow's state message and event), and
-        waited on to the step's timeout, which decides."""
-        self.recorder.emit(self.current, "stalled", "running", step=self.last_step, wait=kind,
-                           minutes=round(waited / 60, 1), expected_minutes=round(expected / 60, 1))
+    def _stalled(self, waited: float, why: str) -> None:
+        """A wait past the spread rule, or a repair that does not move: told (status, the run's log, the flow's
+        state message and event), and waited on to the step's timeout, which decides."""
+        self.recorder.emit(self.current, "stalled", "running", step=self.last_step, minutes=round(waited / 60, 1),
+                           why=why)
 
     @classmethod
     def build(cls, client: ClusterClient, options: RunOptions, recorder: RunRecorder, time_factor: float,

@@ -79,9 +79,9 @@ class Steps:
     options: RunOptions
     clock: ClusterClock
     note: Callable[[str, str], None] = lambda node, text: None  # (node, what an operator reads in the run's log)
-    # (kind, cluster seconds waited, cluster seconds it took before): a wait past the spread rule (STALL_FACTOR
-    # times what the same wait took on an earlier node), told once a wait; the run goes on to the step's timeout
-    stalled: Callable[[str, float, float], None] = lambda kind, waited, expected: None
+    # (cluster seconds waited, why): a wait past the spread rule (STALL_FACTOR times what the same wait took on an
+    # earlier node), or a repair with no progress, told once a wait; the run goes on to the step's timeout
+    stalled: Callable[[float, str], None] = lambda waited, why: None
     # cluster seconds each kind of wait took on the nodes done so far (the shortest): a cluster's nodes are alike
     took: dict[str, float] = field(default_factory=dict)
     marked: bool = True  # each node's changes need this run's mark on it (the rolling path; not the offline one)
@@ -106,7 +106,8 @@ class Steps:
             if not value and kind and expected and not told and \
                     waited > max(STALL_FACTOR * expected, expected + STALL_MARGIN_SECONDS):
                 told.append(True)
-                self.stalled(kind, waited, expected)
+                self.stalled(waited, f"past {STALL_FACTOR:g} times (and {STALL_MARGIN_SECONDS / 60:g} min more "
+                                     f"than) the {expected / 60:.0f} min it took on an earlier node")
             return value
 
         value = self.clock.wait_for(checked, timeout=timeout, poll=self.poll, max_poll=self.options.poll_max_seconds,
@@ -276,6 +277,9 @@ class Steps:
         """Wait until no repair runs (settled=False) or storage is fully healthy again (settled=True)."""
         last: list[str] = []
         told: set[str] = set()
+        start = self.clock.now()
+        moved = [start, ""]  # when the repair's progress last changed, and what it was
+        stall_told: list[bool] = []
 
         def probe() -> ClusterSnapshot | None:
             jobs = ClusterSnapshot((), (), tuple(self.client.storage_jobs()), None)
@@ -285,6 +289,13 @@ class Steps:
                 if progress not in told:  # a line a tenth of the way, not one a poll
                     told.add(progress)
                     self.note(node, "waiting for the repair: " + "; ".join(last))
+                exact = ", ".join(f"{j.name} {j.percent}%" for j in jobs.jobs)
+                now = self.clock.now()
+                if exact != moved[1]:
+                    moved[:] = [now, exact]
+                elif now - moved[0] > STALL_MARGIN_SECONDS and not stall_told:  # a repair that does not move
+                    stall_told.append(True)
+                    self.stalled(now - start, f"no repair progress for {(now - moved[0]) / 60:.0f} min ({exact})")
                 return None
             if not settled:
                 return jobs
