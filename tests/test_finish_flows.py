@@ -17,7 +17,7 @@ import pytest
 from hciupgrade.models import RunOptions
 from hciupgrade.records.reports import run_status
 from hciupgrade.sim.scenario import make_scenario
-from tests.conftest import CLI, serve_cluster
+from tests.conftest import CLI, quick, serve_cluster
 
 FAST = 5000
 AFTER_FEATURE_UPDATE = "10.0.25398.1486"
@@ -170,6 +170,30 @@ def test_finish_from_the_cli_on_a_server_pauses_for_the_ui_form_and_names_its_pa
     assert post["approval"] == {"approver": "dana", "reason": "CHG-8", "steps": ["functional-level", "storage-pool"],
                                 "source": "prefect-ui"}
     assert harness.sim.functional_level == 12 and harness.sim.pool_version >= 28
+
+
+def test_offline_from_the_cli_on_a_server_waits_for_the_ui_form_then_takes_the_cluster_down(prefect_server, tmp_path):
+    from prefect.settings import PREFECT_API_URL
+
+    from hciupgrade.sim.harness import SimHarness
+
+    scenario = make_scenario(nodes=2, vms_per_node=1, time_factor=FAST, knobs={"second_hop": "allowed"})
+    with SimHarness(quick(scenario)) as harness:
+        inventory = tmp_path / "inv.yaml"
+        harness.inventory().write(inventory)
+        found: list = []
+        thread = resume_when_paused({"approver": "eve", "reason": "CHG-10", "take_the_cluster_down": True}, found)
+        env = {**os.environ, **harness.environment(), "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+               "COLUMNS": "200"}
+        done = subprocess.run([*CLI, "offline", "--inventory", str(inventory), "--json"], capture_output=True,
+                              text=True, env=env, timeout=600)
+        thread.join(timeout=5)
+        log = harness.events()
+    assert found, "the offline run never paused for its approval"
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert f"/runs/flow-run/{found[0].id}" in done.stderr
+    assert set(json.loads(done.stdout)["builds_after"].values()) == {"10.0.25398.1913"}
+    assert [e["status"] for e in log if e["kind"] == "cluster"] == ["Stopped", "Started"]
 
 
 def test_an_approval_that_times_out_leaves_nothing_irreversible_done(served):
