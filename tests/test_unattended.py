@@ -84,8 +84,8 @@ def test_a_wait_past_the_spread_rule_is_told_as_stalled_in_the_record_the_log_an
     assert run.state.is_completed()
     stalled = [json.loads(line) for line in run.record.splitlines() if '"stalled"' in line]
     assert [(e["node"], e["step"]) for e in stalled] == [("node2", "wait-back")], stalled
-    # past max(1.5 x, +15 min) of node1's restart of at least 10 min: 25 min or more
-    assert stalled[0]["minutes"] >= 25 and "min it took on an earlier node" in stalled[0]["why"]
+    # past max(1.5 x, +15 min) of what node1's wait for its return took (under 10 min): more than 15 min
+    assert stalled[0]["minutes"] > 15 and "min it took on an earlier node" in stalled[0]["why"]
     with get_client(sync_client=True) as client:
         states = client.read_flow_run_states(run.state.state_details.flow_run_id)
     running = [s for s in sorted(states, key=lambda s: s.timestamp) if s.type.value == "RUNNING"]
