@@ -40,9 +40,10 @@ def test_the_whole_cluster_is_updated_at_once_and_comes_back_healthy():
     assert all(sim.csv_online.values()) and all(vm.running for vm in sim.vms.values())
     kinds = [e["kind"] for e in sim.events]
     assert kinds.index("cluster") < kinds.index("restart")  # stopped before any restart
-    restarts = [e["t"] for e in sim.events if e["kind"] == "restart"]
-    # every node restarted at once for the feature update: the three restarts are within the same poll rounds
-    assert max(restarts[:3]) - min(restarts[:3]) < 5 * 60
+    # every node restarted at once for the feature update: all three were down before the first came back (how
+    # close the restarts fall in cluster time depends on the machine's load at x20000, so not asserted)
+    first_up = kinds.index("os_up")
+    assert {e["node"] for e in sim.events[:first_up] if e["kind"] == "restart"} == set(sim.nodes)
     assert not any(e["kind"] == "vm" and e.get("status") == "Crashed" for e in sim.events)  # shut down first
     services = [e for e in sim.events if e["kind"] == "service" and e.get("name") == "ClusSvc"]
     # Disabled, Automatic, then started on each node through its own session: no second hop (Start-Cluster from

@@ -628,10 +628,12 @@ class SimCluster:
                 node.staged_build, node.staged_kind = spec.media_build or self.target_build, "feature"
                 # setup's staged state runs at the next restart, whoever causes it (reference/domain.md §1.3:
                 # the down-level phase, then the offline phases at the restart)
-                if node.state == NodeState.Up and self.strikes(node.name, FaultKind.restarts_after_staging):
+                unplanned = self.strikes(node.name, FaultKind.restarts_after_staging)
+                if node.state == NodeState.Up and unplanned:
                     # Windows restarts a staged node on its own (a policy, a crash, a hand): the offline phases
                     # run and it comes back on the new build, never drained
-                    self._after(300, lambda: self.restart(node.name, by="system"), "unplanned-restart")
+                    self._after(unplanned.after_minutes * 60, lambda: self.restart(node.name, by="system"),
+                                "unplanned-restart")
         else:
             ok = code in (0, ERROR_SUCCESS_REBOOT_REQUIRED, WU_S_ALREADY_INSTALLED)
             if code in (0, ERROR_SUCCESS_REBOOT_REQUIRED):

@@ -136,6 +136,8 @@ class Fault(Strict):
     times: int | None = Field(None, ge=1, description="drain_fails / install_fails / *_script_fails: how many "
                                                       "times it strikes (default: every time)")
     late_minutes: float = Field(60, gt=0, description="slow_return: how much longer its first restart takes")
+    after_minutes: float = Field(5, ge=0, description="restarts_after_staging: how long after its staging ends it "
+                                                      "restarts (0: at once, before a poll sees the staging end)")
 
 
 class Knobs(Strict):

@@ -109,7 +109,7 @@ class RollingUpgrade:
     attempts: dict[str, int] = field(default_factory=dict)  # node -> its current attempt (task runs say which)
     last_step: str | None = None  # the step run last (a recovery counts as one)
     current: str | None = None  # the node of the step run last
-    staged: set[str] = field(default_factory=set)  # nodes this run staged (PreStage)
+    staged: set[str] = field(default_factory=set)  # nodes this run staged, or may have (PreStage)
     drained: set[str] = field(default_factory=set)  # nodes this run drained
 
     def __post_init__(self) -> None:
@@ -268,7 +268,13 @@ class RollingUpgrade:
         for node, result in staged.items():
             if isinstance(result, LostOwnership):
                 raise result
-            if isinstance(result, RemoteError | StepFailed):
+            if isinstance(result, RemoteError):
+                # the node went away while staging: setup may have staged it and Windows restarted it (its turn
+                # finds out, never counting it as upgraded by us)
+                self.staged.add(node)
+                self.recorder.emit(node, "note", "info", detail=f"{node}: lost while staging ({result}); its turn "
+                                                                "checks whether it restarted on its own")
+            elif isinstance(result, StepFailed):
                 self.recorder.emit(node, "note", "info", detail=f"{node}: staging failed ({result}); setup runs "
                                                                 "again in its drain")
 
