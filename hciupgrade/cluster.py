@@ -235,8 +235,12 @@ class ClusterClient:
 
     def act_on_cluster(self, command: str, parameters: dict[str, Any], exclude: str | None = None) -> Result:
         """An owned cmdlet that changes the cluster, run on the first node that answers for it."""
+        return self.act_anywhere(OWNED_COMMAND, {"Command": command, **parameters}, exclude)
+
+    def act_anywhere(self, filename: str, parameters: dict[str, Any], exclude: str | None = None) -> Result:
+        """An owned script that changes the cluster, run on the first node that answers for it."""
         try:
-            return self.ask(self._owned(OWNED_COMMAND, {"Command": command, **parameters}), exclude)
+            return self.ask(self._owned(filename, parameters), exclude)
         except CmdletFailed as e:
             if e.has_error_id(FENCED_OUT):
                 raise LostOwnership(f"{self.name}: {e.errors[0].message}") from None

@@ -324,6 +324,15 @@ class RunOptions(Strict):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, field_title_generator=cau_title,
                               json_schema_extra=operator_schema)
 
+    engine: Literal["hci-upgrade", "cau"] = Field(
+        "hci-upgrade", alias="Engine",
+        description="who does the node work: hci-upgrade's own engine, or Cluster-Aware Updating (its clustered role "
+                    "runs the RollingUpgradePlugin, or the HotfixPlugin for the cumulative update) under hci-upgrade's "
+                    "preflight, plan, approvals, records and status; see the README's comparison")
+    hotfix_root_folder: str | None = Field(
+        None, pattern=r"^\\\\[^\\]+\\[^\\]+", alias="HotfixRootFolderPath",
+        description="Engine cau, cumulative update: the SMB share CAU's HotfixPlugin installs the .msu from "
+                    "(\\\\server\\share\\CauHotfix; the package in its CAUHotfix_All folder)")
     update: Literal["feature", "cumulative"] = Field(
         "feature", description="feature: the target release's feature update from the setup media; cumulative: "
                                "its cumulative update (LCU) package, once every node runs the release")
@@ -449,6 +458,28 @@ class RunOptions(Strict):
         if v is not None and ".." in v.split("\\"):
             raise ValueError("a path on the node may not climb out of its folder with '..'")
         return v
+
+    @model_validator(mode="after")
+    def _cau_engine(self) -> RunOptions:
+        """What CAU cannot do, refused before anything connects, each naming the option."""
+        if self.engine != "cau":
+            return self
+        for name, given in (("PreStage", self.pre_stage), ("InstallCumulativeUpdateInSameDrain",
+                                                           self.cumulative_in_drain),
+                            ("NodeSoakMinutes", self.node_soak_minutes > 0),
+                            ("restart_only", self.restart_only is not None),
+                            ("DrainTimeoutPolicy force-drain", self.drain_timeout_policy == "force-drain")):
+            if given:
+                raise ValueError(f"Engine cau: {name} is hci-upgrade's own engine's; CAU has no such option. Drop "
+                                 "it, or use Engine: hci-upgrade")
+        if self.update == "cumulative" and not self.hotfix_root_folder:
+            raise ValueError("Engine cau with update cumulative: HotfixRootFolderPath is required (the SMB share "
+                             "CAU's HotfixPlugin installs the .msu from, \\\\server\\share\\CauHotfix)")
+        if self.vm_policy == "shut-down" and (self.pre_update_script or self.post_update_script):
+            raise ValueError("Engine cau with WorkloadPolicy shut-down: CAU runs one PreUpdateScript and one "
+                             "PostUpdateScript, and hci-upgrade's stop and start the VMs; set WorkloadPolicy: "
+                             "live-migrate to run yours, or drop them")
+        return self
 
     @field_validator("stop_after", "warn_after")
     @classmethod

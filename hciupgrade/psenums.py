@@ -147,6 +147,31 @@ class CauRunState(enum.IntEnum):
     RunFailed = 2
 
 
+class CauNodeStatus(enum.IntEnum):
+    """A CAU NodeStatusNotification's Status (reference/domain.md §5.4): Waiting and Scanning are seen in
+    Microsoft's sample and WAC's script; the names of the other phases are [UNVERIFIED], as are all the integers.
+    A client reads the name."""
+
+    Waiting = 0
+    Scanning = 1
+    Staging = 2
+    Suspending = 3
+    Installing = 4
+    Restarting = 5
+    Resuming = 6
+    WaitingForStorageRepair = 7
+
+
+class CauResultStatus(enum.IntEnum):
+    """A CAU report's ClusterResult.Status and each NodeResult's Status: Succeeded, PartiallyFailed, Failed and
+    Canceled as Microsoft's TSG scripts read them (§5.5; the integers [UNVERIFIED])."""
+
+    Succeeded = 0
+    PartiallyFailed = 1
+    Failed = 2
+    Canceled = 3
+
+
 class VMState(enum.IntEnum):
     """Microsoft.HyperV.PowerShell.VMState, every name Hyper-V's module defines (the same list, in this order, as
     Microsoft's SdnDiagnostics module restates it in enum/VMState.ps1). The numbers below 32768 are
@@ -213,6 +238,8 @@ TYPE_NAMES: dict[type[enum.IntEnum], str] = {
     ProvisioningType: "Microsoft.PowerShell.Cmdletization.GeneratedTypes.VirtualDisk.ProvisioningType",
     ScheduledTaskState: "Microsoft.PowerShell.Cmdletization.GeneratedTypes.ScheduledTask.StateEnum",
     CauRunState: "Microsoft.ClusterAwareUpdating.RunState",
+    CauNodeStatus: "Microsoft.ClusterAwareUpdating.NodeStatus",
+    CauResultStatus: "Microsoft.ClusterAwareUpdating.ResultStatus",
     VMState: "Microsoft.HyperV.PowerShell.VMState",
     ReadinessStatus: "Microsoft.EnvironmentReadiness.Client.Models.TestStatus",
     ReadinessSeverity: "Microsoft.EnvironmentReadiness.Client.Models.ResultSeverity",

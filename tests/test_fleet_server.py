@@ -93,6 +93,15 @@ def test_a_fleet_runs_on_a_server_with_two_workers(tmp_path, postgres_server, se
                                              "--name", host], env=worker_env, cwd=home, stdout=log,
                                             stderr=subprocess.STDOUT, start_new_session=True))
         try:
+            # both workers polling before the first run: which one takes a run is theirs to race for, but a worker
+            # still starting on a loaded machine would leave every run to the other
+            deadline = time.monotonic() + 180
+            while time.monotonic() < deadline:
+                seen = httpx.post(f"{api}/work_pools/hci-upgrade-process/workers/filter", json={}, timeout=10).json()
+                if {w["name"] for w in seen if w.get("status") == "ONLINE"} >= {"worker-1", "worker-2"}:
+                    break
+                time.sleep(1)
+
             def start(name: str, parameters: dict) -> str:
                 deployment = httpx.get(f"{api}/deployments/name/{name}", timeout=10).json()
                 created = httpx.post(f"{api}/deployments/{deployment['id']}/create_flow_run",

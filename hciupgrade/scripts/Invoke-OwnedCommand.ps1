@@ -13,7 +13,8 @@ param(
     [Parameter(Mandatory)]
     [ValidateSet('Restart-Computer', 'Stop-ScheduledTask', 'Update-ClusterFunctionalLevel', 'Update-StoragePool',
                  'Stop-VM', 'Start-VM', 'Update-VMVersion', 'Stop-Cluster', 'Start-Cluster', 'Set-Service',
-                 'Start-ClusterResource', 'Stop-ClusterResource', 'Start-Service', 'Remove-ClusterGroup')]
+                 'Start-ClusterResource', 'Stop-ClusterResource', 'Start-Service', 'Remove-ClusterGroup',
+                 'Stop-CauRun', 'Remove-CauClusterRole')]
     [string] $Command,
     [string] $Name,
     [string] $TaskName,

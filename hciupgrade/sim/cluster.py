@@ -52,7 +52,10 @@ SCHED_S_TASK_TERMINATED = 0x41306
 
 FEATURE_UPDATE_TASK = "HciUpgrade-FeatureUpdate"
 CUMULATIVE_UPDATE_TASK = "HciUpgrade-CumulativeUpdate"
-TASK_KINDS = {FEATURE_UPDATE_TASK: "feature", CUMULATIVE_UPDATE_TASK: "cumulative"}
+# CAU's plug-ins install through the same Windows machinery (sim/cau.py): setup for the RollingUpgradePlugin,
+# wusa for the HotfixPlugin's .msu
+TASK_KINDS = {FEATURE_UPDATE_TASK: "feature", CUMULATIVE_UPDATE_TASK: "cumulative",
+              "CAU-RollingUpgradePlugin": "feature", "CAU-HotfixPlugin": "cumulative"}
 # wusa.exe exit codes (winerror.h / wuerror.h)
 ERROR_SUCCESS_REBOOT_REQUIRED = 3010
 WU_S_ALREADY_INSTALLED = 0x240006
@@ -135,6 +138,7 @@ class Node:
     os_running: bool = True  # the OS runs (WinRM can answer), whatever the cluster service does
     clussvc_startup: str = "Automatic"  # the cluster service's StartupType (Set-Service clussvc)
     workloads_held: list[str] = field(default_factory=list)  # Stop-NodeWorkloads.ps1's list (StoppedVMs)
+    files: dict[str, str] = field(default_factory=dict)  # path (lower case) -> what it holds: a packaged script's name
 
     @property
     def number(self) -> str:
@@ -227,6 +231,9 @@ class SimCluster:
         self._job_ids = itertools.count(1)
         self._strikes: dict[tuple[str, FaultKind], int] = {}
         self.checker_installed: set[str] = set()
+        from hciupgrade.sim.cau import Cau  # it drives this class's transitions
+
+        self.cau = Cau(self)
         self.readiness = {name: scenario.readiness.nodes[name].model_copy(deep=True)
                           if name in scenario.readiness.nodes else NodeReadiness() for name in self.nodes}
         self._refresh_storage_health()
@@ -860,6 +867,14 @@ class SimCluster:
         node = self.node(name)
         kind = FaultKind.pre_script_fails if phase == "Pre" else FaultKind.post_script_fails
         failed = self.strikes(node.name, kind) is not None
+        held = node.files.get(path.lower())  # hci-upgrade's CAU workload scripts do what their text says
+        if not failed and held == "CauPreUpdate-StopWorkloads.ps1":
+            self.stop_workloads(node.name, by=by)
+        elif not failed and held == "CauPostUpdate-StartWorkloads.ps1":
+            left = self.start_workloads(node.name, by=by)[1]
+            if left:
+                self._log("script", node.name, by=by, path=path, status="Failed")
+                raise Refused(f"{node.name}: these VMs did not start: {'; '.join(left)}", 1, node.name, "script")
         self._log("script", node.name, by=by, path=path, status="Failed" if failed else "Completed")
         if failed:
             raise Refused(f"The script '{path}' failed on {node.name}: exit code 1.", 1, node.name, "script")

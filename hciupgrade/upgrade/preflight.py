@@ -6,8 +6,10 @@ findings and the plan, and changes nothing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
+from hciupgrade.cau import setup_findings
 from hciupgrade.cluster import ClusterClient, ClusterSnapshot, NodeInfo
 from hciupgrade.models import RunOptions
 from hciupgrade.psenums import NodeState
@@ -65,6 +67,27 @@ class Preflight:
         return [f"{f.check}: {f.detail}" for f in self.findings if not f.ok and f.blocking]
 
 
+def _cau_setup(client: ClusterClient, add: Callable[[Finding], None]) -> None:
+    """Engine cau: Test-CauSetup's findings (CAU's Best Practices Analyzer) join the preflight, and the second
+    hop CAU needs (its role reaches every node and Active Directory) is proven, or the run refuses naming the fix.
+    The Remote Shutdown rule only warns: the run passes -EnableFirewallRules."""
+    try:
+        findings = setup_findings(client)
+    except RemoteError as e:
+        add(Finding("CAU setup (Test-CauSetup)", False, f"Test-CauSetup failed: {e}"))
+        findings = []
+    for title, severity, detail in findings:
+        add(Finding(f"CAU setup: {title}", False, detail or severity,
+                    blocking=severity == "Error" and "Remote Shutdown" not in title))
+    if not findings:
+        add(Finding("CAU setup (Test-CauSetup)", True, "no errors or warnings"))
+    refused = client.second_hop()
+    add(Finding("second hop for CAU", refused is None, "a node's session reaches the other nodes" if refused is None
+                else f"refused {refused}: CAU's role reaches every node and Active Directory from one node; enable "
+                     "CredSSP (Enable-WSManCredSSP -Role Server on the nodes, transport credssp in the inventory) "
+                     "or resource-based constrained delegation, or use Engine: hci-upgrade"))
+
+
 def check(client: ClusterClient, options: RunOptions, owned: set[str]) -> Preflight:
     """Every preflight check, the scan and the facts the plan needs. Reads only."""
     pre = Preflight()
@@ -89,26 +112,35 @@ def check(client: ClusterClient, options: RunOptions, owned: set[str]) -> Prefli
     except NodeUnreachable as e:
         add(Finding("cluster", False, str(e)))
         return pre
+    # Engine cau: a CAU run in progress is followed, never restarted; the nodes and storage it has out are its own
+    following = False
+    try:
+        cau = client.cau_run_state()
+        following = options.engine == "cau" and cau == "RunInProgress"
+        if following:
+            add(Finding("CAU run in progress", True, "Get-CauRun: RunInProgress: this run follows it to its end"))
+        else:
+            add(Finding("no CAU run in progress", cau == "RunNotInProgress",
+                        f"Get-CauRun: {cau}" + ("" if cau == "RunNotInProgress" else
+                                                 " (finish it, or recover with Invoke-CauRun -ForceRecovery -Force)")))
+    except RemoteError as e:
+        add(Finding("no CAU run in progress", False, f"Get-CauRun failed: {e}"))
     foreign = [n.name for n in pre.nodes if n.state == NodeState.Paused and n.name not in owned]
     add(Finding("no node paused by someone else", not foreign,
                 "none" if not foreign else "; ".join(f"{name} paused by {_holder(client, name)}" for name in foreign)
-                + ": resume it by hand or finish what it is paused for; it will not be resumed by this run"))
+                + ": resume it by hand or finish what it is paused for; it will not be resumed by this run",
+                blocking=not following))
     not_up = [f"{n.name} is {n.state.name}" for n in pre.nodes
               if n.state not in (NodeState.Up, NodeState.Paused) and n.name not in owned]
     add(Finding("nodes online", not not_up, "all Up or Paused" if not not_up else "; ".join(not_up),
-                blocking=options.require_all_nodes_online or bool(not_up)))
-    try:
-        cau = client.cau_run_state()
-        add(Finding("no CAU run in progress", cau == "RunNotInProgress",
-                    f"Get-CauRun: {cau}" + ("" if cau == "RunNotInProgress" else
-                                             " (finish it, or recover with Invoke-CauRun -ForceRecovery -Force)")))
-    except RemoteError as e:
-        add(Finding("no CAU run in progress", False, f"Get-CauRun failed: {e}"))
+                blocking=not following and (options.require_all_nodes_online or bool(not_up))))
     busy = storage_busy(pre.snapshot)
     ours_away = any(n.state != NodeState.Up and n.name in owned for n in pre.nodes)
     repairing = any("storage job" in b for b in busy)
     add(Finding("storage healthy", not busy, "pool and every virtual disk Healthy" if not busy else "; ".join(busy),
-                blocking=bool(busy) and not (ours_away or repairing)))
+                blocking=bool(busy) and not (ours_away or repairing or following)))
+    if options.engine == "cau" and not following:
+        _cau_setup(client, add)
     witness = client.quorum_witness()
     voting = sum(1 for n in pre.nodes if n.state in (NodeState.Up, NodeState.Paused))  # a paused node votes
     votes = len(pre.nodes) + (1 if witness else 0)
@@ -139,6 +171,8 @@ def check(client: ClusterClient, options: RunOptions, owned: set[str]) -> Prefli
     if offered and not all(options.build_reached(b) for b in offered):
         add(Finding("media reaches the target build", False,
                     f"the media offers {', '.join(sorted(offered))}, below {options.goal_build}"))
+    if following:  # CAU's run is under way with what it checked itself: this run only watches it end
+        pre.findings = [replace(f, blocking=False) for f in pre.findings]
     return pre
 
 

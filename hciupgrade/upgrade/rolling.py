@@ -39,6 +39,7 @@ from hciupgrade.psenums import NodeState, ScheduledTaskState
 from hciupgrade.records import RunRecorder, owned_nodes, runs_in_progress
 from hciupgrade.records.store import host_id
 from hciupgrade.remote import SWITCH, CertificateRejected, NodeUnreachable, RemoteError, RemotingError
+from hciupgrade.upgrade.by_cau import ByCau
 from hciupgrade.upgrade.gates import repair_running
 from hciupgrade.upgrade.positions import Mode, NodeFacts, Position, decide, held_by, position_of
 from hciupgrade.upgrade.preflight import PlannedNode, Preflight, check
@@ -376,9 +377,10 @@ class RollingUpgrade:
             try:  # a blocked run still shows its plan (the dry run), when the cluster answers for one
                 pre.plan = self.run_phase("plan", lambda: self.plan(pre))
             except RemoteError:
-                if not pre.blocked:
+                if not pre.blocked and self.options.engine != "cau":  # CAU's nodes restart under its run
                     raise
-            outcomes = {p.node: NodeOutcome(node=p.node) for p in pre.plan}
+            outcomes = {p.node: NodeOutcome(node=p.node) for p in pre.plan} or \
+                {node: NodeOutcome(node=node) for node in self.client.sessions}
             self.recorder.emit(None, "plan", "succeeded", order=[p.node for p in pre.plan],
                                actions={p.node: p.action for p in pre.plan},
                                positions={p.node: p.position for p in pre.plan})
@@ -390,7 +392,10 @@ class RollingUpgrade:
                     self.clean_up(pre)
                     if self.options.stages:
                         self.pre_stage(pre.plan)
-                    self._upgrade(pre.plan, outcomes, started)
+                    if self.options.engine == "cau":  # CAU does the node work (hciupgrade/upgrade/by_cau.py)
+                        ByCau(self).run(pre, outcomes)
+                    else:
+                        self._upgrade(pre.plan, outcomes, started)
                 failed = [o for o in outcomes.values() if o.counts_as_failed]
                 if failed:  # within MaxFailedNodes the run went on, but the cluster is not upgraded
                     raise StopRun("PartiallyFailed: " + "; ".join(o.error or o.node for o in failed))

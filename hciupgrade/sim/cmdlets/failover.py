@@ -3,8 +3,6 @@ Cluster-Aware Updating's run state, the quorum and the setup media."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from hciupgrade.psenums import (
     FailbackType,
     GroupState,
@@ -271,26 +269,7 @@ def start_cluster_resource(inv: Invocation) -> list[Out]:
     return _csv_resource(inv, True)
 
 
-# --- Cluster-Aware Updating, quorum, media ------------------------------------------------------------------------
-CAU_NS = "Microsoft.ClusterAwareUpdating"
-
-
-@cmdlet("Get-CauRun", "ClusterName Credential ShowClusterNodeState WaitForCompletion WaitForStart",
-        positional=("ClusterName",))
-def get_cau_run(inv: Invocation) -> list[Out]:
-    """A RunState value first, then the CauRun when a run exists (reference/domain.md §5.4)."""
-    from hciupgrade.psenums import CauRunState
-
-    state = CauRunState[inv.sim.knobs.cau_run_state]
-    out: list[Any] = [state]  # an enum value on the output stream, as the real cmdlet writes it
-    if state != CauRunState.RunNotInProgress:
-        out.append(Out([f"{CAU_NS}.CauRun", "System.Object"],
-                       {"RunId": "6f1c2a9e-3d52-4c1b-9a8e-0c7d2b1e4f10", "RunStartTime": "2026-11-20T01:35:39",
-                        "CurrentOrchestrator": next(iter(inv.sim.nodes)), "CancelPending": False,
-                        "NodeStatusNotifications": [], "NodeResults": []}, to_string=""))
-    return out
-
-
+# --- quorum, media (CAU: cmdlets/cau.py) ----------------------------------------------------------------------
 @cmdlet("Get-ClusterQuorum", "Name", positional=("Name",))
 def get_cluster_quorum(inv: Invocation) -> list[Out]:
     require_cluster_node(inv)
