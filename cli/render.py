@@ -8,11 +8,11 @@ from typing import Any
 
 import pandas as pd
 from rich import box
-from rich.console import Console
+from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from hciupgrade.records import PHASES, load_events, node_summary
+from hciupgrade.records import PHASES, cau_summary, load_events, node_summary
 from hciupgrade.records.store import open_store
 from hciupgrade.upgrade.runbook import LABELS
 
@@ -110,9 +110,12 @@ def node_table(df: pd.DataFrame, title: str) -> Table:
     return table
 
 
-def summary_table(run_id: str) -> Table:
-    return node_table(node_summary(load_events(run_ids=[run_id]), run_id),
+def summary_table(run_id: str) -> Table | Group:
+    events = load_events(run_ids=[run_id])
+    ours = node_table(node_summary(events, run_id),
                       "Per node: builds, result, start and end (UTC), minutes of cluster time per phase")
+    cau = cau_summary(events, run_id)
+    return Group(ours, frame_table(cau, "Cluster-Aware Updating's report (Get-CauReport)")) if not cau.empty else ours
 
 
 def print_solution(result: dict, console: Console) -> None:

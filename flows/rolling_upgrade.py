@@ -30,7 +30,7 @@ from flows.runtime import announce_stalls, connect, embedded, narrate_to_run_log
 from hciupgrade.clock import ClusterClock
 from hciupgrade.cluster import ClusterClient
 from hciupgrade.models import ClusterInventory, RunOptions, RunOutcome, load_inventory
-from hciupgrade.records import PHASES, RunRecorder, new_run_id, node_summary
+from hciupgrade.records import PHASES, RunRecorder, cau_summary, new_run_id, node_summary
 from hciupgrade.upgrade.rolling import RollingUpgrade
 from tasks.node_steps import RUNS, TaskChain, prefect_api_failure
 
@@ -217,6 +217,10 @@ def publish(recorder: RunRecorder, outcome: RunOutcome, stage: str = "upgrade") 
         create_table_artifact(table.astype(object).where(table.notna(), "").astype(str).to_dict(orient="records"),
                               key=f"{key}-nodes",
                               description=f"Per-node result of run {outcome.run_id} (phases in cluster minutes)")
+    cau = cau_summary(recorder.events(), outcome.run_id)
+    if not cau.empty:  # Engine cau: CAU's own report beside ours
+        create_table_artifact(cau.fillna("").astype(str).to_dict(orient="records"), key=f"{key}-cau-report",
+                              description=f"Get-CauReport -Last -Detailed of run {outcome.run_id}, per node")
     title = {"upgrade": "Rolling upgrade", "cumulative-update": "Cumulative update", "restart": "Rolling restart"}
     lines = [f"# {title.get(stage, 'Rolling upgrade')} of {outcome.cluster}: {outcome.end}",
              f"Run `{outcome.run_id}`" + (f", target {outcome.target}." if outcome.target else "."), ""]
@@ -227,4 +231,8 @@ def publish(recorder: RunRecorder, outcome: RunOutcome, stage: str = "upgrade") 
     lines += ["| node | before | after | result | attempts | storage | error |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {n.node} | {n.build_before or ''} | {n.build_after or ''} | {n.result} | {n.attempts} | "
               f"{'not healthy' if n.storage_healthy is False else ''} | {n.error or ''} |" for n in outcome.nodes]
+    if not cau.empty:
+        lines += ["", "## Cluster-Aware Updating's report", "", "| node | CAU status | updates | CAU error |",
+                  "|---|---|---|---|"]
+        lines += [f"| {r.node} | {r.cau_status} | {r.updates} | {r.cau_error} |" for r in cau.itertuples()]
     create_markdown_artifact("\n".join(lines), key=f"{key}-summary")

@@ -4,6 +4,8 @@ clock, logged by "CAU", so the same invariant checker judges it (reference/domai
 
 from __future__ import annotations
 
+import json
+import subprocess
 import time
 
 import pytest
@@ -168,3 +170,26 @@ def test_cau_options_that_only_our_engine_has_are_refused_before_anything_connec
                        ({"PreUpdateScript": r"C:\pre.ps1"}, "WorkloadPolicy")):
         with pytest.raises(ValidationError, match=named):
             RunOptions(Engine="cau", **bad)
+
+
+def test_the_cli_upgrades_the_demo_cluster_with_engine_cau_and_shows_caus_report(tmp_path):
+    from cli.simulate import pick_scenario
+    from hciupgrade.sim.harness import SIM_USER
+    from tests.conftest import CLI, serve_cluster
+
+    scenario = pick_scenario("demo").model_copy(update={"time_factor": 5000})
+    options = tmp_path / "options.yaml"
+    options.write_text("Engine: cau\npoll_seconds: 20\n")
+    with serve_cluster(scenario, tmp_path, {"PREFECT_HOME": str(tmp_path / "prefect")}) as (inventory, env, events):
+        done = subprocess.run([*CLI, "upgrade", "--inventory", str(inventory), "--options", str(options)], env=env,
+                              capture_output=True, text=True, timeout=600)
+        log = [json.loads(line) for line in events.read_text().splitlines() if line.strip()]
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "Cluster-Aware Updating's report" in done.stdout and "Succeeded" in done.stdout
+    builds = {e["node"]: e["new"] for e in log if e["kind"] == "build"}
+    assert builds == {n.name: scenario.cluster.target_build for n in scenario.cluster.nodes}
+    # CAU's changes judged by the same checker as ours; ours are none
+    assert check_invariants(log, scenario, {"succeeded": True, "left_paused": []}, "CAU") == []
+    assert not [e for e in log if e.get("by") == SIM_USER and e["kind"] in ("suspend", "restart", "install")]
+    # VMs shut down before each drain and started after it (WorkloadPolicy shut-down through CAU's scripts)
+    assert any(e["kind"] == "vm" and e.get("by") == "CAU" for e in log)

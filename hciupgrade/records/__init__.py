@@ -5,6 +5,7 @@ PostgreSQL (store.py), the views read back from them (reports.py), and the sente
 from hciupgrade.records.recorder import (
     PHASES,
     RunRecorder,
+    cau_summary,
     frame,
     home,
     load_events,
@@ -17,5 +18,5 @@ from hciupgrade.records.recorder import (
     runs_in_progress,
 )
 
-__all__ = ["PHASES", "RunRecorder", "frame", "home", "load_events", "new_run_id", "node_summary", "now_iso",
-           "owned_nodes", "phase_durations", "run_alive", "runs_in_progress"]
+__all__ = ["PHASES", "RunRecorder", "cau_summary", "frame", "home", "load_events", "new_run_id", "node_summary",
+           "now_iso", "owned_nodes", "phase_durations", "run_alive", "runs_in_progress"]

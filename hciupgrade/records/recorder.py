@@ -30,8 +30,8 @@ from hciupgrade.records.store import (
 )
 from hciupgrade.upgrade import runbook
 
-__all__ = ["PHASES", "RunRecorder", "home", "load_events", "new_run_id", "node_summary", "now_iso", "owned_nodes",
-           "phase_durations", "runs_in_progress"]
+__all__ = ["PHASES", "RunRecorder", "cau_summary", "home", "load_events", "new_run_id", "node_summary", "now_iso",
+           "owned_nodes", "phase_durations", "runs_in_progress"]
 
 PHASES = runbook.PHASES  # a node's steps, in order (hciupgrade/upgrade/runbook.py)
 
@@ -181,6 +181,15 @@ def node_summary(events: pd.DataFrame, run_id: str) -> pd.DataFrame:
         result = result.join(table.reindex(columns=[p for p in PHASES if p in table.columns]), how="left")
     result["error"] = outcomes.get("error")
     return result.reset_index()
+
+
+def cau_summary(events: pd.DataFrame, run_id: str) -> pd.DataFrame:
+    """Engine cau: Get-CauReport's nodes as the run recorded them (node, CAU's status, its updates, its error);
+    empty for a run of hci-upgrade's own engine."""
+    run = events[(events["run_id"] == run_id) & (events["phase"] == "cau-report")] if "phase" in events else events
+    if run.empty or "rows" not in run:
+        return pd.DataFrame(columns=["node", "cau_status", "updates", "cau_error"])
+    return pd.DataFrame(run.iloc[-1]["rows"])
 
 
 def owned_nodes(cluster: str, *, store: RecordStore | None = None) -> dict[str, str]:

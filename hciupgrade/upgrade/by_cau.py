@@ -105,6 +105,7 @@ class ByCau:
                 e.steps.clock.sleep(e.options.poll_seconds)
                 continue
             e.last_step, e.current = "cau", active
+            e.recorder.emit(active, "node", "running", by="CAU", attempt=1)
             e.run_phase(f"cau-{active}", lambda node=active: self._follow_node(node))
             self.finished.add(active)
             e.progress(0.99 * len(self.finished) / max(nodes, 1))
