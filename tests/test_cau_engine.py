@@ -193,3 +193,15 @@ def test_the_cli_upgrades_the_demo_cluster_with_engine_cau_and_shows_caus_report
     assert not [e for e in log if e.get("by") == SIM_USER and e["kind"] in ("suspend", "restart", "install")]
     # VMs shut down before each drain and started after it (WorkloadPolicy shut-down through CAU's scripts)
     assert any(e["kind"] == "vm" and e.get("by") == "CAU" for e in log)
+
+
+def test_test_cau_setups_findings_join_the_preflight_an_error_blocks_and_the_firewall_rule_only_warns():
+    from tests.test_first_contact import with_node
+
+    sim = with_node({"auto_update": "install", "remote_shutdown_rule": False}, second_hop="allowed")
+    outcome, pre = engine(sim, engine="cau").run()
+    found = {f.check: f for f in pre.findings if f.check.startswith("CAU setup")}
+    auto = next(f for name, f in found.items() if "Automatic Updates" in name)
+    firewall = next(f for name, f in found.items() if "Remote Shutdown" in name)
+    assert auto.blocking and "node2" in auto.detail and not firewall.blocking  # CAU enables the rule itself
+    assert not outcome.succeeded and "Automatic Updates" in outcome.error and not cau_started(sim)
