@@ -26,13 +26,13 @@ from pydantic.json_schema import SkipJsonSchema
 from flows.ghosts import bury_ghosts
 from flows.heap import freeze_startup_heap
 from flows.locking import cluster_lock
-from flows.runtime import announce_stalls, connect, embedded, narrate_to_run_log, run_name, tag_this_run
+from flows.runtime import announce_stalls, connect, embedded, narrate_to_run_log, run_name, tag_this_run, ui_only
 from hciupgrade.clock import ClusterClock
 from hciupgrade.cluster import ClusterClient
 from hciupgrade.models import ClusterInventory, RunOptions, RunOutcome, load_inventory
 from hciupgrade.records import PHASES, RunRecorder, cau_summary, new_run_id, node_summary
 from hciupgrade.upgrade.rolling import RollingUpgrade
-from tasks.node_steps import RUNS, TaskChain, prefect_api_failure
+from tasks.node_steps import RUNS, TaskChain
 
 
 class UpgradeFailed(RuntimeError):
@@ -102,12 +102,8 @@ def run_engine(engine: RollingUpgrade, client: ClusterClient, *, dry_run: bool =
 
 def publish_if_possible(recorder: RunRecorder, outcome: RunOutcome, stage: str) -> None:
     """The artifacts, unless Prefect's API fails (the outcome is the run's either way)."""
-    try:
+    with ui_only("the run's artifacts could not be published"):
         publish(recorder, outcome, stage)
-    except Exception as e:
-        if not prefect_api_failure(e):
-            raise
-        get_run_logger().warning("the run's artifacts could not be published: Prefect's API failed (%s)", e)
 
 
 @contextmanager

@@ -19,6 +19,21 @@ from hciupgrade.hostlock import host_lock
 from hciupgrade.models import ClusterInventory
 
 
+@contextmanager
+def ui_only(lost: str | None = None) -> Iterator[None]:
+    """Calls to Prefect's API that only the UI's view depends on (tags, state messages, artifacts, events): an API
+    that fails costs that view (`lost`, logged as a warning), never the run; any other error is raised."""
+    from tasks.node_steps import prefect_api_failure
+
+    try:
+        yield
+    except Exception as e:
+        if not prefect_api_failure(e):
+            raise
+        if lost:
+            get_run_logger().warning("%s: Prefect's API failed (%s)", lost, e)
+
+
 def load_secret(name: str) -> str:
     from prefect.blocks.system import Secret
 
@@ -69,9 +84,7 @@ def tell_the_parents(run: Any, message: str | None, page: str | None, parents: l
     from prefect.client.schemas.actions import ArtifactCreate
     from prefect.states import Running
 
-    from tasks.node_steps import prefect_api_failure
-
-    try:
+    with ui_only("could not tell the parent runs what waits"):
         with get_client(sync_client=True) as client:
             if parents is None:
                 parents, current = [], run
@@ -84,10 +97,6 @@ def tell_the_parents(run: Any, message: str | None, page: str | None, parents: l
                     client.create_artifact(ArtifactCreate(
                         type="markdown", flow_run_id=parent, description="the paused run awaiting an approval",
                         data=f"**Awaiting approval** in [{run.name}]({page}): {message}"))
-    except Exception as e:
-        if not prefect_api_failure(e):
-            raise
-        get_run_logger().warning("could not tell the parent runs what waits: Prefect's API failed (%s)", e)
     return parents or []
 
 
@@ -120,18 +129,11 @@ def tag_this_run(*tags: str) -> None:
     from prefect.client.orchestration import get_client
     from prefect.context import get_run_context
 
-    from tasks.node_steps import prefect_api_failure
-
     run = get_run_context().flow_run
-    try:
-        with get_client(sync_client=True) as client:
-            current = client.read_flow_run(run.id).tags
-            if set(tags) - set(current):
-                client.update_flow_run(run.id, tags=[*current, *(t for t in tags if t not in current)])
-    except Exception as e:
-        if not prefect_api_failure(e):
-            raise
-        get_run_logger().warning("could not tag the run %s: Prefect's API failed (%s)", ", ".join(tags), e)
+    with ui_only(f"could not tag the run {', '.join(tags)}"), get_client(sync_client=True) as client:
+        current = client.read_flow_run(run.id).tags
+        if set(tags) - set(current):
+            client.update_flow_run(run.id, tags=[*current, *(t for t in tags if t not in current)])
 
 
 def start_temporary_server() -> None:
@@ -196,7 +198,6 @@ def announce_stalls(recorder: Any) -> None:
     from prefect.states import Running
 
     from hciupgrade.records.narration import describe
-    from tasks.node_steps import prefect_api_failure
 
     flow_run_id = get_run_context().flow_run.id
     stalled: dict[str, str] = {}  # node -> its step told stalled, until that step ends (then the message clears)
@@ -205,18 +206,14 @@ def announce_stalls(recorder: Any) -> None:
         node, phase = str(event.get("node")), event.get("phase")
         if phase == stalled.get(node) and event.get("status") != "running":
             stalled.pop(node)
-            try:
-                with get_client(sync_client=True) as client:
-                    client.set_flow_run_state(flow_run_id, Running(), force=True)
-            except Exception as e:
-                if not prefect_api_failure(e):
-                    raise
+            with ui_only(), get_client(sync_client=True) as client:
+                client.set_flow_run_state(flow_run_id, Running(), force=True)
             return
         if phase != "stalled":
             return
         stalled[node] = str(event.get("step"))
         _, text = describe(event) or (0, "stalled")
-        try:
+        with ui_only():
             with get_client(sync_client=True) as client:
                 client.set_flow_run_state(flow_run_id, Running(message=text), force=True)
             emit_event(event="hci-upgrade.step.stalled",
@@ -225,9 +222,6 @@ def announce_stalls(recorder: Any) -> None:
                        related=[{"prefect.resource.id": f"prefect.flow-run.{flow_run_id}",
                                  "prefect.resource.role": "flow-run"}],
                        payload={k: event.get(k) for k in ("run_id", "step", "minutes", "why")})
-        except Exception as e:
-            if not prefect_api_failure(e):
-                raise
 
     recorder.listeners.append(listener)
 

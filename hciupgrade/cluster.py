@@ -65,6 +65,9 @@ FEATURE = UpdateKind("feature", FEATURE_UPDATE_TASK, "Register-FeatureUpdateTask
 CUMULATIVE = UpdateKind("cumulative", CUMULATIVE_UPDATE_TASK, "Register-CumulativeUpdateTask.ps1", "PackagePath",
                         frozenset({0, 3010, 0x240006}))
 UPDATES = {kind.name: kind for kind in (FEATURE, CUMULATIVE)}
+# Wait-UpdateTask.ps1: how long one call waits on the node, and how often the node reads its task meanwhile
+WAIT_CALL_SECONDS = 600
+WAIT_EVERY_SECONDS = 10
 
 
 @dataclass(frozen=True)
@@ -391,6 +394,23 @@ class ClusterClient:
         """The cluster's view of `node`, asked of another node first."""
         return NodeInfo.parse(self.query(Cmdlet("Get-ClusterNode", {"Name": node}), exclude=node)[0])
 
+    def await_node_state(self, node: str, states: Iterable[NodeState], seconds: float) -> NodeInfo:
+        """The cluster's view of `node` once it is in one of `states`, or as it is after `seconds` (cluster
+        seconds) of waiting on another node (Wait-ClusterNodeState.ps1): one call where polling would make one a
+        minute."""
+        call = PackagedScript("Wait-ClusterNodeState.ps1", {
+            "Name": node, "State": [s.name for s in states], "Seconds": max(1, int(seconds)),
+            "EverySeconds": WAIT_EVERY_SECONDS})
+        names = [n for n in self.sessions if n != node]
+        timeout = seconds / self.inventory.time_factor + 120
+        last: RemoteError | None = None
+        for name in names:  # another node answers for the cluster; one restarting is skipped
+            try:
+                return NodeInfo.parse(first(self.sessions[name].run(call, timeout=timeout), name, call))
+            except NodeUnreachable as e:
+                last = e
+        raise last or NodeUnreachable(node, "no other node of the cluster answered")
+
     def resume_after_upgrade(self, node: str, failback: str) -> NodeInfo:
         """Resume-ClusterNode if the node carries this run's mark, then remove the mark; refused otherwise."""
         result = self.act(node, "Resume-NodeAfterUpgrade.ps1", {"Name": node, "Failback": failback})
@@ -412,6 +432,14 @@ class ClusterClient:
         """The installer's exit code so far: LastTaskResult (0x41301 while the task runs)."""
         call = Cmdlet("Get-ScheduledTaskInfo", {"TaskName": kind.task, **STOP})
         return int(first(self.session(node).run(call), node, call)["LastTaskResult"]) & 0xFFFFFFFF
+
+    def await_update_result(self, node: str, kind: UpdateKind, seconds: float) -> int:
+        """The installer's exit code once it ends, or 0x41301 after `seconds` (cluster seconds) of waiting on the
+        node itself (Wait-UpdateTask.ps1): one call where polling would make one a minute."""
+        call = PackagedScript("Wait-UpdateTask.ps1", {"TaskName": kind.task, "Seconds": max(1, int(seconds)),
+                                                      "EverySeconds": WAIT_EVERY_SECONDS})
+        timeout = seconds / self.inventory.time_factor + 120  # the wait, and a slow answer's margin
+        return int(first(self.session(node).run(call, timeout=timeout), node, call)["LastTaskResult"]) & 0xFFFFFFFF
 
     def update_status(self, node: str, kind: UpdateKind) -> tuple[ScheduledTaskState, int] | None:
         """The task's state and the installer's exit code (0x41301 while it runs); None when the task does not

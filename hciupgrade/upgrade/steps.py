@@ -19,6 +19,7 @@ from hciupgrade.cluster import (
     SCHED_S_TASK_HAS_NOT_RUN,
     SCHED_S_TASK_RUNNING,
     UPDATES,
+    WAIT_CALL_SECONDS,
     ClusterClient,
     ClusterSnapshot,
     NodeInfo,
@@ -90,9 +91,11 @@ class Steps:
     def poll(self) -> float:
         return self.options.poll_seconds
 
-    def wait(self, probe: Callable[[], T | None], timeout: float, kind: str | None = None) -> T | None:
+    def wait(self, probe: Callable[[], T | None], timeout: float, kind: str | None = None, *,
+             long_poll: bool = False) -> T | None:
         """Poll `probe` (cluster seconds), less often as the wait grows (ClusterClock.wait_for); a wait of a
-        `kind` seen before polls often again near the time it took then."""
+        `kind` seen before polls often again near the time it took then. `long_poll`: the probe itself waits on
+        the node until something changes (or its own limit), so it is called again at once."""
         start = self.clock.now()
         owner = self.client.owner
         expected = self.took.get(kind) if kind else None
@@ -110,8 +113,11 @@ class Steps:
                                      f"than) the {expected / 60:.0f} min it took on an earlier node")
             return value
 
-        value = self.clock.wait_for(checked, timeout=timeout, poll=self.poll, max_poll=self.options.poll_max_seconds,
-                                    expected=expected)
+        if long_poll:
+            value = self.clock.wait_for(checked, timeout=timeout, poll=0.0, max_poll=0.0)
+        else:
+            value = self.clock.wait_for(checked, timeout=timeout, poll=self.poll,
+                                        max_poll=self.options.poll_max_seconds, expected=expected)
         if value and kind:
             took = self.clock.now() - start
             self.took[kind] = min(took, self.took.get(kind, took))
@@ -225,13 +231,18 @@ class Steps:
         if state != ScheduledTaskState.Running:
             self.client.register_update(node, kind, path, start=True, marked=marked)
 
+        timeout = self.options.install_timeout_minutes * 60
+        start = self.clock.now()
+
         def finished() -> tuple[ScheduledTaskState, int] | None:
-            code = self.client.update_result(node, kind)  # one call a poll: 0x41301 while it runs
+            # the node waits for the installer's end (Wait-UpdateTask.ps1), at most until the step's timeout
+            left = min(WAIT_CALL_SECONDS, max(1.0, timeout - (self.clock.now() - start)))
+            code = self.client.await_update_result(node, kind, left)
             # a task just started can read 0x41303 (has not run) until the scheduler launches it: not an end
             return (ScheduledTaskState.Ready, code) if code not in (SCHED_S_TASK_RUNNING,
                                                                      SCHED_S_TASK_HAS_NOT_RUN) else None
 
-        status = self.wait(finished, self.options.install_timeout_minutes * 60, f"install-{kind.name}")
+        status = self.wait(finished, timeout, f"install-{kind.name}", long_poll=True)
         if status is None:
             raise StepFailed(node, "install", f"the {kind.name} update still running after "
                                               f"{self.options.install_timeout_minutes:g} min")
@@ -258,15 +269,21 @@ class Steps:
     def wait_back(self, node: str, timeout_minutes: float | None = None, kind: str = "back") -> str:
         """Wait until WinRM answers and the cluster has the node back (Paused); return its new build."""
         timeout_minutes = timeout_minutes or self.options.restart_timeout_minutes
+        start = self.clock.now()
 
         def back() -> str | None:
-            try:
-                build = self.client.os_build(node, timeout=30)  # it answers on WinRM; the build it came back on
-            except NodeUnreachable:
+            # another node waits until the cluster has it back (Wait-ClusterNodeState.ps1), at most to the timeout
+            left = min(WAIT_CALL_SECONDS, max(1.0, timeout_minutes * 60 - (self.clock.now() - start)))
+            if self.client.await_node_state(node, (NodeState.Paused, NodeState.Up), left).state not in (
+                    NodeState.Paused, NodeState.Up):
                 return None
-            return build if self.client.node_info(node).state in (NodeState.Paused, NodeState.Up) else None
+            try:
+                return self.client.os_build(node, timeout=30)  # it answers on WinRM; the build it came back on
+            except NodeUnreachable:
+                self.clock.sleep(self.poll)  # the cluster has it, WinRM not yet: asked again in a poll
+                return None
 
-        build = self.wait(back, timeout_minutes * 60, kind)
+        build = self.wait(back, timeout_minutes * 60, kind, long_poll=True)
         if build is None:
             raise NotBackInTime(node, "wait-back", f"not back {timeout_minutes:g} min after its restart")
         if not self.options.build_reached(build):

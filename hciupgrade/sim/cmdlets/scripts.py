@@ -4,6 +4,7 @@ every owned script proves in the same call as its action (DESIGN.md invariant 8)
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -48,11 +49,15 @@ def _script_digest(text: str) -> str:
 
 
 PACKAGED: dict[str, Callable[[Invocation], list[Out]]] = {}
+WAITING: set[str] = set()  # scripts that wait on the node (Start-Sleep): run without holding the simulator's lock
 
 
-def packaged(filename: str):
+def packaged(filename: str, *, waits: bool = False):
     def register(fn: Callable[[Invocation], list[Out]]):
-        PACKAGED[_script_digest((SCRIPTS_DIR / filename).read_text())] = fn
+        digest = _script_digest((SCRIPTS_DIR / filename).read_text())
+        PACKAGED[digest] = fn
+        if waits:
+            WAITING.add(digest)
         return fn
 
     return register
@@ -86,6 +91,8 @@ def invoke_script(sim: SimCluster, node: str, caller: str, text: str, raw: list[
                                    "ScriptNotPackaged", "PermissionDenied"))
     params = {k: v for k, v in raw if k is not None}
     inv = Invocation(sim, node, caller, params, [], command="Script")
+    if _script_digest(text) in WAITING:  # it takes the lock for each look, and sleeps without it
+        return handler(inv), inv.errors
     with sim.lock:
         sim.advance()
         try:
@@ -124,6 +131,48 @@ def test_second_hop(inv: Invocation) -> list[Out]:
         raise Terminating(second_hop_denied(inv, target))
     return [Out(["System.Management.Automation.PSCustomObject", "System.Object"], {},
                 extended={"ComputerName": target})]
+
+
+def _wait_loop(inv: Invocation, statement: tuple[str, list[tuple[str | None, Any]]],
+               done: Callable[[list[Out]], bool]) -> list[Out]:
+    """A waiting script's loop on the simulated clock: its statement every EverySeconds (cluster seconds, slept in
+    wall time at the scenario's factor, without the simulator's lock) until `done` or Seconds have passed; its
+    last answer. A node that goes down mid-wait ends the call with what it read last (the next call finds the
+    node gone, as a poll would); the statement's terminating error ends it as the script's would."""
+    sim = inv.sim
+    seconds, every = float(inv.params.get("Seconds", 300)), float(inv.params.get("EverySeconds", 10))
+    with sim.lock:
+        sim.advance()
+        start = sim.now()
+        out, _ = invoke(sim, inv.node, inv.caller, [statement])
+    while not done(out):
+        with sim.lock:
+            if sim.now() - start >= seconds:
+                break
+        time.sleep(sim.clock.wall_seconds(every))
+        with sim.lock:
+            sim.advance()
+            if not sim.reachable(inv.node):
+                break
+            out, _ = invoke(sim, inv.node, inv.caller, [statement])
+    return out
+
+
+@packaged("Wait-UpdateTask.ps1", waits=True)
+def wait_update_task(inv: Invocation) -> list[Out]:
+    """Get-ScheduledTaskInfo until the installer's result is no longer 0x41301/0x41303."""
+    return _wait_loop(inv, ("Get-ScheduledTaskInfo", [("TaskName", inv.params.get("TaskName")),
+                                                      ("ErrorAction", "Stop")]),
+                      lambda out: int(out[0].props["LastTaskResult"]) not in (0x41301, 0x41303))
+
+
+@packaged("Wait-ClusterNodeState.ps1", waits=True)
+def wait_cluster_node_state(inv: Invocation) -> list[Out]:
+    """Get-ClusterNode -Name until the node's State is one of State."""
+    wanted = inv.params.get("State")
+    states = {str(s) for s in (wanted if isinstance(wanted, list) else [wanted])}
+    return _wait_loop(inv, ("Get-ClusterNode", [("Name", inv.params.get("Name")), ("ErrorAction", "Stop")]),
+                      lambda out: bool(out) and out[0].props["State"].name in states)
 
 
 @packaged("Invoke-NodeScript.ps1")
