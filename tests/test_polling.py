@@ -4,6 +4,7 @@ cluster seconds, exact, and free of this machine's timing."""
 from __future__ import annotations
 
 from hciupgrade.clock import ClusterClock
+from tests.test_safety import private_home  # noqa: F401 - autouse: the engine's records stay in the test's home
 
 
 class VirtualClock(ClusterClock):
@@ -47,3 +48,32 @@ def test_a_wait_that_took_as_long_on_the_last_node_sees_its_end_within_a_120th_o
 def test_a_short_wait_is_seen_within_its_first_polls():
     late, probes = wait(ends_at=20)  # a drain of 20 s
     assert late <= 15 and probes <= 3
+
+
+def test_setup_and_the_restart_are_waited_for_on_the_nodes_with_a_call_per_ten_minutes():
+    """Wait-UpdateTask.ps1 and Wait-ClusterNodeState.ps1: the node (or another node, for a restart) waits and
+    answers when the installer ends or the node is back; polling from here made a call every 15 to 60 s."""
+    import math
+
+    from hciupgrade.cluster import WAIT_CALL_SECONDS
+    from hciupgrade.remote import PackagedScript
+    from tests.test_safety import cluster, engine
+
+    sim = cluster(nodes=3)
+    calls: dict[str, int] = {}
+
+    def count(node, call):
+        if isinstance(call, PackagedScript) and call.filename.startswith("Wait-"):
+            calls[call.filename] = calls.get(call.filename, 0) + 1
+
+    outcome, _ = engine(sim, {"before": count}).run()
+    assert outcome.succeeded, outcome.error
+    d = sim.durations
+    longest_install = d.install_minutes + d.install_spread_minutes
+    per_node = {"Wait-UpdateTask.ps1": math.ceil(longest_install * 60 / WAIT_CALL_SECONDS) + 1,
+                "Wait-ClusterNodeState.ps1": math.ceil(d.feature_update_restart_minutes * 60 / WAIT_CALL_SECONDS) + 2}
+    assert set(calls) == set(per_node)
+    for script, most in per_node.items():
+        assert calls[script] <= 3 * most, (script, calls[script])
+    # every node's restart came after its setup ended, and every node came back on the target
+    assert {n.build for n in sim.nodes.values()} == {sim.target_build}
