@@ -332,7 +332,7 @@ def report(run: Annotated[Optional[str], typer.Argument(help="run id (default: t
            cluster: Annotated[Optional[str], typer.Option(help="the latest run of this cluster")] = None) -> None:
     """A run's report, like Get-CauReport: per node the builds before and after, result, attempts, start and end,
     time in each phase and the error; the same columns as the demo's table."""
-    from cli.render import node_table
+    from cli.render import summary_table
     from hciupgrade.records.reports import latest_run_id, run_report
 
     run_id = run or latest_run_id(cluster)
@@ -346,10 +346,10 @@ def report(run: Annotated[Optional[str], typer.Argument(help="run id (default: t
     target = f" to {header['target']}" if header.get("target") else ""
     console.print(f"Run {run_id}{label} on {header['cluster']}{target} from {header['host'] or 'unknown host'}: "
                   f"started {header['started'][:19]} UTC{ended}")
-    console.print(node_table(df, "Per node: builds, result, start and end (UTC), minutes of cluster time per phase"))
+    console.print(summary_table(run_id))  # with Cluster-Aware Updating's own report for a run of Engine cau
     for node, error in zip(df["node"], df["error"], strict=False):
         if isinstance(error, str) and error:
-            console.print(f"[red]{node}[/]: {error}")
+            console.print(error if error.startswith(f"{node}:") else f"[red]{node}[/]: {error}")
 
 
 records_app = typer.Typer(help="The run records: prune or archive old runs, import records of earlier versions.",
