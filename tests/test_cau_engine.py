@@ -205,3 +205,21 @@ def test_test_cau_setups_findings_join_the_preflight_an_error_blocks_and_the_fir
     firewall = next(f for name, f in found.items() if "Remote Shutdown" in name)
     assert auto.blocking and "node2" in auto.detail and not firewall.blocking  # CAU enables the rule itself
     assert not outcome.succeeded and "Automatic Updates" in outcome.error and not cau_started(sim)
+
+
+def test_losing_sight_of_caus_run_stops_following_it_never_cau_itself():
+    from hciupgrade.remote import NodeUnreachable
+
+    sim = cau_cluster()
+
+    def cut_off_after_node1(node, call):
+        run = sim.cau.run
+        if run is not None and run.index >= 1 and "Get-CauRun" in str(call):
+            raise NodeUnreachable(node, "ConnectionError: connection failed")
+
+    outcome, _ = engine(sim, {"before": cut_off_after_node1}, engine="cau", node_order=ORDER).run()
+    assert not outcome.succeeded and "lost sight of CAU's run" in outcome.error and "run again" in outcome.error
+    assert not any(e["kind"] == "cau_run" and e["status"] == "cancel-pending" for e in sim.events)
+    finish_cau(sim)  # CAU went on by itself
+    assert sim.cau.reports[-1]["status"].name == "Succeeded"
+    assert {n.build for n in sim.nodes.values()} == {sim.target_build}

@@ -89,15 +89,29 @@ class ByCau:
         self.run_id = current.run_id
         try:
             self._follow(len(outcomes))
-        except BaseException:
+        except RemoteError as e:  # this run lost sight of CAU's run; CAU's run itself goes on
+            raise StopRun(f"lost sight of CAU's run {self.run_id} ({e}); CAU goes on by itself: run again to follow "
+                          "it to its end (Get-CauRun shows where it is)") from None
+        except BaseException:  # cancelled (the UI, SIGTERM): CAU is told to stop too
             self._stop()
             raise
         return self._end(outcomes)
 
+    def _read(self) -> cau.CauRun:
+        """Get-CauRun, asked again a few times: a node of the cluster restarts under CAU at any moment."""
+        for attempt in range(1, 4):
+            try:
+                return cau.read_run(self.client)
+            except RemoteError:
+                if attempt == 3:
+                    raise
+                self.engine.steps.clock.sleep(self.engine.options.poll_seconds)
+        raise AssertionError("unreachable")
+
     def _follow(self, nodes: int) -> None:
         e = self.engine
         while True:
-            view = cau.read_run(self.client)
+            view = self._read()
             if view.state != "RunInProgress":
                 return
             active = next((n for n, s in view.statuses.items() if s != "Waiting" and n not in self.finished), None)
@@ -114,7 +128,7 @@ class ByCau:
         """One node as CAU takes it: its statuses recorded as our phases, until CAU has its result."""
         e = self.engine
         while True:
-            view = cau.read_run(self.client)
+            view = self._read()
             result = next((r for r in view.results if r.node.lower() == node.lower()), None)
             if view.state != "RunInProgress" or result is not None:
                 self._close(node, "failed" if result is not None and result.status != "Succeeded" else "succeeded",
