@@ -262,21 +262,26 @@ class Cau:
         elif node.status == CauNodeStatus.Restarting:
             if live.os_running and live.state in (NodeState.Paused, NodeState.Up):
                 node.reboot = "Succeeded"
-                self._resume(run, node.name)
-                if s.post_update_script:
-                    try:
-                        sim.run_node_script(node.name, s.post_update_script, "Post", by=CAU)
-                    except Refused as e:
-                        return self._node_failed(run, node, str(e), retry=False)
-                if run.cancel_pending:
-                    node.result = CauResultStatus.Succeeded
-                    return self._finish(run, CauResultStatus.Canceled)
-                self._set(node, CauNodeStatus.WaitingForStorageRepair)
+                self._set(node, CauNodeStatus.Resuming)  # resumed at the next look
             elif waited > s.reboot_timeout_minutes * 60:
                 node.reboot = "Failed"
                 return self._node_failed(run, node, f"The node '{node.name}' did not restart within "
                                                     f"RebootTimeoutMinutes ({s.reboot_timeout_minutes:g}).",
                                          retry=False)
+        elif node.status == CauNodeStatus.Resuming:
+            if live.state not in (NodeState.Paused, NodeState.Up):  # gone again before its resume
+                return self._node_failed(run, node, f"The node '{node.name}' is {live.state.name} after its "
+                                                    "restart.", retry=False)
+            self._resume(run, node.name)
+            if s.post_update_script:
+                try:
+                    sim.run_node_script(node.name, s.post_update_script, "Post", by=CAU)
+                except Refused as e:
+                    return self._node_failed(run, node, str(e), retry=False)
+            if run.cancel_pending:
+                node.result = CauResultStatus.Succeeded
+                return self._finish(run, CauResultStatus.Canceled)
+            self._set(node, CauNodeStatus.WaitingForStorageRepair)
         elif node.status == CauNodeStatus.WaitingForStorageRepair:
             repairing = self._repairing()
             timed_out = s.repair_timeout_minutes is not None and waited > s.repair_timeout_minutes * 60
