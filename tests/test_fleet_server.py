@@ -142,7 +142,9 @@ def test_a_fleet_runs_on_a_server_with_two_workers(tmp_path, postgres_server, se
     spans = [(r["started"], r["ended"] or "9") for c in ("hci-good", "hci-prod-001", "hci-prod-003")
              for r in children[c]]
     assert max(sum(1 for s, e in spans if s <= t < e) for t, _ in spans) <= 2, spans
-    assert {r["host"] for runs in children.values() for r in runs} == {"worker-1", "worker-2"}
+    # any worker of the pool may take a cluster's run (which one is the workers' race: both were polling), and
+    # each run's record names the worker it ran on
+    assert {r["host"] for runs in children.values() for r in runs} <= {"worker-1", "worker-2"}
     # the second fleet: its canary fails, so hci-late is never started
     assert two["state"]["type"] == "COMPLETED"
     assert "hci-late" not in children and any(r["status"] == "failed" for r in children["hci-bad"])
