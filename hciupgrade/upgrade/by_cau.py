@@ -19,9 +19,10 @@ this module reports them; it never acts on a node itself.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import pandas as pd
 
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
     from hciupgrade.cluster import ClusterClient
     from hciupgrade.upgrade.preflight import Preflight
     from hciupgrade.upgrade.rolling import RollingUpgrade
+
+T = TypeVar("T")
 
 # CAU's node statuses as the phases of our engine (reference/domain.md §5.4; the names past Scanning [UNVERIFIED])
 PHASE_OF = {"Suspending": DRAIN, "Installing": INSTALL, "Restarting": REBOOT, "Resuming": RESUME,
@@ -97,16 +100,20 @@ class ByCau:
             raise
         return self._end(outcomes)
 
-    def _read(self) -> cau.CauRun:
-        """Get-CauRun, asked again a few times: a node of the cluster restarts under CAU at any moment."""
+    def _again(self, read: Callable[[], T]) -> T:
+        """A read asked again a few times, a poll apart: a node of the cluster restarts under CAU at any moment (a
+        session broken by it opens again on the next try)."""
         for attempt in range(1, 4):
             try:
-                return cau.read_run(self.client)
+                return read()
             except RemoteError:
                 if attempt == 3:
                     raise
                 self.engine.steps.clock.sleep(self.engine.options.poll_seconds)
         raise AssertionError("unreachable")
+
+    def _read(self) -> cau.CauRun:
+        return self._again(lambda: cau.read_run(self.client))
 
     def _follow(self, nodes: int) -> None:
         e = self.engine
@@ -148,15 +155,7 @@ class ByCau:
             self.engine.recorder.emit(node, phase, status, start=start, end=now_iso(), by="CAU", error=error)
 
     def _build(self, node: str) -> str:
-        """The node's build now; a session that a restart under CAU broke is opened again (a few tries)."""
-        for attempt in range(1, 4):
-            try:
-                return self.client.os_build(node, timeout=60)
-            except RemoteError:
-                if attempt == 3:
-                    raise
-                self.engine.steps.clock.sleep(self.engine.options.poll_seconds)
-        raise AssertionError("unreachable")
+        return self._again(lambda: self.client.os_build(node, timeout=60))
 
     def _stop(self) -> None:
         """Cancelled: Stop-CauRun, and the nodes CAU still has named (it brings them back at its next safe point)."""

@@ -3,7 +3,7 @@ CAU's run, over the simulated CAU (sim/cau.py). Output forms from reference/doma
 value first, then the CauRun), §5.5 (Get-CauReport's CauReport: ClusterResult with RunId, StartTimestamp, Status,
 ErrorRecordData.FullyQualifiedErrorId, NodeResults with Node.NodeName, Status, ErrorRecordData, InstallResults,
 NodeRebootResult), §5.6 (Test-CauSetup: a CauBpaProgress; the findings from Get-BpaResult in the generic BPA
-shape) and §5.7 (Get-CauClusterRole: Name/Value pairs; without a role, its documented error)."""
+shape) and §5.1 (Get-CauClusterRole without a role: its documented error; with one, Name/Value pairs [INFER])."""
 
 from __future__ import annotations
 
