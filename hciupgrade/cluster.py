@@ -85,6 +85,33 @@ class NodeInfo:
 
 
 @dataclass(frozen=True)
+class NodeReading:
+    """ClusterClient.position: a node's build, our mark, the cluster's view and its update task, in one read."""
+    build: str
+    mark: dict[str, Any] | None
+    info: NodeInfo | None
+    task: tuple[ScheduledTaskState, int] | None
+
+
+@dataclass(frozen=True)
+class Prerequisites:
+    """ClusterClient.prerequisites: the preflight's reads of one node (Get-UpgradePrerequisites.ps1)."""
+    build: str
+    firewall_rules_enabled: tuple[str, ...]  # the Remote Shutdown group's rules, each rule's Enabled
+    restart_flagged: tuple[bool, ...]  # the servicing stack's and Windows Update's restart flags
+    pending_file_renames: bool
+    no_auto_update: str | None  # the AU policy's values; None when there is no policy key
+    au_options: str | None
+    aks_hci: bool
+    registry_values: tuple[Any, ...]  # each asked value, None when missing
+    media_version: str | None
+    media_error: str | None
+    package_hash: str | None
+    package_error: str | None
+    adapters: tuple[tuple[str, str, str], ...]  # (name, driver provider, driver version) of each physical NIC
+
+
+@dataclass(frozen=True)
 class DiskInfo:
     name: str
     health: HealthStatus
@@ -159,6 +186,16 @@ def _operational(value: Any) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _snapshot(result: Result) -> ClusterSnapshot:
+    """Get-ClusterHealth.ps1's output (Wait-StorageRepair.ps1's too), its objects told apart by their type names."""
+    disks = [DiskInfo(o["FriendlyName"], parse(HealthStatus, o["HealthStatus"]), _operational(o["OperationalStatus"]))
+             for o in result.of_type("MSFT_VirtualDisk")]
+    pools = result.of_type("MSFT_StoragePool")
+    pool = PoolInfo(pools[0]["FriendlyName"], parse(HealthStatus, pools[0]["HealthStatus"])) if pools else None
+    return ClusterSnapshot(tuple(NodeInfo.parse(o) for o in result.of_type("ClusterNode")), tuple(disks),
+                           tuple(_job(o) for o in result.of_type("MSFT_StorageJob")), pool)
+
+
 class ClusterClient:
     """One cluster's nodes, reached through one NodeSession each."""
 
@@ -202,13 +239,13 @@ class ClusterClient:
         """Run a cluster-wide query on the first reachable node, preferring nodes other than `exclude`."""
         return self.ask(call, exclude).objects
 
-    def ask(self, call: Call, exclude: str | None = None) -> Result:
+    def ask(self, call: Call, exclude: str | None = None, *, timeout: float | None = None) -> Result:
         """`query`, with the whole result (objects with their type names, non-terminating errors)."""
         names = [n for n in self.sessions if n != exclude] + ([exclude] if exclude in self.sessions else [])
         last: RemoteError | None = None
         for name in names:
             try:
-                return self.sessions[name].run(call)
+                return self.sessions[name].run(call, timeout=timeout)
             except NodeUnreachable as e:
                 last = e
             except CmdletFailed as e:  # a node still joining cannot answer for the cluster; ask the next one
@@ -297,12 +334,17 @@ class ClusterClient:
                 if not e.has_error_id(*CLUSTER_SERVICE_DOWN):
                     raise
                 result = self.ask(HEALTH, exclude=on)
-        disks = [DiskInfo(o["FriendlyName"], parse(HealthStatus, o["HealthStatus"]),
-                          _operational(o["OperationalStatus"])) for o in result.of_type("MSFT_VirtualDisk")]
-        pools = result.of_type("MSFT_StoragePool")
-        pool = PoolInfo(pools[0]["FriendlyName"], parse(HealthStatus, pools[0]["HealthStatus"])) if pools else None
-        return ClusterSnapshot(tuple(NodeInfo.parse(o) for o in result.of_type("ClusterNode")), tuple(disks),
-                               tuple(_job(o) for o in result.of_type("MSFT_StorageJob")), pool)
+        return _snapshot(result)
+
+    def await_storage(self, seconds: float, *, settled: bool) -> ClusterSnapshot:
+        """The cluster's health once no storage job is active (`settled`: and every virtual disk and the pool are
+        Healthy), or as it is after `seconds` (cluster seconds) of waiting on a node (Wait-StorageRepair.ps1): one
+        call where polling would make one every few seconds."""
+        params: dict[str, Any] = {"Seconds": max(1, int(seconds)), "EverySeconds": WAIT_EVERY_SECONDS}
+        if settled:
+            params["Settled"] = SWITCH
+        return _snapshot(self.ask(PackagedScript("Wait-StorageRepair.ps1", params),
+                                  timeout=seconds / self.inventory.time_factor + 120))
 
     def storage_jobs(self, exclude: str | None = None) -> list[JobInfo]:
         return [_job(o) for o in self.query(Cmdlet("Get-StorageJob"), exclude)]
@@ -352,6 +394,62 @@ class ClusterClient:
             raise CmdletFailed(node, str(call), result.errors or [
                 ErrorInfo("the call returned no CurrentVersion key", "NoObjectReturned", terminating=True)])
         return _build(version), keys.get(MARKER_LEAF)
+
+    def position(self, node: str, kind: UpdateKind | None = None) -> NodeReading:
+        """What decides the node's next step, read on the node in one call (Get-NodePosition.ps1): its build, our
+        mark, the cluster's view of it (None when its cluster service does not answer yet) and, with `kind`, the
+        update's task state and exit code (None when the task was never registered)."""
+        params: dict[str, Any] = {"Name": node} | ({"TaskName": kind.task} if kind else {})
+        call = PackagedScript("Get-NodePosition.ps1", params)
+        result = self.session(node).run(call)
+        keys = {str(o.get("PSChildName")).lower(): o for o in result.objects if isinstance(o, dict)}
+        version = keys.get(CURRENT_VERSION_LEAF)
+        if version is None:
+            raise CmdletFailed(node, str(call), result.errors or [
+                ErrorInfo("the call returned no CurrentVersion key", "NoObjectReturned", terminating=True)])
+        nodes = [NodeInfo.parse(o) for o in result.of_type("ClusterNode")]
+        tasks, infos = result.of_type("MSFT_ScheduledTask"), result.of_type("MSFT_TaskDynamicInfo")
+        task = (parse(ScheduledTaskState, tasks[0]["State"]), int(infos[0]["LastTaskResult"]) & 0xFFFFFFFF) \
+            if tasks and infos else None
+        return NodeReading(_build(version), keys.get(MARKER_LEAF), nodes[0] if nodes else None, task)
+
+    def prerequisites(self, node: str, *, setup_path: str | None = None, package_path: str | None = None,
+                      registry: Iterable[tuple[str, str]] = (), adapters: bool = False) -> Prerequisites:
+        """The preflight's reads of the node in one call (Get-UpgradePrerequisites.ps1): its build, the update's
+        prerequisites, AKS on HCI, the `registry` values (key, name), the media's build under `setup_path`, the
+        package's SHA-256 at `package_path`, and with `adapters` the physical NICs' drivers."""
+        pairs = list(registry)
+        params: dict[str, Any] = {"RegistryPath": [k for k, _ in pairs], "RegistryName": [n for _, n in pairs]} \
+            if pairs else {}
+        params |= {"SetupPath": setup_path} if setup_path else {}
+        params |= {"PackagePath": package_path} if package_path else {}
+        params |= {"Adapters": SWITCH} if adapters else {}
+        call = PackagedScript("Get-UpgradePrerequisites.ps1", params)
+        result = self.session(node).run(call)
+        found = result.of_type("Prerequisites")
+        version = next((o for o in result.objects if isinstance(o, dict)
+                        and str(o.get("PSChildName")).lower() == CURRENT_VERSION_LEAF), None)
+        if version is None or not found:
+            raise CmdletFailed(node, str(call), result.errors or [
+                ErrorInfo("the call returned no CurrentVersion key or no prerequisites", "NoObjectReturned",
+                          terminating=True)])
+        o = found[0]
+
+        def items(name: str) -> tuple[Any, ...]:
+            value = o.get(name)
+            return () if value is None else tuple(value) if isinstance(value, list | tuple) else (value,)
+
+        def text(name: str) -> str | None:
+            return None if o.get(name) is None else str(o[name])
+
+        return Prerequisites(
+            _build(version), tuple(str(v) for v in items("FirewallRulesEnabled")),
+            tuple(bool(v) for v in items("RestartFlagged")), bool(o.get("PendingFileRenames")),
+            text("NoAutoUpdate"), text("AUOptions"), bool(o.get("AksHci")),
+            (items("RegistryValues") + (None,) * len(pairs))[:len(pairs)], text("MediaVersion"), text("MediaError"),
+            text("PackageHash"), text("PackageError"),
+            tuple(zip(*(tuple(str(v) for v in items(f"Adapter{p}")) for p in ("Names", "DriverProviders",
+                                                                                "DriverVersions")), strict=False)))
 
     # --- changes ---------------------------------------------------------------------------------------------
     def cau_run_state(self) -> str:

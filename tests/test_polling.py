@@ -51,8 +51,9 @@ def test_a_short_wait_is_seen_within_its_first_polls():
 
 
 def test_setup_and_the_restart_are_waited_for_on_the_nodes_with_a_call_per_ten_minutes():
-    """Wait-UpdateTask.ps1 and Wait-ClusterNodeState.ps1: the node (or another node, for a restart) waits and
-    answers when the installer ends or the node is back; polling from here made a call every 15 to 60 s."""
+    """Wait-UpdateTask.ps1, Wait-ClusterNodeState.ps1 and Wait-StorageRepair.ps1: the node (or another node, for a
+    restart) waits and answers when the installer ends, the node is back or the resync is over; polling from here
+    made a call every 5 to 60 s."""
     import math
 
     from hciupgrade.cluster import WAIT_CALL_SECONDS
@@ -70,8 +71,14 @@ def test_setup_and_the_restart_are_waited_for_on_the_nodes_with_a_call_per_ten_m
     assert outcome.succeeded, outcome.error
     d = sim.durations
     longest_install = d.install_minutes + d.install_spread_minutes
+    # each resync, from the node's resume to the last repair job's end (the simulator's clock)
+    resumes = [e["t"] for e in sim.events if e["kind"] == "resume"]
+    ends = [e["t"] for e in sim.events if e["kind"] == "storage_job" and e["status"] == "Completed"]
+    longest_resync = max(max((t for t in ends if t >= r), default=r) - r for r in resumes)
     per_node = {"Wait-UpdateTask.ps1": math.ceil(longest_install * 60 / WAIT_CALL_SECONDS) + 1,
-                "Wait-ClusterNodeState.ps1": math.ceil(d.feature_update_restart_minutes * 60 / WAIT_CALL_SECONDS) + 2}
+                "Wait-ClusterNodeState.ps1": math.ceil(d.feature_update_restart_minutes * 60 / WAIT_CALL_SECONDS) + 2,
+                # the wait before the resume, then the resync's
+                "Wait-StorageRepair.ps1": math.ceil(longest_resync / WAIT_CALL_SECONDS) + 2}
     assert set(calls) == set(per_node)
     for script, most in per_node.items():
         assert calls[script] <= 3 * most, (script, calls[script])

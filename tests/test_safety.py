@@ -153,8 +153,8 @@ def test_a_node_paused_while_the_run_finishes_the_node_before_it_stops_the_run_a
     fired = []
 
     def before(node: str, call: Any) -> None:  # during node1's resync wait, after its resume
-        if node == "node1" and isinstance(call, Cmdlet) and call.name == "Get-StorageJob" and not fired \
-                and any(e["kind"] == "resume" and e["node"] == "node1" for e in sim.events):
+        if node == "node1" and isinstance(call, PackagedScript) and call.filename == "Wait-StorageRepair.ps1" \
+                and not fired and any(e["kind"] == "resume" and e["node"] == "node1" for e in sim.events):
             fired.append(True)
             operator_pauses(sim, "node2")
 
@@ -289,9 +289,8 @@ def test_a_gate_that_never_opens_leaves_the_node_not_started_and_is_not_retried(
     sim = cluster(nodes=3)
     reads = []
 
-    def before(node: str, call: Any) -> None:  # node1's first mark read: its own attempt, after the plan
-        path = call.parameters.get("Path") if isinstance(call, Cmdlet) else None
-        if node == "node1" and MARKER_KEY in (path if isinstance(path, tuple) else (path,)):
+    def before(node: str, call: Any) -> None:  # node1's first position read: its own attempt, after the plan
+        if node == "node1" and isinstance(call, PackagedScript) and call.filename == "Get-NodePosition.ps1":
             reads.append(True)
             if len(reads) == 1:
                 operator_pauses(sim, "node3")

@@ -15,7 +15,8 @@ READ_CMDLETS = frozenset({
     "Get-ItemProperty", "Test-Path", "Get-NetFirewallRule", "Get-CauRun", "Get-SRGroup", "Get-WindowsImage",
     "Get-ScheduledTask", "Get-ScheduledTaskInfo", "Get-FileHash", "Get-Service",
 })
-READ_SCRIPTS = frozenset({"Get-ClusterHealth.ps1", "Get-StoragePoolVersion.ps1", "Test-SecondHop.ps1"})
+READ_SCRIPTS = frozenset({"Get-ClusterHealth.ps1", "Get-StoragePoolVersion.ps1", "Test-SecondHop.ps1",
+                          "Get-UpgradePrerequisites.ps1", "Get-NodePosition.ps1"})
 NEVER = frozenset({"WhatIf", "Confirm"})  # a read has no use for them; a change in disguise might
 
 

@@ -10,10 +10,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from hciupgrade.cau import setup_findings
-from hciupgrade.cluster import ClusterClient, ClusterSnapshot, NodeInfo
+from hciupgrade.cluster import ClusterClient, ClusterSnapshot, NodeInfo, Prerequisites
 from hciupgrade.models import RunOptions
 from hciupgrade.psenums import NodeState
-from hciupgrade.remote import SWITCH, Cmdlet, NodeUnreachable, RemoteError
+from hciupgrade.remote import Cmdlet, NodeUnreachable, RemoteError
 from hciupgrade.targets import Release, at_least, support_notes, version_tuple
 from hciupgrade.upgrade.gates import storage_busy
 from hciupgrade.upgrade.positions import held_by
@@ -58,6 +58,7 @@ class Preflight:
     builds: dict[str, str] = field(default_factory=dict)  # each reachable node's OS build
     snapshot: ClusterSnapshot | None = None  # storage as the preflight read it
     cleanup: list[str] = field(default_factory=list)  # approved clean-ups the run does before its first node
+    read: dict[str, Prerequisites] = field(default_factory=dict)  # each reachable node's one read
 
     @property
     def blocked(self) -> bool:
@@ -93,15 +94,23 @@ def check(client: ClusterClient, options: RunOptions, owned: set[str]) -> Prefli
     pre = Preflight()
     add = pre.findings.append
     builds = pre.builds
-    # one registry read a node, all at once: it answers on WinRM, and its build for the scan
-    for name, build in client.each(client.os_build).items():
-        if isinstance(build, NodeUnreachable):
+    # one read a node, all at once (Get-UpgradePrerequisites.ps1): it answers on WinRM, its build for the scan, and
+    # everything below reads of the node
+    feature = options.restart_only is None and options.update == "feature"
+    target = options.release
+    read = client.each(lambda node: client.prerequisites(
+        node, setup_path=options.setup_path if options.update == "feature" else None,
+        package_path=options.update_package if options.update == "cumulative" else None,
+        registry=target.registry if feature else (), adapters=feature and bool(target.nic_drivers)))
+    for name, found in read.items():
+        if isinstance(found, NodeUnreachable):
             pre.reachable[name] = False
             continue
-        if isinstance(build, RemoteError):
-            raise build
-        builds[name] = build
+        if isinstance(found, RemoteError):
+            raise found
+        builds[name] = found.build
         pre.reachable[name] = True
+        pre.read[name] = found
     down = [n for n, ok in pre.reachable.items() if not ok]
     add(Finding("nodes reachable", not down,
                 "every node answers on WinRM" if not down else f"no answer from {', '.join(down)}",
@@ -150,10 +159,10 @@ def check(client: ClusterClient, options: RunOptions, owned: set[str]) -> Prefli
                 f"{remaining} of {votes} votes remain while a node is away (witness: {witness or 'none'})"))
     if options.restart_only is None:
         prerequisites(client, [n for n in client.sessions if pre.reachable.get(n)], pre)
-    if options.restart_only is None and options.update == "feature":
+    if feature:
         release_checks(client, options, pre)
     if options.update == "cumulative":
-        pre.scan = package_scan(client, options, builds)
+        pre.scan = package_scan(client, options, pre)
         missing = [row.node for row in pre.scan if row.error]
         packages = {row.offered for row in pre.scan if row.offered}
         add(Finding("the same update package on every node", not missing and len(packages) <= 1,
@@ -161,7 +170,7 @@ def check(client: ClusterClient, options: RunOptions, owned: set[str]) -> Prefli
                                                      "one package" if len(packages) <= 1 else
                                                      "different files: " + ", ".join(sorted(packages)))))
         return pre
-    pre.scan = scan(client, options, builds)
+    pre.scan = scan(client, pre)
     missing = [row.node for row in pre.scan if row.error and row.node in builds]
     add(Finding("setup media on every node", not missing,
                 f"{options.setup_path}: " + (f"unreadable on {', '.join(missing)}" if missing else "found")))
@@ -191,17 +200,14 @@ REMOTE_SHUTDOWN_GROUP = "@firewallapi.dll,-36751"
 def prerequisites(client: ClusterClient, nodes: list[str], pre: Preflight) -> None:
     """The update's prerequisites on every node that answers, each with its fix (reference/domain.md §1.2, O1-O2):
     WinRM and remoting answer (the reachability finding), the Remote Shutdown firewall rules, no restart
-    pending, automatic updates that do not install and restart on their own."""
+    pending, automatic updates that do not install and restart on their own. From the preflight's read of each
+    node (`pre.read`), or read now for a node it lacks."""
     def read(node: str) -> tuple[bool, bool, bool]:  # (firewall closed, restart pending, installs by itself)
-        session = client.session(node)
-        rules = session.run(Cmdlet("Get-NetFirewallRule", {"Group": REMOTE_SHUTDOWN_GROUP})).objects
-        flagged = session.run(Cmdlet("Test-Path", {"Path": (REBOOT_PENDING, WU_REBOOT_REQUIRED)})).objects
-        renames = client.registry_value(node, SESSION_MANAGER, "PendingFileRenameOperations")
-        au = session.run(Cmdlet("Get-ItemProperty", {"Path": AU_POLICY})).objects
-        policy = au[0] if au and isinstance(au[0], dict) else {}
-        return (not rules or any(str(r.get("Enabled")) != "True" for r in rules),
-                True in flagged or bool(renames),
-                str(policy.get("NoAutoUpdate")) != "1" and str(policy.get("AUOptions")) == str(AU_AUTO_INSTALL))
+        found = pre.read.get(node) or client.prerequisites(node)
+        rules = found.firewall_rules_enabled
+        return (not rules or any(enabled != "True" for enabled in rules),
+                any(found.restart_flagged) or found.pending_file_renames,
+                found.no_auto_update != "1" and found.au_options == str(AU_AUTO_INSTALL))
 
     firewall, pending, auto = [], [], []
     for node, found in client.each(read, nodes).items():
@@ -250,22 +256,17 @@ def release_checks(client: ClusterClient, options: RunOptions, pre: Preflight) -
                 "; ".join(low) + f": the path to {target.name} starts at {target.min_source}; install the latest "
                 "22H2 cumulative update on those nodes first (Windows Update, or CAU with "
                 "Microsoft.WindowsUpdatePlugin)"))
-    aks = [n for n, found in client.each(lambda n: client.session(n).run(
-        Cmdlet("Get-Module", {"Name": AKS_HCI_MODULE, "ListAvailable": SWITCH})).objects, nodes).items()
-        if isinstance(found, list) and found]
+    aks = [n for n in nodes if pre.read[n].aks_hci]
     add(Finding("AKS on Azure Stack HCI removed", not aks,
                 "not installed" if not aks else f"the AksHci module is on {', '.join(aks)}: run Uninstall-AksHci, "
                 "then Uninstall-Module -Name AksHci -Force (its Kubernetes versions cannot be upgraded)"))
-    unset = []
-    for key, name in target.registry:
-        for node, value in client.each(lambda n, k=key, v=name: client.registry_value(n, k, v), nodes).items():
-            if value != 0:
-                unset.append(f"{name} on {node}")
+    unset = [f"{name} on {node}" for i, (_, name) in enumerate(target.registry) for node in nodes
+             if pre.read[node].registry_values[i] != 0]
     add(Finding("registry values set before the OS upgrade", not unset,
                 "set to 0 on every node" if not unset else f"not 0: {', '.join(unset)}: hci-upgrade readiness "
                 "--remediate registry, then a rolling restart (restart_only) before the upgrade", blocking=False))
     if target.nic_drivers:
-        nic_findings(client, target, nodes, pre)
+        nic_findings(target, nodes, pre)
         add(Finding("OEM driver sign-off", False, f"consult the OEM: drivers compatible with {target.number} "
                                                   "installed before the upgrade (not readable remotely)",
                     blocking=False))
@@ -285,41 +286,31 @@ def release_checks(client: ClusterClient, options: RunOptions, pre: Preflight) -
                     "type SystemAssigned, run Register-AzStackHCI ... -RepairRegistration first", blocking=False))
 
 
-def nic_findings(client: ClusterClient, target: Release, nodes: list[str], pre: Preflight) -> None:
+def nic_findings(target: Release, nodes: list[str], pre: Preflight) -> None:
     """Physical NICs whose driver is not newer than the target's inbox one: the upgrade would leave them on it."""
     old = []
-    for node, adapters in client.each(lambda n: client.session(n).run(
-            Cmdlet("Get-NetAdapter", {"Physical": SWITCH})).objects, nodes).items():
-        if isinstance(adapters, RemoteError):
-            old.append(f"{node} (could not be read: {adapters})")
-            continue
-        for adapter in adapters:
-            provider, version = str(adapter.get("DriverProvider", "")), str(adapter.get("DriverVersionString", ""))
+    for node in nodes:
+        for name, provider, version in pre.read[node].adapters:
             rule = next((d for d in target.nic_drivers if d.vendor.lower() in provider.lower()), None)
             if rule and version and version_tuple(version) <= version_tuple(rule.inbox):
-                old.append(f"{node} {adapter.get('Name')} ({provider} {version}, inbox {rule.inbox}, recommended "
+                old.append(f"{node} {name} ({provider} {version}, inbox {rule.inbox}, recommended "
                            f"{rule.recommended})")
     pre.findings.append(Finding("NIC drivers newer than the inbox ones", not old,
                                 "every physical NIC" if not old else "; ".join(old) + ": install the OEM's "
                                 "driver before the upgrade"))
 
 
-def package_scan(client: ClusterClient, options: RunOptions, builds: dict[str, str]) -> list[ScanRow]:
+def package_scan(client: ClusterClient, options: RunOptions, pre: Preflight) -> list[ScanRow]:
     """The cumulative update staged on each node, identified by its SHA-256 (the same file on every node)."""
-    call = Cmdlet("Get-FileHash", {"Path": options.update_package, "Algorithm": "SHA256"})
-    results = client.each(lambda name: client.session(name).run(call), builds)
     rows = []
     for name in client.sessions:
-        result = results.get(name)
-        if result is None:
+        found = pre.read.get(name)
+        if found is None:
             rows.append(ScanRow(name, None, None, "not reachable"))
-        elif isinstance(result, RemoteError):
-            raise result
-        elif result.objects:
-            rows.append(ScanRow(name, builds[name], "sha256 " + str(result.objects[0]["Hash"])[:12]))
+        elif found.package_hash:
+            rows.append(ScanRow(name, found.build, "sha256 " + found.package_hash[:12]))
         else:
-            rows.append(ScanRow(name, builds[name], None,
-                                result.errors[0].message if result.errors else "no such file"))
+            rows.append(ScanRow(name, found.build, None, found.package_error or "no such file"))
     return rows
 
 
@@ -330,16 +321,15 @@ def _holder(client: ClusterClient, node: str) -> str:
         return held_by(None)
 
 
-def scan(client: ClusterClient, options: RunOptions, builds: dict[str, str]) -> list[ScanRow]:
-    """What each node would get: its build now (read by the preflight) and the build on its media."""
-    media = client.each(lambda name: client.media_build(name, options.setup_path), builds)
+def scan(client: ClusterClient, pre: Preflight) -> list[ScanRow]:
+    """What each node would get: its build now and the build on its media (both from the preflight's read)."""
     rows = []
     for name in client.sessions:
-        found = media.get(name)
+        found = pre.read.get(name)
         if found is None:
             rows.append(ScanRow(name, None, None, "not reachable"))
-        elif isinstance(found, RemoteError):
-            rows.append(ScanRow(name, None, None, str(found)))
+        elif found.media_version is None:
+            rows.append(ScanRow(name, None, None, found.media_error or "no image in the media"))
         else:
-            rows.append(ScanRow(name, builds[name], found))
+            rows.append(ScanRow(name, found.build, found.media_version))
     return rows

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from hciupgrade.clock import ClusterClock
-from hciupgrade.cluster import FEATURE, ClusterClient, ClusterSnapshot
+from hciupgrade.cluster import FEATURE, ClusterClient, ClusterSnapshot, NodeInfo
 from hciupgrade.models import NodeOutcome, RunOptions, RunOutcome
 from hciupgrade.ownership import Held, LostOwnership
 from hciupgrade.psenums import NodeState, ScheduledTaskState
@@ -54,6 +54,8 @@ from hciupgrade.upgrade.runbook import (
     wanted,
 )
 from hciupgrade.upgrade.steps import GateRefused, NotBackInTime, PausedByOther, StepFailed, Steps, StorageNotHealthy
+
+NOT_READ: Any = object()  # a fact the read at hand did not include: read it on its own
 
 
 def perform(engine: RollingUpgrade, step: str, node: str) -> Any:
@@ -147,7 +149,7 @@ class RollingUpgrade:
         """The node's position facts: its build, the cluster's view of it, our mark on it. Read live; or, for the
         plan, taken from the preflight's reads of a moment ago (`pre`)."""
         known = pre if pre is not None and pre.nodes else None
-        build, reachable, state, mark = self._known(node, known) if known else self._read(node)
+        build, reachable, state, mark, task = self._known(node, known) if known else self._read(node)
         marked = (bool(mark) and str(mark.get("PausedByRun")) == self.owned.get(node)) if reachable else None
         if self.mode == Mode.RESTART:
             on_target = node.lower() not in {n.lower() for n in self.options.restart_only or []}
@@ -156,7 +158,7 @@ class RollingUpgrade:
         staged = False
         if self.mode == Mode.UPGRADE and self.options.update == "feature" and state == NodeState.Up and build \
                 and not on_target:  # setup's first phase done on a node in service (PreStage, or a run before)
-            status = self.client.update_status(node, FEATURE)
+            status = self.client.update_status(node, FEATURE) if task is NOT_READ else task
             staged = status is not None and status[0] == ScheduledTaskState.Ready and status[1] in FEATURE.success
         settled = True
         if on_target and state == NodeState.Up and not self.owned:  # a node of ours away is finished first
@@ -165,21 +167,27 @@ class RollingUpgrade:
         return NodeFacts(node, state, reachable, on_target, node in self.owned, marked, settled, held_by(mark),
                          build, staged)
 
-    def _read(self, node: str) -> tuple[str | None, bool, NodeState | None, dict[str, Any] | None]:
-        """(build, reachable, state, mark), live: build and mark from the node itself in one call, its state from
-        the cluster."""
+    def _read(self, node: str) -> tuple[str | None, bool, NodeState | None, dict[str, Any] | None, Any]:
+        """(build, reachable, state, mark, feature task), live: one read on the node itself; the cluster's view
+        from another node when the node's own cluster service does not answer (or the node does not)."""
+        kind = FEATURE if self.mode == Mode.UPGRADE and self.options.update == "feature" else None
+        info: NodeInfo | None = None
+        task: Any = NOT_READ
         try:
-            build, mark = self.client.build_and_mark(node)
-            reachable = True
+            reading = self.client.position(node, kind)
+            build, mark, reachable, info = reading.build, reading.mark, True, reading.info
+            task = reading.task if kind else NOT_READ
         except NodeUnreachable:
             build, mark, reachable = None, None, False
-        try:
-            state: NodeState | None = self.client.node_info(node).state
-        except RemoteError:
-            state = None
-        return build, reachable, state, mark
+        if info is None:
+            try:
+                info = self.client.node_info(node)
+            except RemoteError:
+                pass
+        return build, reachable, info.state if info is not None else None, mark, task
 
-    def _known(self, node: str, pre: Preflight) -> tuple[str | None, bool, NodeState | None, dict[str, Any] | None]:
+    def _known(self, node: str, pre: Preflight) -> tuple[str | None, bool, NodeState | None, dict[str, Any] | None,
+                                                         Any]:
         """(build, reachable, state, mark) from the preflight's reads; the mark is read only where it can matter
         (a node that is not Up, or one a run of ours paused)."""
         build, reachable = pre.builds.get(node), pre.reachable.get(node, False)
@@ -191,7 +199,7 @@ class RollingUpgrade:
                 mark = self.client.pause_mark(node)
             except NodeUnreachable:
                 reachable = False
-        return build, reachable, state, mark
+        return build, reachable, state, mark, NOT_READ
 
     # --- before anything changes ----------------------------------------------------------------------------
     def reconcile(self) -> None:

@@ -29,7 +29,7 @@ from hciupgrade.models import RunOptions
 from hciupgrade.psenums import DrainStatus, NodeState, ScheduledTaskState
 from hciupgrade.remote import CmdletFailed, NodeUnreachable
 from hciupgrade.targets import at_least
-from hciupgrade.upgrade.gates import may_drain, repair_running, storage_busy, storage_settled
+from hciupgrade.upgrade.gates import ACTIVE_JOB_STATES, may_drain, repair_running, storage_busy, storage_settled
 
 T = TypeVar("T")
 
@@ -295,22 +295,26 @@ class Steps:
         return build
 
     def wait_storage(self, node: str, *, settled: bool) -> ClusterSnapshot:
-        """Wait until no repair runs (settled=False) or storage is fully healthy again (settled=True)."""
+        """Wait until no repair runs (settled=False) or storage is fully healthy again (settled=True). A node waits
+        (Wait-StorageRepair.ps1) and answers at the end, or every few minutes with the repair's progress."""
         last: list[str] = []
         told: set[str] = set()
         start = self.clock.now()
+        timeout = self.options.repair_timeout_minutes * 60
         moved = [start, ""]  # when the repair's progress last changed, and what it was
         stall_told: list[bool] = []
 
         def probe() -> ClusterSnapshot | None:
-            jobs = ClusterSnapshot((), (), tuple(self.client.storage_jobs()), None)
-            if repair_running(jobs):  # one light call a poll while a repair runs
-                last[:] = storage_busy(jobs)
-                progress = ", ".join(f"{j.name} {j.percent // 10 * 10}%" for j in jobs.jobs)
-                if progress not in told:  # a line a tenth of the way, not one a poll
+            left = min(WAIT_CALL_SECONDS, max(1.0, timeout - (self.clock.now() - start)))
+            snapshot = self.client.await_storage(left, settled=settled)
+            if repair_running(snapshot):
+                last[:] = storage_busy(snapshot)
+                jobs = [j for j in snapshot.jobs if j.state in ACTIVE_JOB_STATES]
+                progress = ", ".join(f"{j.name} {j.percent // 10 * 10}%" for j in jobs)
+                if progress not in told:  # a line a tenth of the way, not one a call
                     told.add(progress)
                     self.note(node, "waiting for the repair: " + "; ".join(last))
-                exact = ", ".join(f"{j.name} {j.percent}%" for j in jobs.jobs)
+                exact = ", ".join(f"{j.name} {j.percent}%" for j in jobs)
                 now = self.clock.now()
                 if exact != moved[1]:
                     moved[:] = [now, exact]
@@ -319,13 +323,12 @@ class Steps:
                     self.stalled(now - start, f"no repair progress for {(now - moved[0]) / 60:.0f} min ({exact})")
                 return None
             if not settled:
-                return jobs
-            snapshot = self.client.snapshot()
+                return snapshot
             verdict = storage_settled(snapshot)
             last[:] = list(verdict.reasons)
             return snapshot if verdict else None
 
-        snapshot = self.wait(probe, self.options.repair_timeout_minutes * 60, "settled" if settled else None)
+        snapshot = self.wait(probe, timeout, "settled" if settled else None, long_poll=True)
         if snapshot is None:
             if settled:  # name the volumes too, and a node whose absence keeps them degraded
                 snapshot = self.client.snapshot()

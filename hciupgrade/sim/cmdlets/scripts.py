@@ -114,6 +114,55 @@ def get_cluster_health(inv: Invocation) -> list[Out]:
     return out
 
 
+@packaged("Get-NodePosition.ps1")
+def get_node_position(inv: Invocation) -> list[Out]:
+    """Its statements as the cmdlets alone answer: the build's key (Stop), the mark's and the task's reads
+    SilentlyContinue (nothing written when missing), Get-ClusterNode in a try/catch (nothing when the node's cluster
+    service does not run)."""
+    def read(name: str, params: list[tuple[str | None, Any]], *, stop: bool = False) -> list[Out]:
+        try:
+            data, errors = invoke(inv.sim, inv.node, inv.caller, [(name, params)])
+        except Terminating:
+            if stop:
+                raise
+            return []
+        if errors and stop:
+            raise Terminating(errors[0])
+        return data
+
+    out = read("Get-ItemProperty", [("Path", r"HKLM:\SOFTWARE\Microsoft\Windows NT\CurrentVersion")], stop=True)
+    out += read("Get-ItemProperty", [("Path", r"HKLM:\SOFTWARE\hci-upgrade"), ("ErrorAction", "SilentlyContinue")])
+    out += read("Get-ClusterNode", [("Name", inv.params.get("Name"))])
+    task = inv.params.get("TaskName")
+    found = read("Get-ScheduledTask", [("TaskName", task), ("ErrorAction", "SilentlyContinue")]) if task else []
+    if found:
+        out += found + read("Get-ScheduledTaskInfo", [("TaskName", task)], stop=True)
+    return out
+
+
+ACTIVE_JOBS = {"New", "Starting", "Running", "Suspended", "ShuttingDown", "QueryPending", "Service"}
+
+
+@packaged("Wait-StorageRepair.ps1", waits=True)
+def wait_storage_repair(inv: Invocation) -> list[Out]:
+    """Get-ClusterHealth.ps1's four reads every EverySeconds until no job is active (-Settled: and every virtual
+    disk and the pool are Healthy, each disk OK); what they read then."""
+    settled = "Settled" in inv.params
+
+    def done(out: list[Out]) -> bool:  # [string]$_.JobState and the like read the Storage module's type data
+        def of(kind: str) -> list[dict[str, Any]]:
+            return [o.extended for o in out if any(kind in t for t in o.type_names)]
+
+        if any(job["JobState"].name in ACTIVE_JOBS for job in of("MSFT_StorageJob")):
+            return False
+        return not settled or (
+            all(d["HealthStatus"].name == "Healthy" and all(s.name == "OK" for s in d["OperationalStatus"])
+                for d in of("MSFT_VirtualDisk"))
+            and all(p["HealthStatus"].name == "Healthy" for p in of("MSFT_StoragePool")))
+
+    return _wait_loop(inv, lambda: get_cluster_health(inv), done)
+
+
 @packaged("Get-StoragePoolVersion.ps1")
 def get_storage_pool_version(inv: Invocation) -> list[Out]:
     """The S2D pool's name and the CIM number behind its friendly Version text."""
@@ -133,18 +182,17 @@ def test_second_hop(inv: Invocation) -> list[Out]:
                 extended={"ComputerName": target})]
 
 
-def _wait_loop(inv: Invocation, statement: tuple[str, list[tuple[str | None, Any]]],
-               done: Callable[[list[Out]], bool]) -> list[Out]:
-    """A waiting script's loop on the simulated clock: its statement every EverySeconds (cluster seconds, slept in
-    wall time at the scenario's factor, without the simulator's lock) until `done` or Seconds have passed; its
-    last answer. A node that goes down mid-wait ends the call with what it read last (the next call finds the
-    node gone, as a poll would); the statement's terminating error ends it as the script's would."""
+def _wait_loop(inv: Invocation, read: Callable[[], list[Out]], done: Callable[[list[Out]], bool]) -> list[Out]:
+    """A waiting script's loop on the simulated clock: `read` (under the simulator's lock) every EverySeconds
+    (cluster seconds, slept in wall time at the scenario's factor, without the lock) until `done` or Seconds have
+    passed; its last answer. A node that goes down mid-wait ends the call with what it read last (the next call
+    finds the node gone, as a poll would); a terminating error of `read` ends it as the script's would."""
     sim = inv.sim
     seconds, every = float(inv.params.get("Seconds", 300)), float(inv.params.get("EverySeconds", 10))
     with sim.lock:
         sim.advance()
         start = sim.now()
-        out, _ = invoke(sim, inv.node, inv.caller, [statement])
+        out = read()
     while not done(out):
         with sim.lock:
             if sim.now() - start >= seconds:
@@ -154,15 +202,20 @@ def _wait_loop(inv: Invocation, statement: tuple[str, list[tuple[str | None, Any
             sim.advance()
             if not sim.reachable(inv.node):
                 break
-            out, _ = invoke(sim, inv.node, inv.caller, [statement])
+            out = read()
     return out
+
+
+def _statement(inv: Invocation, name: str, params: list[tuple[str | None, Any]]) -> Callable[[], list[Out]]:
+    """One statement of a waiting script, as the cmdlet alone answers (its non-terminating errors dropped)."""
+    return lambda: invoke(inv.sim, inv.node, inv.caller, [(name, params)])[0]
 
 
 @packaged("Wait-UpdateTask.ps1", waits=True)
 def wait_update_task(inv: Invocation) -> list[Out]:
     """Get-ScheduledTaskInfo until the installer's result is no longer 0x41301/0x41303."""
-    return _wait_loop(inv, ("Get-ScheduledTaskInfo", [("TaskName", inv.params.get("TaskName")),
-                                                      ("ErrorAction", "Stop")]),
+    return _wait_loop(inv, _statement(inv, "Get-ScheduledTaskInfo", [("TaskName", inv.params.get("TaskName")),
+                                                                  ("ErrorAction", "Stop")]),
                       lambda out: int(out[0].props["LastTaskResult"]) not in (0x41301, 0x41303))
 
 
@@ -171,7 +224,8 @@ def wait_cluster_node_state(inv: Invocation) -> list[Out]:
     """Get-ClusterNode -Name until the node's State is one of State."""
     wanted = inv.params.get("State")
     states = {str(s) for s in (wanted if isinstance(wanted, list) else [wanted])}
-    return _wait_loop(inv, ("Get-ClusterNode", [("Name", inv.params.get("Name")), ("ErrorAction", "Stop")]),
+    return _wait_loop(inv, _statement(inv, "Get-ClusterNode", [("Name", inv.params.get("Name")),
+                                                            ("ErrorAction", "Stop")]),
                       lambda out: bool(out) and out[0].props["State"].name in states)
 
 
