@@ -91,6 +91,8 @@ def run_engine(engine: RollingUpgrade, client: ClusterClient, *, dry_run: bool =
         raise
     finally:
         RUNS.pop(engine.recorder.run_id, None)
+        # the progress's last update before the artifacts: writes to the API one at a time (a temporary server's
+        # SQLite, written to by several at once, answered the next run's lock seconds late; measured)
         if isinstance(engine.progress, Progress):
             engine.progress.close()
         client.close()
@@ -208,15 +210,21 @@ def publish(recorder: RunRecorder, outcome: RunOutcome, stage: str = "upgrade") 
     """Table and markdown artifacts for the Prefect UI, built from the run record; keyed by the pass of the OS
     path (upgrade, cumulative-update, restart), titled with how the run ended."""
     key = f"{stage}-{outcome.cluster.lower()}"
-    table = node_rows(recorder.events(), outcome)
+    events = recorder.events()
+    table = node_rows(events, outcome)
+    cau = cau_summary(events, outcome.run_id)
     if not table.empty:
         create_table_artifact(table.astype(object).where(table.notna(), "").astype(str).to_dict(orient="records"),
                               key=f"{key}-nodes",
                               description=f"Per-node result of run {outcome.run_id} (phases in cluster minutes)")
-    cau = cau_summary(recorder.events(), outcome.run_id)
     if not cau.empty:  # Engine cau: CAU's own report beside ours
         create_table_artifact(cau.fillna("").astype(str).to_dict(orient="records"), key=f"{key}-cau-report",
                               description=f"Get-CauReport -Last -Detailed of run {outcome.run_id}, per node")
+    create_markdown_artifact(summary_markdown(outcome, stage, cau), key=f"{key}-summary")
+
+
+def summary_markdown(outcome: RunOutcome, stage: str, cau: pd.DataFrame) -> str:
+    """The run's markdown summary: how it ended, each node's builds and result, CAU's report under Engine cau."""
     title = {"upgrade": "Rolling upgrade", "cumulative-update": "Cumulative update", "restart": "Rolling restart"}
     lines = [f"# {title.get(stage, 'Rolling upgrade')} of {outcome.cluster}: {outcome.end}",
              f"Run `{outcome.run_id}`" + (f", target {outcome.target}." if outcome.target else "."), ""]
@@ -231,4 +239,4 @@ def publish(recorder: RunRecorder, outcome: RunOutcome, stage: str = "upgrade") 
         lines += ["", "## Cluster-Aware Updating's report", "", "| node | CAU status | updates | CAU error |",
                   "|---|---|---|---|"]
         lines += [f"| {r.node} | {r.cau_status} | {r.updates} | {r.cau_error} |" for r in cau.itertuples()]
-    create_markdown_artifact("\n".join(lines), key=f"{key}-summary")
+    return "\n".join(lines)

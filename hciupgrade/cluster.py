@@ -109,6 +109,7 @@ class Prerequisites:
     package_hash: str | None
     package_error: str | None
     adapters: tuple[tuple[str, str, str], ...]  # (name, driver provider, driver version) of each physical NIC
+    task: tuple[ScheduledTaskState, int] | None = None  # the asked update's task: state and exit code
 
 
 @dataclass(frozen=True)
@@ -194,6 +195,13 @@ def _snapshot(result: Result) -> ClusterSnapshot:
     pool = PoolInfo(pools[0]["FriendlyName"], parse(HealthStatus, pools[0]["HealthStatus"])) if pools else None
     return ClusterSnapshot(tuple(NodeInfo.parse(o) for o in result.of_type("ClusterNode")), tuple(disks),
                            tuple(_job(o) for o in result.of_type("MSFT_StorageJob")), pool)
+
+
+def _task(result: Result) -> tuple[ScheduledTaskState, int] | None:
+    """A task's state and exit code among a script's objects (Get-ScheduledTask's and Get-ScheduledTaskInfo's)."""
+    tasks, infos = result.of_type("MSFT_ScheduledTask"), result.of_type("MSFT_TaskDynamicInfo")
+    return (parse(ScheduledTaskState, tasks[0]["State"]), int(infos[0]["LastTaskResult"]) & 0xFFFFFFFF) \
+        if tasks and infos else None
 
 
 class ClusterClient:
@@ -337,9 +345,9 @@ class ClusterClient:
         return _snapshot(result)
 
     def await_storage(self, seconds: float, *, settled: bool) -> ClusterSnapshot:
-        """The cluster's health once no storage job is active (`settled`: and every virtual disk and the pool are
-        Healthy), or as it is after `seconds` (cluster seconds) of waiting on a node (Wait-StorageRepair.ps1): one
-        call where polling would make one every few seconds."""
+        """The storage jobs once none is active, or as they are after `seconds` (cluster seconds) of waiting on a
+        node (Wait-StorageRepair.ps1): one call where polling would make one every few seconds. `settled`: the
+        cluster's whole health, once every virtual disk and the pool are Healthy besides."""
         params: dict[str, Any] = {"Seconds": max(1, int(seconds)), "EverySeconds": WAIT_EVERY_SECONDS}
         if settled:
             params["Settled"] = SWITCH
@@ -349,9 +357,10 @@ class ClusterClient:
     def storage_jobs(self, exclude: str | None = None) -> list[JobInfo]:
         return [_job(o) for o in self.query(Cmdlet("Get-StorageJob"), exclude)]
 
-    def roles_per_node(self) -> dict[str, int]:
+    def roles_per_node(self, groups: list[dict[str, Any]] | None = None) -> dict[str, int]:
+        """Each node's VM roles, from Get-ClusterGroup (read now, or the `groups` read a moment ago)."""
         counts = {name: 0 for name in self.sessions}
-        for group in self.query(Cmdlet("Get-ClusterGroup")):
+        for group in self.query(Cmdlet("Get-ClusterGroup")) if groups is None else groups:
             if str(group.get("GroupType")) == "VirtualMachine" and group.get("OwnerNode") in counts:
                 counts[group["OwnerNode"]] += 1
         return counts
@@ -408,22 +417,22 @@ class ClusterClient:
             raise CmdletFailed(node, str(call), result.errors or [
                 ErrorInfo("the call returned no CurrentVersion key", "NoObjectReturned", terminating=True)])
         nodes = [NodeInfo.parse(o) for o in result.of_type("ClusterNode")]
-        tasks, infos = result.of_type("MSFT_ScheduledTask"), result.of_type("MSFT_TaskDynamicInfo")
-        task = (parse(ScheduledTaskState, tasks[0]["State"]), int(infos[0]["LastTaskResult"]) & 0xFFFFFFFF) \
-            if tasks and infos else None
-        return NodeReading(_build(version), keys.get(MARKER_LEAF), nodes[0] if nodes else None, task)
+        return NodeReading(_build(version), keys.get(MARKER_LEAF), nodes[0] if nodes else None, _task(result))
 
     def prerequisites(self, node: str, *, setup_path: str | None = None, package_path: str | None = None,
-                      registry: Iterable[tuple[str, str]] = (), adapters: bool = False) -> Prerequisites:
+                      registry: Iterable[tuple[str, str]] = (), adapters: bool = False,
+                      kind: UpdateKind | None = None) -> Prerequisites:
         """The preflight's reads of the node in one call (Get-UpgradePrerequisites.ps1): its build, the update's
         prerequisites, AKS on HCI, the `registry` values (key, name), the media's build under `setup_path`, the
-        package's SHA-256 at `package_path`, and with `adapters` the physical NICs' drivers."""
+        package's SHA-256 at `package_path`, with `adapters` the physical NICs' drivers, and with `kind` its update
+        task's state and exit code."""
         pairs = list(registry)
         params: dict[str, Any] = {"RegistryPath": [k for k, _ in pairs], "RegistryName": [n for _, n in pairs]} \
             if pairs else {}
         params |= {"SetupPath": setup_path} if setup_path else {}
         params |= {"PackagePath": package_path} if package_path else {}
         params |= {"Adapters": SWITCH} if adapters else {}
+        params |= {"TaskName": kind.task} if kind else {}
         call = PackagedScript("Get-UpgradePrerequisites.ps1", params)
         result = self.session(node).run(call)
         found = result.of_type("Prerequisites")
@@ -449,7 +458,8 @@ class ClusterClient:
             (items("RegistryValues") + (None,) * len(pairs))[:len(pairs)], text("MediaVersion"), text("MediaError"),
             text("PackageHash"), text("PackageError"),
             tuple(zip(*(tuple(str(v) for v in items(f"Adapter{p}")) for p in ("Names", "DriverProviders",
-                                                                                "DriverVersions")), strict=False)))
+                                                                                "DriverVersions")), strict=False)),
+            _task(result))
 
     # --- changes ---------------------------------------------------------------------------------------------
     def cau_run_state(self) -> str:

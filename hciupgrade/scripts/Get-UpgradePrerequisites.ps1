@@ -2,14 +2,15 @@
 .SYNOPSIS
     The preflight's reads of one node in one call: its build, the update's prerequisites (Remote Shutdown firewall
     rules, a restart pending, the automatic-update policy), AKS on HCI, the target's registry values, the media or
-    the update package, and with -Adapters the physical NICs' drivers.
+    the update package, with -Adapters the physical NICs' drivers, and with -TaskName the update's scheduled task.
 .DESCRIPTION
     Shipped with hci-upgrade and sent as is; only the parameters below are bound, never text built from input.
     Writes the CurrentVersion key as Get-ItemProperty writes it, then one object (type name
     HciUpgrade.Prerequisites) whose properties are plain values or arrays of them: remoting serialises nested
     objects one level deep only, so each answer is reduced here to what the preflight reads. A read that fails
     leaves its property empty, with the error's message beside it where the preflight names it (MediaError,
-    PackageError). It reads only.
+    PackageError). The task, when it exists, is written last as Get-ScheduledTask and Get-ScheduledTaskInfo write it
+    (setup's first phase already run on a node in service shows there). It reads only.
 #>
 [CmdletBinding()]
 param(
@@ -17,7 +18,8 @@ param(
     [ValidatePattern('^[A-Za-z]:\\')] [string] $PackagePath,
     [ValidatePattern('^HKLM:\\')] [string[]] $RegistryPath = @(),
     [ValidatePattern('^[A-Za-z0-9_]{1,128}$')] [string[]] $RegistryName = @(),
-    [switch] $Adapters
+    [switch] $Adapters,
+    [ValidatePattern('^[A-Za-z0-9-]{1,64}$')] [string] $TaskName
 )
 $ErrorActionPreference = 'Stop'
 Get-ItemProperty -Path 'HKLM:\SOFTWARE\Microsoft\Windows NT\CurrentVersion'
@@ -57,4 +59,11 @@ $nics = if ($Adapters) { @(Get-NetAdapter -Physical) } else { @() }
     AdapterNames           = [string[]]@($nics | ForEach-Object { $_.Name })
     AdapterDriverProviders = [string[]]@($nics | ForEach-Object { $_.DriverProvider })
     AdapterDriverVersions  = [string[]]@($nics | ForEach-Object { $_.DriverVersionString })
+}
+if ($TaskName) {
+    $task = Get-ScheduledTask -TaskName $TaskName -ErrorAction SilentlyContinue
+    if ($task) {
+        $task
+        Get-ScheduledTaskInfo -TaskName $TaskName
+    }
 }

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from hciupgrade.cau import setup_findings
-from hciupgrade.cluster import ClusterClient, ClusterSnapshot, NodeInfo, Prerequisites
+from hciupgrade.cluster import FEATURE, ClusterClient, ClusterSnapshot, NodeInfo, Prerequisites
 from hciupgrade.models import RunOptions
 from hciupgrade.psenums import NodeState
 from hciupgrade.remote import Cmdlet, NodeUnreachable, RemoteError
@@ -59,6 +60,7 @@ class Preflight:
     snapshot: ClusterSnapshot | None = None  # storage as the preflight read it
     cleanup: list[str] = field(default_factory=list)  # approved clean-ups the run does before its first node
     read: dict[str, Prerequisites] = field(default_factory=dict)  # each reachable node's one read
+    groups: list[dict[str, Any]] | None = None  # the cluster's groups, when the preflight read them
 
     @property
     def blocked(self) -> bool:
@@ -101,7 +103,8 @@ def check(client: ClusterClient, options: RunOptions, owned: set[str]) -> Prefli
     read = client.each(lambda node: client.prerequisites(
         node, setup_path=options.setup_path if options.update == "feature" else None,
         package_path=options.update_package if options.update == "cumulative" else None,
-        registry=target.registry if feature else (), adapters=feature and bool(target.nic_drivers)))
+        registry=target.registry if feature else (), adapters=feature and bool(target.nic_drivers),
+        kind=FEATURE if feature else None))
     for name, found in read.items():
         if isinstance(found, NodeUnreachable):
             pre.reachable[name] = False
@@ -270,7 +273,8 @@ def release_checks(client: ClusterClient, options: RunOptions, pre: Preflight) -
         add(Finding("OEM driver sign-off", False, f"consult the OEM: drivers compatible with {target.number} "
                                                   "installed before the upgrade (not readable remotely)",
                     blocking=False))
-    groups = {str(g.get("Name")) for g in client.query(Cmdlet("Get-ClusterGroup"))}
+    pre.groups = client.query(Cmdlet("Get-ClusterGroup"))
+    groups = {str(g.get("Name")) for g in pre.groups}
     present = CLOUD_MANAGEMENT in groups
     if target.cloud_management_cleanup:
         approved = options.approval is not None and "cloud-management" in options.approval.steps

@@ -199,7 +199,9 @@ class RollingUpgrade:
                 mark = self.client.pause_mark(node)
             except NodeUnreachable:
                 reachable = False
-        return build, reachable, state, mark, NOT_READ
+        read = pre.read.get(node)
+        feature = self.mode == Mode.UPGRADE and self.options.update == "feature"
+        return build, reachable, state, mark, read.task if read is not None and feature else NOT_READ
 
     # --- before anything changes ----------------------------------------------------------------------------
     def reconcile(self) -> None:
@@ -333,7 +335,7 @@ class RollingUpgrade:
             order = [known[n.lower()] for n in self.options.node_order]
             order += [n for n in names if n not in order]
         else:
-            roles = self.client.roles_per_node()
+            roles = self.client.roles_per_node(pre.groups if pre is not None else None)
             order = sorted(names, key=lambda n: (roles.get(n, 0), names.index(n)))
         order = [n for n in order if n in self.owned] + [n for n in order if n not in self.owned]  # ours first
         planned = []

@@ -54,6 +54,10 @@ def get_upgrade_prerequisites(inv: Invocation) -> list[Out]:
     nics = read("Get-NetAdapter", ("Physical", True))[0] if "Adapters" in inv.params else []
     au_props = _props(au[0]) if au else None
     renamed = _props(renames[0]).get("PendingFileRenameOperations") if renames else None
+    task = inv.params.get("TaskName")
+    found = read("Get-ScheduledTask", ("TaskName", task), QUIET)[0] if task else []
+    if found:
+        found += invoke(inv.sim, inv.node, inv.caller, [("Get-ScheduledTaskInfo", [("TaskName", task), STOP])])[0]
     return version + [Out(["HciUpgrade.Prerequisites", "System.Management.Automation.PSCustomObject", "System.Object"],
                           {}, extended={
         "FirewallRulesEnabled": [str(_props(r)["Enabled"]) for r in rules],
@@ -67,7 +71,7 @@ def get_upgrade_prerequisites(inv: Invocation) -> list[Out]:
         "AdapterNames": [str(_props(n)["Name"]) for n in nics],
         "AdapterDriverProviders": [str(_props(n)["DriverProvider"]) for n in nics],
         "AdapterDriverVersions": [str(_props(n)["DriverVersionString"]) for n in nics],
-    })]
+    })] + found
 
 
 def _strings(value: Any) -> list[str]:

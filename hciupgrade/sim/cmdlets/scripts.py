@@ -145,8 +145,8 @@ ACTIVE_JOBS = {"New", "Starting", "Running", "Suspended", "ShuttingDown", "Query
 
 @packaged("Wait-StorageRepair.ps1", waits=True)
 def wait_storage_repair(inv: Invocation) -> list[Out]:
-    """Get-ClusterHealth.ps1's four reads every EverySeconds until no job is active (-Settled: and every virtual
-    disk and the pool are Healthy, each disk OK); what they read then."""
+    """Get-StorageJob every EverySeconds until no job is active; with -Settled, Get-ClusterHealth.ps1's four reads
+    until, besides, every virtual disk and the pool are Healthy, each disk OK. What they read then."""
     settled = "Settled" in inv.params
 
     def done(out: list[Out]) -> bool:  # [string]$_.JobState and the like read the Storage module's type data
@@ -160,7 +160,15 @@ def wait_storage_repair(inv: Invocation) -> list[Out]:
                 for d in of("MSFT_VirtualDisk"))
             and all(p["HealthStatus"].name == "Healthy" for p in of("MSFT_StoragePool")))
 
-    return _wait_loop(inv, lambda: get_cluster_health(inv), done)
+    def read() -> list[Out]:
+        if settled:
+            return get_cluster_health(inv)
+        data, errors = invoke(inv.sim, inv.node, inv.caller, [("Get-StorageJob", [])])
+        if errors:
+            raise Terminating(errors[0])
+        return data
+
+    return _wait_loop(inv, read, done)
 
 
 @packaged("Get-StoragePoolVersion.ps1")
