@@ -173,10 +173,12 @@ class RollingUpgrade:
         kind = FEATURE if self.mode == Mode.UPGRADE and self.options.update == "feature" else None
         info: NodeInfo | None = None
         task: Any = NOT_READ
+        self.steps.task_seen.pop(node, None)
         try:
             reading = self.client.position(node, kind)
             build, mark, reachable, info = reading.build, reading.mark, True, reading.info
-            task = reading.task if kind else NOT_READ
+            if kind:
+                task = self.steps.task_seen[node] = reading.task
         except NodeUnreachable:
             build, mark, reachable = None, None, False
         if info is None:

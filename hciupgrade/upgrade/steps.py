@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from hciupgrade.clock import ClusterClock
 from hciupgrade.cluster import (
@@ -31,6 +31,7 @@ from hciupgrade.remote import CmdletFailed, NodeUnreachable
 from hciupgrade.targets import at_least
 from hciupgrade.upgrade.gates import ACTIVE_JOB_STATES, may_drain, repair_running, storage_busy, storage_settled
 
+NOT_SEEN: Any = object()  # no attempt read the task: the install reads it
 T = TypeVar("T")
 
 ERROR_CLUSTER_SPACE_DEGRADED = 5987
@@ -90,6 +91,10 @@ class Steps:
     # cluster seconds each kind of wait took on the nodes done so far (the shortest): a cluster's nodes are alike
     took: dict[str, float] = field(default_factory=dict)
     marked: bool = True  # each node's changes need this run's mark on it (the rolling path; not the offline one)
+    # node -> its feature update's task (state, exit code; None: never registered) as its attempt's first read saw
+    # it a moment before: the install takes it once instead of reading it again (the gate, the VMs' stop and the
+    # drain come between; none of them touches the task)
+    task_seen: dict[str, tuple[ScheduledTaskState, int] | None] = field(default_factory=dict)
 
     @property
     def poll(self) -> float:
@@ -229,7 +234,9 @@ class Steps:
         return build
 
     def _install(self, node: str, kind: UpdateKind, path: str, *, marked: bool) -> int:
-        state, code = self.client.update_status(node, kind) or (ScheduledTaskState.Unknown, None)
+        seen = self.task_seen.pop(node, NOT_SEEN) if kind is FEATURE else NOT_SEEN
+        status = self.client.update_status(node, kind) if seen is NOT_SEEN else seen
+        state, code = status or (ScheduledTaskState.Unknown, None)
         if state == ScheduledTaskState.Ready and code in kind.success:
             return code
         if state != ScheduledTaskState.Running:
