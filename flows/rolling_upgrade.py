@@ -91,8 +91,8 @@ def run_engine(engine: RollingUpgrade, client: ClusterClient, *, dry_run: bool =
         raise
     finally:
         RUNS.pop(engine.recorder.run_id, None)
-        # the progress's last update before the artifacts: writes to the API one at a time (a temporary server's
-        # SQLite, written to by several at once, answered the next run's lock seconds late; measured)
+        # the progress's last update before the artifacts: writes to the API one at a time (written concurrently,
+        # a temporary server's SQLite answered the next run's lock seconds late in every run of a benchmark set)
         if isinstance(engine.progress, Progress):
             engine.progress.close()
         client.close()
