@@ -53,9 +53,15 @@ from hciupgrade.upgrade.runbook import (
     Ownership,
     wanted,
 )
-from hciupgrade.upgrade.steps import GateRefused, NotBackInTime, PausedByOther, StepFailed, Steps, StorageNotHealthy
-
-NOT_READ: Any = object()  # a fact the read at hand did not include: read it on its own
+from hciupgrade.upgrade.steps import (
+    NOT_READ,
+    GateRefused,
+    NotBackInTime,
+    PausedByOther,
+    StepFailed,
+    Steps,
+    StorageNotHealthy,
+)
 
 
 def perform(engine: RollingUpgrade, step: str, node: str) -> Any:

@@ -31,7 +31,7 @@ from hciupgrade.remote import CmdletFailed, NodeUnreachable
 from hciupgrade.targets import at_least
 from hciupgrade.upgrade.gates import ACTIVE_JOB_STATES, may_drain, repair_running, storage_busy, storage_settled
 
-NOT_SEEN: Any = object()  # no attempt read the task: the install reads it
+NOT_READ: Any = object()  # a fact the read at hand did not include: it is read on its own
 T = TypeVar("T")
 
 ERROR_CLUSTER_SPACE_DEGRADED = 5987
@@ -234,8 +234,8 @@ class Steps:
         return build
 
     def _install(self, node: str, kind: UpdateKind, path: str, *, marked: bool) -> int:
-        seen = self.task_seen.pop(node, NOT_SEEN) if kind is FEATURE else NOT_SEEN
-        status = self.client.update_status(node, kind) if seen is NOT_SEEN else seen
+        seen = self.task_seen.pop(node, NOT_READ) if kind is FEATURE else NOT_READ
+        status = self.client.update_status(node, kind) if seen is NOT_READ else seen
         state, code = status or (ScheduledTaskState.Unknown, None)
         if state == ScheduledTaskState.Ready and code in kind.success:
             return code

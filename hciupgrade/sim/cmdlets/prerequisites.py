@@ -1,14 +1,14 @@
 """Get-UpgradePrerequisites.ps1: the preflight's reads of one node in one call. Each read is its cmdlet's own
 handler, called as the script calls it (SilentlyContinue where the script says so, Stop inside its try/catch), and
-reduced to plain values as the script reduces them (remoting serialises nested objects one level deep only:
-about_Remote_Output, "Deserialized objects")."""
+reduced to plain values as the script reduces them (real remoting flattens nested objects beyond depth 1 into
+strings: reference/remoting.md, traps, point 3; psrpcore would carry them whole, so the fake must not)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from hciupgrade.sim.cmdlets.binding import Invocation, Out, Terminating, invoke
-from hciupgrade.sim.cmdlets.scripts import packaged
+from hciupgrade.sim.cmdlets.binding import Invocation, Out, invoke
+from hciupgrade.sim.cmdlets.scripts import packaged, statement_or_error
 
 CURRENT_VERSION = r"HKLM:\SOFTWARE\Microsoft\Windows NT\CurrentVersion"
 RESTART_FLAGS = [r"HKLM:\SOFTWARE\Microsoft\Windows\CurrentVersion\Component Based Servicing\RebootPending",
@@ -27,10 +27,8 @@ def _props(out: Out) -> dict[str, Any]:
 def get_upgrade_prerequisites(inv: Invocation) -> list[Out]:
     def read(name: str, *params: tuple[str, Any]) -> tuple[list[Out], str | None]:
         """A statement's objects, or the message of the error that ended it (the script's try/catch)."""
-        try:
-            return invoke(inv.sim, inv.node, inv.caller, [(name, list(params))])[0], None
-        except Terminating as e:
-            return [], e.error.message
+        data, error = statement_or_error(inv, name, list(params))
+        return data, error.error.message if error is not None else None
 
     version = invoke(inv.sim, inv.node, inv.caller, [("Get-ItemProperty", [("Path", CURRENT_VERSION)])])[0]
     rules, _ = read("Get-NetFirewallRule", ("Group", "@firewallapi.dll,-36751"), QUIET)

@@ -114,20 +114,27 @@ def get_cluster_health(inv: Invocation) -> list[Out]:
     return out
 
 
+def statement_or_error(inv: Invocation, name: str, params: list[tuple[str | None, Any]],
+                       ) -> tuple[list[Out], Terminating | None]:
+    """One statement of a packaged read as its cmdlet alone answers: its objects, and the error that ends it in a
+    script run with $ErrorActionPreference = 'Stop' (a terminating one, or its first non-terminating one; none
+    when -ErrorAction SilentlyContinue drops them), which the script's try/catch sees."""
+    try:
+        data, errors = invoke(inv.sim, inv.node, inv.caller, [(name, params)])
+    except Terminating as e:
+        return [], e
+    return data, Terminating(errors[0]) if errors else None
+
+
 @packaged("Get-NodePosition.ps1")
 def get_node_position(inv: Invocation) -> list[Out]:
     """Its statements as the cmdlets alone answer: the build's key (Stop), the mark's and the task's reads
     SilentlyContinue (nothing written when missing), Get-ClusterNode in a try/catch (nothing when the node's cluster
     service does not run)."""
     def read(name: str, params: list[tuple[str | None, Any]], *, stop: bool = False) -> list[Out]:
-        try:
-            data, errors = invoke(inv.sim, inv.node, inv.caller, [(name, params)])
-        except Terminating:
-            if stop:
-                raise
-            return []
-        if errors and stop:
-            raise Terminating(errors[0])
+        data, error = statement_or_error(inv, name, params)
+        if error is not None and stop:
+            raise error
         return data
 
     out = read("Get-ItemProperty", [("Path", r"HKLM:\SOFTWARE\Microsoft\Windows NT\CurrentVersion")], stop=True)
