@@ -4,7 +4,6 @@ clock, logged by "CAU", so the same invariant checker judges it (reference/domai
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
 
@@ -176,6 +175,7 @@ def test_the_cli_upgrades_the_demo_cluster_with_engine_cau_and_shows_caus_report
     from cli.simulate import pick_scenario
     from hciupgrade.sim.harness import SIM_USER
     from tests.conftest import CLI, serve_cluster
+    from tests.test_crash_resume import read_events
 
     scenario = pick_scenario("demo").model_copy(update={"time_factor": 5000})
     options = tmp_path / "options.yaml"
@@ -183,7 +183,7 @@ def test_the_cli_upgrades_the_demo_cluster_with_engine_cau_and_shows_caus_report
     with serve_cluster(scenario, tmp_path, {"PREFECT_HOME": str(tmp_path / "prefect")}) as (inventory, env, events):
         done = subprocess.run([*CLI, "upgrade", "--inventory", str(inventory), "--options", str(options)], env=env,
                               capture_output=True, text=True, timeout=600)
-        log = [json.loads(line) for line in events.read_text().splitlines() if line.strip()]
+        log = read_events(events)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "Cluster-Aware Updating's report" in done.stdout and "Succeeded" in done.stdout
     builds = {e["node"]: e["new"] for e in log if e["kind"] == "build"}

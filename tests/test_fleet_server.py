@@ -6,7 +6,6 @@ simulators' event log: every cluster upgraded, K respected, never two nodes of o
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import time
@@ -23,6 +22,7 @@ from hciupgrade.sim.harness import PASSWORD_ENV, SIM_USER
 from hciupgrade.sim.scenario import Durations, make_scenario, parse_scenario
 from tests.conftest import CLI
 from tests.services import PREFECT, create_database, prefect_server, stop
+from tests.test_crash_resume import read_events
 from tests.test_deployments import ROOT, wait_for_run
 
 # x5000: a restart is half a second; the timeouts get room for a loaded machine (parallel tests)
@@ -131,7 +131,7 @@ def test_a_fleet_runs_on_a_server_with_two_workers(tmp_path, postgres_server, se
                                                      "upgrade-hci-prod-002", "upgrade-hci-prod-003"]
     assert {r["state"]["type"] for r in child_runs} == {"COMPLETED"}
     children = _children(api_runs(records))
-    log = [json.loads(line) for path in event_logs for line in path.read_text().splitlines() if line.strip()]
+    log = [event for path in event_logs for event in read_events(path)]
     for cluster, source in (("hci-good", "good.yaml"), ("hci-prod-001", "prod.yaml"), ("hci-prod-002", "prod.yaml"),
                             ("hci-prod-003", "prod.yaml")):
         mine = [e for e in log if e["cluster"] == cluster]
