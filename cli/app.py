@@ -28,6 +28,7 @@ from cli.render import (
     frame_table,
     make_console,
     print_finish,
+    print_fleet,
     print_status,
     run_outcome,
     summary_table,
@@ -155,6 +156,9 @@ def fleet_cmd(
     options: Annotated[Optional[Path], typer.Option(help="run options (YAML), with CAU's names")] = None,
     deployment: Annotated[Optional[str], typer.Option(help="with a Prefect server: the rolling-upgrade deployment "
                                                            "each cluster runs as (workers take them)")] = None,
+    batch_deployment: Annotated[Optional[str], typer.Option(help="large fleets: the fleet-batch deployment whose "
+                                                                 "runs host --clusters-per-run clusters")] = None,
+    clusters_per_run: Annotated[int, typer.Option(min=1, max=500, help="clusters in one batch run")] = 25,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the waves and each cluster's window and fit; "
                                                             "change nothing")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="print the plan or the result as JSON")] = False,
@@ -202,7 +206,8 @@ def fleet_cmd(
 
     with embedded_settings():
         state = fleet_upgrade(inventory=str(inventory), tags=tag, options=run_options,
-                              cluster_deployment=deployment, return_state=True)
+                              cluster_deployment=deployment, batch_deployment=batch_deployment,
+                              clusters_per_run=clusters_per_run, return_state=True)
     summary = state.result(raise_on_failure=False) if state.is_completed() else None
     if not isinstance(summary, dict):
         err.print(f"[red]The fleet run failed:[/] {state.message}")
@@ -210,14 +215,7 @@ def fleet_cmd(
     if json_out:
         print(json.dumps(summary, indent=2, default=str))
     else:
-        table = Table(title="Fleet result", box=box.SIMPLE_HEAD)
-        for column in ("cluster", "state", "windows", "reason"):
-            table.add_column(column)
-        for r in summary["clusters"]:
-            table.add_row(r["cluster"], r["state"], str(r["windows"]), r["reason"] or "")
-        console.print(table)
-        if summary["stopped"]:
-            console.print(f"[red]Stopped:[/] {summary['stopped']}")
+        print_fleet(summary, console)
     states = {r["state"] for r in summary["clusters"]}
     if summary["stopped"] or "failed" in states:
         raise typer.Exit(1)

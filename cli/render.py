@@ -232,3 +232,15 @@ def print_status(cluster: str, current: Any, console: Console) -> None:
     for _, row in current.nodes.iterrows():
         table.add_row(row["node"], row["phase"], row["status"], f"{row['at']:%H:%M:%S}")
     console.print(table)
+
+
+def print_fleet(summary: dict, console: Console) -> None:
+    """A fleet run's result: each cluster's state, its windows and why it did not end upgraded."""
+    table = Table(title="Fleet result", box=box.SIMPLE_HEAD)
+    for column in ("cluster", "state", "windows", "reason"):
+        table.add_column(column)
+    for r in summary["clusters"]:
+        table.add_row(r["cluster"], r["state"], str(r["windows"]), r["reason"] or "")
+    console.print(table)
+    if summary["stopped"]:
+        console.print(f"[red]Stopped:[/] {summary['stopped']}")

@@ -3,19 +3,26 @@ limit of the fleet's own, each one a child flow run that holds its own cluster l
 its maintenance window when the node fits. A wave whose failure rate passes the threshold stops the fleet.
 
 With `cluster_deployment` on a Prefect server, each cluster is a run of that deployment (`run_deployment`, linked
-as a subflow), taken by whichever worker of the pool is free; without it, a subflow in this process."""
+as a subflow), taken by whichever worker of the pool is free; without it, a subflow in this process. With
+`batch_deployment` (large fleets), a run of that deployment hosts `clusters_per_run` clusters in one process
+(flows/batches.py), taken by any worker; a batch run that dies with its worker (Crashed by Prefect's zombie
+detection, flows/ghosts.py) leaves its unfinished clusters to a new batch run, which adopts them (their locks'
+leases lapse, the records show their runs dead, and each one resumes where it stopped)."""
 
 from __future__ import annotations
 
 import contextvars
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 from prefect import flow, get_client, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from pydantic import Field
 
+from flows.ghosts import ensure_zombie_detection
 from flows.heap import freeze_startup_heap
 from flows.locking import fleet_slot
 from flows.rolling_upgrade import WINDOW_ENDED, rolling_upgrade
@@ -24,6 +31,7 @@ from hciupgrade.fleet import NodeEstimate, Wave, WindowFit, fleet_plan, until_op
 from hciupgrade.models import Inventory, RunOptions, load_inventory
 
 FLEET_LIMIT = "hci-upgrade-fleet"
+ADOPTIONS = 2  # new batch runs for a batch's unfinished clusters, after its run died: at most this many
 
 
 def ensure_fleet_limit(slots: int) -> str:
@@ -56,8 +64,7 @@ def run_cluster(inventory_path: str, inventory: Inventory, name: str, estimate: 
     """One cluster through as many windows as it takes (at most `max_windows`): wait for the window, take a fleet
     slot, run the cluster's flow; a window that ends continues in the next one."""
     logger = get_run_logger()
-    result: dict[str, Any] = {"cluster": name, "state": "not started", "windows": 0, "flow_run": None,
-                              "reason": None}
+    result = _result(name, "not started")
     while result["windows"] < max_windows:
         fit = window_fit(inventory, inventory.cluster(name), estimate)  # now: the window moves on
         wait = until_open(fit).total_seconds()
@@ -106,10 +113,13 @@ def _fleet_name() -> str:
 @flow(name="fleet-upgrade", flow_run_name=_fleet_name, log_prints=True)
 def fleet_upgrade(inventory: str, tags: list[str] | None = None, options: RunOptions | None = None,
                   cluster_deployment: str | None = None, max_windows: int = 30,
-                  clusters: list[str] | None = None) -> dict[str, Any]:
+                  clusters: list[str] | None = None, batch_deployment: str | None = None,
+                  clusters_per_run: Annotated[int, Field(ge=1, le=500)] = 25) -> dict[str, Any]:
     """Upgrade the clusters of a fleet inventory selected by `tags` (key=value) and `clusters` (names) in waves.
     `cluster_deployment` (server mode): the rolling-upgrade deployment each cluster runs as, e.g.
-    "rolling-upgrade/rolling-upgrade-fleet"."""
+    "rolling-upgrade/rolling-upgrade-fleet". `batch_deployment` (server mode, large fleets; it wins over
+    `cluster_deployment`): the fleet-batch deployment whose runs host `clusters_per_run` clusters each, e.g.
+    "fleet-batch/fleet-batch"."""
     freeze_startup_heap()
     logger = get_run_logger()
     fleet = load_inventory(inventory)
@@ -117,6 +127,9 @@ def fleet_upgrade(inventory: str, tags: list[str] | None = None, options: RunOpt
     waves, fits = fleet_plan(fleet, tags, names=clusters, staged=options.stages)
     policy = fleet.waves
     ensure_fleet_limit(policy.max_parallel)
+    batches = _Batches(batch_deployment, clusters_per_run) if batch_deployment and not embedded() else None
+    if batches:
+        ensure_zombie_detection()
     logger.info("%d clusters in %d waves, at most %d at once: %s", len(fits), len(waves), policy.max_parallel,
                 "; ".join(f"{w.name}: {', '.join(w.clusters)}" for w in waves))
     results: dict[str, dict[str, Any]] = {}
@@ -124,7 +137,7 @@ def fleet_upgrade(inventory: str, tags: list[str] | None = None, options: RunOpt
     for wave in waves:
         logger.info("%s: starting %s", wave.name, ", ".join(wave.clusters))
         results.update(_run_wave(inventory, fleet, wave, {n: fits[n].estimate for n in wave.clusters}, options,
-                                 cluster_deployment, max_windows, policy.max_parallel))
+                                 cluster_deployment, max_windows, policy.max_parallel, batches))
         finished = [r for r in results.values() if r["state"] in ("upgraded", "failed")]
         failed = [r for r in finished if r["state"] == "failed"]
         rate = len(failed) / len(finished) if finished else 0.0
@@ -141,24 +154,107 @@ def fleet_upgrade(inventory: str, tags: list[str] | None = None, options: RunOpt
     return summary
 
 
+@dataclass(frozen=True)
+class _Batches:
+    deployment: str
+    size: int
+
+
 def _run_wave(inventory_path: str, fleet: Inventory, wave: Wave, estimates: dict[str, NodeEstimate],
-              options: RunOptions, deployment: str | None, max_windows: int, slots: int
-              ) -> dict[str, dict[str, Any]]:
-    """The wave's clusters side by side (threads carrying the flow's context, so each child run is linked to
-    this one); the fleet limit holds them to K."""
+              options: RunOptions, deployment: str | None, max_windows: int, slots: int,
+              batches: _Batches | None = None) -> dict[str, dict[str, Any]]:
+    """The wave's clusters side by side, or its batches of clusters (each a run of the batch deployment)."""
+    if batches is None:
+        return run_clusters(inventory_path, fleet, wave.clusters, estimates, options, deployment, max_windows,
+                            workers=slots)
+    groups = [wave.clusters[i:i + batches.size] for i in range(0, len(wave.clusters), batches.size)]
+    results: dict[str, dict[str, Any]] = {}
+    with ThreadPoolExecutor(max_workers=len(groups)) as pool:
+        futures = [pool.submit(contextvars.copy_context().run, run_batch, inventory_path, group,
+                               {n: estimates[n] for n in group}, options, batches.deployment, max_windows)
+                   for group in groups]
+        for future in futures:
+            results.update(future.result())
+    return results
+
+
+def run_clusters(inventory_path: str, fleet: Inventory, names: list[str], estimates: dict[str, NodeEstimate],
+                 options: RunOptions, deployment: str | None, max_windows: int, *, workers: int
+                 ) -> dict[str, dict[str, Any]]:
+    """Clusters side by side (threads carrying the flow's context, so each child run is linked to this one); the
+    fleet limit holds them to K, in this process and in every other one."""
     lease = options.lock_lease_seconds
-    with ThreadPoolExecutor(max_workers=min(len(wave.clusters), slots)) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, min(len(names), workers))) as pool:
         futures = {name: pool.submit(contextvars.copy_context().run, run_cluster, inventory_path, fleet, name,
                                      estimates[name], options, deployment, max_windows, lease)
-                   for name in wave.clusters}
+                   for name in names}
         results = {}
         for name, future in futures.items():
             try:
                 results[name] = future.result()
             except Exception as e:  # noqa: BLE001 - one cluster's error is that cluster's failure
-                results[name] = {"cluster": name, "state": "failed", "windows": 0, "flow_run": None,
-                                 "reason": f"{type(e).__name__}: {e}"}
+                results[name] = _result(name, "failed", reason=f"{type(e).__name__}: {e}")
     return results
+
+
+def run_batch(inventory_path: str, names: list[str], estimates: dict[str, NodeEstimate], options: RunOptions,
+              deployment: str, max_windows: int) -> dict[str, dict[str, Any]]:
+    """A batch of clusters as one run of the batch deployment, taken by any worker. When that run ends without a
+    result for some of its clusters (its worker died: Crashed), a new batch run adopts them, at most ADOPTIONS
+    times; each cluster's result is read from the batch run's children (its clusters' runs) in Prefect."""
+    from prefect.deployments import run_deployment
+
+    logger = get_run_logger()
+    results: dict[str, dict[str, Any]] = {}
+    left, runs = list(names), []
+    for _ in range(1 + ADOPTIONS):
+        run = run_deployment(deployment, parameters={
+            "inventory": inventory_path, "clusters": left, "max_windows": max_windows,
+            "options": options.model_dump(mode="json", by_alias=True, exclude_none=True),
+            "estimates": {n: asdict(estimates[n]) for n in left}},
+            timeout=None, as_subflow=True, tags=["fleet", "fleet-batch"])
+        runs.append(f"{run.name} ({run.state.name if run.state else 'unknown'})")
+        results.update(batch_results(run.id, left))
+        left = [n for n in left if n not in results]
+        if not left:
+            break
+        if run.state is not None and run.state.is_completed():
+            break  # it ended well without running them: a new run would do the same
+        logger.warning("batch run %s ended %s with %d of its clusters unfinished (%s): a new batch run adopts them",
+                       run.name, run.state.name if run.state else "in an unknown state", len(left), ", ".join(left))
+    for name in left:
+        results[name] = _result(name, "failed", reason=f"no result from its batch runs: {'; '.join(runs)}")
+    return results
+
+
+def batch_results(batch_run_id: Any, names: list[str]) -> dict[str, dict[str, Any]]:
+    """Each cluster's result from the batch run's children (the clusters' runs, one per window): the last one
+    decides. A cluster whose last run did not end (its process died with the batch) has no result yet."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as client:
+        children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[batch_run_id])), sort=FlowRunSort.START_TIME_ASC)
+    runs: dict[str, list[Any]] = {}
+    for child in children:
+        runs.setdefault(str(child.parameters.get("cluster")), []).append(child)
+    results = {}
+    for name in names:
+        mine = runs.get(name, [])
+        last = mine[-1].state if mine else None
+        if last is None or not last.is_final() or last.is_crashed():
+            continue
+        message = last.message or ""
+        state = ("window ended" if message.startswith(WINDOW_ENDED) else "upgraded") if last.is_completed() \
+            else "failed"
+        results[name] = _result(name, state, windows=len(mine), flow_run=str(mine[-1].id), reason=message or None)
+    return results
+
+
+def _result(name: str, state: str, *, windows: int = 0, flow_run: str | None = None,
+            reason: str | None = None) -> dict[str, Any]:
+    return {"cluster": name, "state": state, "windows": windows, "flow_run": flow_run, "reason": reason}
 
 
 def _publish(summary: dict[str, Any]) -> None:

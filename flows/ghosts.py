@@ -69,3 +69,48 @@ def _crash_flow_run(flow_run_id: str, reason: str) -> None:
                 client.set_flow_run_state(flow_run.id, Crashed(message=reason), force=True)
     except Exception as e:  # noqa: BLE001 - another server's run, or one Prefect forgot: the record still ends
         log.warning("could not set flow run %s Crashed: %s", flow_run_id, e)
+
+
+ZOMBIE_AUTOMATION = "hci-upgrade: crash dead fleet-batch runs"
+HEARTBEAT_SECONDS = 30  # the batch deployment's PREFECT_FLOWS_HEARTBEAT_FREQUENCY (Prefect's minimum)
+
+
+def ensure_zombie_detection(missed_beats: int = 3) -> None:
+    """A batch run whose worker died stays Running in Prefect for good (reference/prefect.md, "Zombie runs"), and
+    the fleet waiting on it would wait for good. Prefect's documented remedy (docs "detect-zombie-flows"): the runs
+    beat, and an automation sets Crashed a run that missed `missed_beats` beats. Scoped to the fleet-batch flow,
+    whose deployment beats every HEARTBEAT_SECONDS: the other flows beat at Prefect's default (180 s) and must not
+    be crashed at this pace. Created once per server; left as it is when it exists (an operator may have tuned it)."""
+    from datetime import timedelta
+
+    from prefect.automations import Automation
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import EventTrigger, Posture
+    from prefect.events.schemas.events import ResourceSpecification
+
+    try:
+        Automation.read(name=ZOMBIE_AUTOMATION)
+        return
+    except ValueError:
+        pass  # not there yet
+    Automation(
+        name=ZOMBIE_AUTOMATION,
+        description="A fleet-batch run that stopped beating (its worker or machine died) is set Crashed, so the "
+                    "fleet hands its unfinished clusters to a new batch run (hci-upgrade, flows/ghosts.py).",
+        trigger=EventTrigger(
+            after={"prefect.flow-run.heartbeat"},
+            expect={"prefect.flow-run.heartbeat", "prefect.flow-run.Completed", "prefect.flow-run.Failed",
+                    "prefect.flow-run.Cancelled", "prefect.flow-run.Crashed"},
+            match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
+            match_related=ResourceSpecification({"prefect.resource.role": "flow",
+                                                 "prefect.resource.name": "fleet-batch"}),
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=missed_beats * HEARTBEAT_SECONDS),
+        ),
+        actions=[ChangeFlowRunState(state=StateType.CRASHED,
+                                    message=f"no heartbeat for {missed_beats * HEARTBEAT_SECONDS} s: its process died "
+                                            "(hci-upgrade's zombie detection)")],
+    ).create()

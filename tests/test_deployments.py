@@ -46,7 +46,7 @@ def test_the_deployment_file_deploys_and_each_deployment_runs_through_a_process_
     assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
     names = {d["name"] for d in httpx.post(f"{api}/deployments/filter", json={}, timeout=10).json()}
     assert names == {"rolling-upgrade-hci-demo", "full-upgrade-hci-demo", "finish-hci-demo", "readiness-fleet", "fleet",
-                     "rolling-upgrade-fleet"}
+                     "fleet-batch", "rolling-upgrade-fleet"}
 
     # set up for the second hop (CredSSP), so the full upgrade's Test-Cluster reaches every node
     scenario = make_scenario(nodes=2, vms_per_node=1, time_factor=5000, knobs={"second_hop": "allowed"})
