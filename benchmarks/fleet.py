@@ -6,7 +6,11 @@ memory and CPU, and per node upgraded the CPU seconds of ours (orchestrator and 
 the memory it adds; its last line is one JSON object (clusters, wall_s, slowest_cluster_s, ratio, peak_rss_mb,
 cpu_s_per_node, rss_mb_per_cluster, ...).
 
-    python benchmarks/fleet.py [--clusters 200] [--time-factor 200] [--per-serve 50]
+With `--clusters-per-run B` the fleet runs as on a server for a large fleet: the deployment file deployed, W
+process workers (`--workers`), and the fleet's clusters in batch runs of B clusters each, taken by the workers
+(flows/batches.py); "orchestrator" is then the fleet's process and the workers with every batch run they started.
+
+    python benchmarks/fleet.py [--clusters 200] [--time-factor 200] [--per-serve 50] [--clusters-per-run 50]
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
+import psutil
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from hciupgrade.sim.harness import PASSWORD_ENV  # noqa: E402
 from hciupgrade.sim.scenario import Durations, make_scenario  # noqa: E402
-from tests.services import create_database, postgres, prefect_server, stop  # noqa: E402
+from tests.services import PREFECT, create_database, postgres, prefect_server, stop  # noqa: E402
 
 CLI = [sys.executable, "-c", "from cli.app import app; app()"]
 
@@ -50,19 +56,40 @@ def group_usage(pgid: int) -> tuple[float, float]:
     return rss, cpu
 
 
-class Sampler:
-    """Peak resident memory of a process group, sampled every 0.5 s."""
+def tree_usage(pids: list[int]) -> tuple[float, float]:
+    """(resident MB now, CPU seconds so far) of processes and all their descendants, the ones that ended
+    included (a reaped child's CPU is in its parent's children times)."""
+    rss = cpu = 0.0
+    for pid in pids:
+        try:
+            root = psutil.Process(pid)
+            tree = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
+        for p in tree:
+            try:
+                times, memory = p.cpu_times(), p.memory_info()
+            except psutil.NoSuchProcess:
+                continue
+            cpu += times.user + times.system + times.children_user + times.children_system
+            rss += memory.rss / 1e6
+    return rss, cpu
 
-    def __init__(self, pgid: int) -> None:
-        self.pgid, self.peak, self.cpu = pgid, 0.0, 0.0
-        self.cpu_before = group_usage(pgid)[1]  # CPU is counted from here on
+
+class Sampler:
+    """Peak resident memory and CPU of a process group (or of process trees, `trees`), sampled every 0.5 s."""
+
+    def __init__(self, pgid: int, trees: list[int] | None = None) -> None:
+        self.usage = (lambda: tree_usage(trees)) if trees else (lambda: group_usage(pgid))
+        self.peak, self.cpu = 0.0, 0.0
+        self.cpu_before = self.usage()[1]  # CPU is counted from here on
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         while not self._stop.wait(0.5):
-            rss, cpu = group_usage(self.pgid)
+            rss, cpu = self.usage()
             self.peak, self.cpu = max(self.peak, rss), max(self.cpu, cpu - self.cpu_before)
 
     def stop(self) -> None:
@@ -94,7 +121,8 @@ def serve(clusters: int, per_serve: int, time_factor: float, folder: Path, env: 
     return processes, clusters_data
 
 
-def run_fleet(folder: Path, clusters: list[dict], env: dict, label: str) -> tuple[float, float, float, dict]:
+def run_fleet(folder: Path, clusters: list[dict], env: dict, label: str, batch: int = 0, workers: list[int] = ()
+              ) -> tuple[float, float, float, dict]:
     inventory = folder / f"fleet-{label}.yaml"
     inventory.write_text(yaml.safe_dump({"clusters": clusters, "waves": {
         "canary": {"ring": "none"}, "batch": len(clusters), "max_parallel": len(clusters),
@@ -102,10 +130,11 @@ def run_fleet(folder: Path, clusters: list[dict], env: dict, label: str) -> tupl
     options = folder / "options.yaml"
     options.write_text(yaml.safe_dump({"poll_seconds": 30, "retry_delay_seconds": 0.2}))
     t0 = time.perf_counter()
-    process = subprocess.Popen([*CLI, "fleet", "--inventory", str(inventory), "--options", str(options), "--json"],
-                               env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    batches = ["--batch-deployment", "fleet-batch/fleet-batch", "--clusters-per-run", str(batch)] if batch else []
+    process = subprocess.Popen([*CLI, "fleet", "--inventory", str(inventory), "--options", str(options), "--json",
+                                *batches], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                                start_new_session=True)
-    sampler = Sampler(process.pid)
+    sampler = Sampler(process.pid, [process.pid, *workers] if batch else None)
     out, _ = process.communicate()
     wall = time.perf_counter() - t0
     sampler.stop()
@@ -119,6 +148,9 @@ def main() -> None:
     parser.add_argument("--time-factor", type=float, default=200,
                         help="cluster seconds per wall second (a 4-node cluster is about 10 cluster hours)")
     parser.add_argument("--per-serve", type=int, default=50, help="clusters per sim serve process")
+    parser.add_argument("--clusters-per-run", type=int, default=0,
+                        help="batch runs of this many clusters on process workers (0: the fleet's own process)")
+    parser.add_argument("--workers", type=int, default=2, help="process workers for the batch runs")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, _interrupt)  # a stopped benchmark still stops its servers and simulators
     with tempfile.TemporaryDirectory() as tmp, postgres() as pg:
@@ -130,17 +162,20 @@ def main() -> None:
             server_pgid = os.getpgid(int(next(p for p in Path("/proc").glob("[0-9]*")
                                               if "prefect" in _cmdline(p) and "server" in _cmdline(p)).name))
             serves, clusters = serve(args.clusters, args.per_serve, args.time_factor, folder, env)
+            workers = start_workers(args.workers, folder, env) if args.clusters_per_run else []
             try:
+                batch, pids = args.clusters_per_run, [w.pid for w in workers]
                 server = Sampler(server_pgid)
-                alone, alone_rss, alone_cpu, _ = run_fleet(folder, clusters[:1], env, "alone")
+                alone, alone_rss, alone_cpu, _ = run_fleet(folder, clusters[:1], env, "alone", batch, pids)
                 server.stop()
                 alone_server_cpu = server.cpu
                 server = Sampler(server_pgid)  # the fleet's share of the server, apart from the run alone
-                wall, rss, cpu, summary = run_fleet(folder, clusters, env, "all")
+                wall, rss, cpu, summary = run_fleet(folder, clusters, env, "all", batch, pids)
                 server.stop()
-                sim_rss = sum(group_usage(p.pid)[0] for p in serves)
+                usages = [group_usage(p.pid) for p in serves]
+                sim_rss, sim_cpu = sum(u[0] for u in usages), sum(u[1] for u in usages)
             finally:
-                for p in serves:
+                for p in [*serves, *workers]:
                     stop(p)
     states = [c["state"] for c in summary.get("clusters", [])]
     upgraded = states.count("upgraded")
@@ -150,7 +185,7 @@ def main() -> None:
     print(f"orchestrator (hci-upgrade fleet): peak RSS {rss:.0f} MB, CPU {cpu:.0f} s "
           f"({cpu / wall:.2f} cores on average)")
     print(f"Prefect server (uvicorn, PostgreSQL apart): peak RSS {server.peak:.0f} MB, CPU {server.cpu:.0f} s; "
-          f"simulators: {sim_rss:.0f} MB")
+          f"simulators (both runs): {sim_rss:.0f} MB, CPU {sim_cpu:.0f} s")
     print(f"machine: {os.cpu_count()} cores; children of this script: "
           f"{resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024:.0f} MB max RSS")
     nodes = 4 * args.clusters
@@ -163,7 +198,32 @@ def main() -> None:
                       "ratio": round(ratio, 2), "peak_rss_mb": round(rss), "upgraded": upgraded,
                       "cpu_s_per_node": round(cpu_per_node, 3), "rss_mb_per_cluster": round(rss_per_cluster, 1),
                       "orchestrator_cpu_s": round(cpu), "server_peak_rss_mb": round(server.peak),
-                      "server_cpu_s": round(server.cpu), "time_factor": args.time_factor}))
+                      "server_cpu_s": round(server.cpu), "simulators_cpu_s": round(sim_cpu),
+                      "simulators_rss_mb": round(sim_rss), "time_factor": args.time_factor,
+                      "clusters_per_run": args.clusters_per_run, "workers": len(workers)}))
+
+
+def start_workers(count: int, folder: Path, env: dict) -> list[subprocess.Popen]:
+    """The deployment file deployed and `count` process workers on its pool, ONLINE before the first run."""
+    run = {"env": {**env, "HCI_UPGRADE_CHECKOUT": str(ROOT)}, "capture_output": True, "timeout": 300}
+    subprocess.run([*PREFECT, "work-pool", "create", "hci-upgrade-process", "--type", "process"], check=True, **run)
+    subprocess.run([*PREFECT, "--no-prompt", "deploy", "--prefect-file", "deployments/prefect.yaml", "--all"],
+                   cwd=ROOT, check=True, **run)
+    workers = []
+    for i in range(count):
+        home = folder / f"worker-{i + 1}"
+        home.mkdir()
+        workers.append(subprocess.Popen([*PREFECT, "worker", "start", "--pool", "hci-upgrade-process", "--name",
+                                         home.name], env={**run["env"], "HCI_UPGRADE_HOME": str(home)}, cwd=home,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+    api = env["PREFECT_API_URL"]
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        seen = httpx.post(f"{api}/work_pools/hci-upgrade-process/workers/filter", json={}, timeout=10).json()
+        if sum(w.get("status") == "ONLINE" for w in seen) >= count:
+            return workers
+        time.sleep(1)
+    raise RuntimeError("the workers did not come online")
 
 
 def _interrupt(*_: object) -> None:
