@@ -132,13 +132,15 @@ def run_fleet(folder: Path, clusters: list[dict], env: dict, label: str, batch: 
     t0 = time.perf_counter()
     batches = ["--batch-deployment", "fleet-batch/fleet-batch", "--clusters-per-run", str(batch)] if batch else []
     process = subprocess.Popen([*CLI, "fleet", "--inventory", str(inventory), "--options", str(options), "--json",
-                                *batches], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                *batches], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                start_new_session=True)
     sampler = Sampler(process.pid, [process.pid, *workers] if batch else None)
-    out, _ = process.communicate()
+    out, err = process.communicate()
     wall = time.perf_counter() - t0
     sampler.stop()
     summary = json.loads(out[out.index("{"):]) if "{" in out else {}
+    if not summary:
+        print(f"{label}: the fleet printed no result (exit {process.returncode}):\n{err[-3000:]}", file=sys.stderr)
     return wall, sampler.peak, sampler.cpu, summary
 
 
@@ -179,6 +181,11 @@ def main() -> None:
                     stop(p)
     states = [c["state"] for c in summary.get("clusters", [])]
     upgraded = states.count("upgraded")
+    for c in summary.get("clusters", []):
+        if c["state"] != "upgraded":
+            print(f"not upgraded: {c['cluster']} {c['state']}: {c['reason']} ({states.count(c['state'])} "
+                  f"{c['state']})")
+            break
     ratio = wall / alone
     print(f"one cluster alone: {alone:.1f} s ({alone_rss:.0f} MB peak, {alone_cpu:.0f} CPU s)")
     print(f"{args.clusters} clusters at once: {wall:.1f} s, {upgraded} upgraded; ratio {ratio:.2f}")

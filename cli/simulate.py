@@ -237,15 +237,17 @@ def sim_serve(
             harness.sim.on_event(writer(harness.sim.name))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    shared = len(harnesses) > 2  # one driver for many clusters: a thread each would wake 50 times a tick
     for harness in harnesses:
-        harness.start()
+        harness.start(drive=not shared)
     try:
         Inventory(clusters=[c for h in harnesses for c in h.inventory().clusters]).write(inventory_out)
         err.print(f"Simulated clusters {', '.join(h.sim.name for h in harnesses[:5])}"
                   f"{'...' if len(harnesses) > 5 else ''}: {sum(len(h.endpoints) for h in harnesses)} nodes on "
                   f"127.0.0.1; inventory: {inventory_out}")
-        while not stop.wait(0.2):
-            pass
+        while not stop.wait(tick if shared else 0.2):
+            for harness in harnesses if shared else ():
+                harness.step()
     except KeyboardInterrupt:
         pass
     finally:

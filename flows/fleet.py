@@ -29,6 +29,7 @@ from flows.rolling_upgrade import WINDOW_ENDED, rolling_upgrade
 from flows.runtime import embedded
 from hciupgrade.fleet import NodeEstimate, Wave, WindowFit, fleet_plan, until_open, window_fit
 from hciupgrade.models import Inventory, RunOptions, load_inventory
+from tasks.node_steps import prefect_api_failure
 
 FLEET_LIMIT = "hci-upgrade-fleet"
 ADOPTIONS = 2  # new batch runs for a batch's unfinished clusters, after its run died: at most this many
@@ -97,8 +98,8 @@ def _run_child(inventory_path: str, name: str, options: RunOptions, deployment: 
         run = run_deployment(deployment, parameters={
             "inventory": inventory_path, "cluster": name,
             "options": options.model_dump(mode="json", by_alias=True, exclude_none=True)},
-            timeout=None, as_subflow=True, tags=[f"cluster:{name.lower()}", "fleet"])
-        return run.state, run.id
+            timeout=0, as_subflow=True, tags=[f"cluster:{name.lower()}", "fleet"])
+        return wait_for_run(run.id).state, run.id
     state = rolling_upgrade(inventory=inventory_path, cluster=name, options=options, return_state=True)
     return state, state.state_details.flow_run_id
 
@@ -212,7 +213,8 @@ def run_batch(inventory_path: str, names: list[str], estimates: dict[str, NodeEs
             "inventory": inventory_path, "clusters": left, "max_windows": max_windows,
             "options": options.model_dump(mode="json", by_alias=True, exclude_none=True),
             "estimates": {n: asdict(estimates[n]) for n in left}},
-            timeout=None, as_subflow=True, tags=["fleet", "fleet-batch"])
+            timeout=0, as_subflow=True, tags=["fleet", "fleet-batch"])
+        run = wait_for_run(run.id)
         runs.append(f"{run.name} ({run.state.name if run.state else 'unknown'})")
         results.update(batch_results(run.id, left))
         left = [n for n in left if n not in results]
@@ -227,15 +229,47 @@ def run_batch(inventory_path: str, names: list[str], estimates: dict[str, NodeEs
     return results
 
 
+def wait_for_run(flow_run_id: Any, poll_seconds: float = 10) -> Any:
+    """The flow run once it ended. A batch runs for hours, and a server that answers late or not at all for a
+    while (it restarts, it is busy with a large fleet) must not end the fleet's wait: such a failure is logged and
+    the next poll tries again."""
+    logger = get_run_logger()
+    while True:
+        try:
+            with get_client(sync_client=True) as client:
+                run = client.read_flow_run(flow_run_id)
+            if run.state is not None and run.state.is_final():
+                return run
+        except Exception as e:  # noqa: BLE001 - only the API's own failures are waited out
+            if not prefect_api_failure(e):
+                raise
+            logger.warning("waiting for flow run %s: Prefect's API failed (%s); asking again in %.0f s",
+                           flow_run_id, e, poll_seconds)
+        time.sleep(poll_seconds)
+
+
 def batch_results(batch_run_id: Any, names: list[str]) -> dict[str, dict[str, Any]]:
     """Each cluster's result from the batch run's children (the clusters' runs, one per window): the last one
     decides. A cluster whose last run did not end (its process died with the batch) has no result yet."""
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
     from prefect.client.schemas.sorting import FlowRunSort
 
-    with get_client(sync_client=True) as client:
-        children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
-            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[batch_run_id])), sort=FlowRunSort.START_TIME_ASC)
+    children: list[Any] = []
+    for attempt in range(10):
+        try:
+            with get_client(sync_client=True) as client:
+                while True:  # a page at a time: a batch of hundreds of clusters has more children than a page
+                    page = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                        parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[batch_run_id])),
+                        sort=FlowRunSort.START_TIME_ASC, limit=200, offset=len(children))
+                    children += page
+                    if len(page) < 200:
+                        break
+            break
+        except Exception as e:  # noqa: BLE001 - the API's own failures are waited out a while
+            if not prefect_api_failure(e) or attempt == 9:
+                raise
+            time.sleep(10)
     runs: dict[str, list[Any]] = {}
     for child in children:
         runs.setdefault(str(child.parameters.get("cluster")), []).append(child)

@@ -66,13 +66,17 @@ class SimHarness:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def start(self) -> None:
+    def start(self, *, drive: bool = True) -> None:
+        """`drive`: a thread of its own moves this cluster's time; without it, the caller calls `step` (one
+        thread for many clusters: `sim serve` with dozens of clusters would otherwise wake a thread per cluster
+        every tick, most of its CPU while idle)."""
         for name, endpoint in self.endpoints.items():
             endpoint.start()  # bind every port once, so a node keeps its port across reboots
             if not self.sim.reachable(name):
                 endpoint.stop()
-        self._driver = threading.Thread(target=self._drive, name="sim-driver", daemon=True)
-        self._driver.start()
+        if drive:
+            self._driver = threading.Thread(target=self._drive, name="sim-driver", daemon=True)
+            self._driver.start()
 
     def stop(self) -> None:
         self._stop.set()
@@ -84,20 +88,24 @@ class SimHarness:
 
     def _drive(self) -> None:
         while not self._stop.wait(self._tick):
-            self.sim.advance()
-            for name, endpoint in self.endpoints.items():
-                want = self.sim.reachable(name)
-                if want and not endpoint.running:
-                    try:
-                        endpoint.start()
-                    except OSError:
-                        continue  # the port is still busy: WinRM comes up a tick later
-                    with self.sim.lock:
-                        self.sim._log("endpoint", name, status="open")
-                elif not want and endpoint.running:
-                    endpoint.stop()
-                    with self.sim.lock:
-                        self.sim._log("endpoint", name, status="closed")
+            self.step()
+
+    def step(self) -> None:
+        """One tick: fire the due timers, and open or close each node's endpoint as the node is up or down."""
+        self.sim.advance()
+        for name, endpoint in self.endpoints.items():
+            want = self.sim.reachable(name)
+            if want and not endpoint.running:
+                try:
+                    endpoint.start()
+                except OSError:
+                    continue  # the port is still busy: WinRM comes up a tick later
+                with self.sim.lock:
+                    self.sim._log("endpoint", name, status="open")
+            elif not want and endpoint.running:
+                endpoint.stop()
+                with self.sim.lock:
+                    self.sim._log("endpoint", name, status="closed")
 
     def client_transport(self) -> Transport:
         """How a client reaches these endpoints: what the inventory says."""
