@@ -110,7 +110,7 @@ def post_upgrade(inventory: str, cluster: str | None = None, options: RunOptions
         with cluster_lock(target.name, lease_seconds=options.lock_lease_seconds) as held:
             client.own(recorder.run_id, partial(recorder.store.next_fence, target.name), held)
             approve = ask_in_the_ui(options.approval_timeout_minutes) if wait_for_approval else given
-            steps = TaskChain(recorder.run_id, target.name, target.time_factor, tagged=not embedded())
+            steps = TaskChain(recorder.run_id, target.name, target.time_factor)
             outcome = PostUpgrade(client, options, recorder, approve, restart, steps.phase).run()
     finally:
         client.close()

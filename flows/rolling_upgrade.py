@@ -26,7 +26,7 @@ from pydantic.json_schema import SkipJsonSchema
 from flows.ghosts import bury_ghosts
 from flows.heap import freeze_startup_heap
 from flows.locking import cluster_lock
-from flows.runtime import announce_stalls, connect, embedded, narrate_to_run_log, run_name, tag_this_run, ui_only
+from flows.runtime import announce_stalls, connect, narrate_to_run_log, run_name, tag_this_run, ui_only
 from hciupgrade.clock import ClusterClock
 from hciupgrade.cluster import ClusterClient
 from hciupgrade.models import ClusterInventory, RunOptions, RunOutcome, load_inventory
@@ -58,7 +58,7 @@ def prefect_engine(target: ClusterInventory, options: RunOptions, run_id: str | 
         lock=partial(cluster_lock, target.name, lease_seconds=options.lock_lease_seconds),
         progress=Progress(create_progress_artifact(0.0, key=key, description=f"Rolling upgrade of {target.name}")),
     )
-    chain = TaskChain(engine.recorder.run_id, target.name, target.time_factor, engine=engine, tagged=not embedded())
+    chain = TaskChain(engine.recorder.run_id, target.name, target.time_factor, engine=engine)
     engine.run_step, engine.run_phase = chain.step, chain.phase
     return engine, client
 

@@ -4,8 +4,10 @@ preflight, plan, a node's recovery) as task runs of their own. The live connecti
 `RUNS`, which the flow fills for its duration, so the tasks' inputs stay plain names.
 
 `TaskChain` runs each task run after the previous one (`wait_for` its state), so Prefect's run graph draws the
-upgrade as one chain, node after node; each task run is named after its step, node and attempt and tagged with
-both.
+upgrade as one chain, node after node; each task run is named after its step, node and attempt. Task runs carry
+no tags (the flow run carries the cluster's): Prefect asks the server for a tagged task run's tag concurrency slots
+and leaves a lease behind even when no such limit exists, an API call and a lease per step for a filter the names
+already give.
 
 Prefect's API is for the record, never on the cluster's critical path: when it fails around a task run (its server
 restarting, its database down), the step's own outcome decides (it is kept apart from Prefect's state), and a step
@@ -81,18 +83,12 @@ def phase(key: str, name: str) -> Any:
 class TaskChain:
     """The engine's step and phase runners for a flow: each a task run submitted after the previous one."""
 
-    def __init__(self, run_id: str, cluster: str, time_factor: float, *, engine: RollingUpgrade | None = None,
-                 tagged: bool = True) -> None:
+    def __init__(self, run_id: str, cluster: str, time_factor: float, *, engine: RollingUpgrade | None = None
+                 ) -> None:
         """`engine`: the rolling engine whose node steps run (`step`); without one, only `phase` (the post-OS
-        steps). `tagged`: task runs carry cluster and node tags. Each tagged task run asks the server for its
-        tags' concurrency slots (one API call): worth it on a server, where operators filter by tag; in embedded
-        mode the task runs vanish with the process and the call cost 0.1 s a task (1.2 s a node, measured)."""
-        self.run_id, self.engine, self.cluster, self.time_factor, self.tagged = \
-            run_id, engine, cluster, time_factor, tagged
+        steps)."""
+        self.run_id, self.engine, self.cluster, self.time_factor = run_id, engine, cluster, time_factor
         self.last: State | None = None
-
-    def tags(self, node: str | None) -> list[str]:
-        return [f"cluster:{self.cluster}"] + ([f"node:{node}"] if node else []) if self.tagged else []
 
     def _submit(self, runner: Any, key: str, body: Callable[[], Any], *args: Any) -> Any:
         # run in this thread (no pool hand-off); the previous task run's state in wait_for draws the edge, and
@@ -128,7 +124,7 @@ class TaskChain:
             timeout = None  # a fleet's cluster runs in a thread, where Prefect cannot interrupt a task (it warns)
         runner = node_step.with_options(
             task_run_name=f"{name}-{node}" + (f"-attempt-{attempt}" if attempt > 1 else ""),
-            tags=self.tags(node), timeout_seconds=timeout,
+            timeout_seconds=timeout,
             retries=options.task_retries, retry_delay_seconds=options.retry_delay_seconds)
         run_id, engine = self.run_id, self.engine
         return self._submit(runner, f"{run_id}/{name}/{node}", lambda: perform(engine, name, node), run_id,
@@ -138,7 +134,6 @@ class TaskChain:
         key = f"{self.run_id}/{name}"
         PHASES[key] = what
         try:
-            node = name.removeprefix("recover-") if name.startswith("recover-") else None
-            return self._submit(phase.with_options(tags=self.tags(node)), key, what, key, name)
+            return self._submit(phase, key, what, key, name)
         finally:
             PHASES.pop(key, None)
