@@ -157,12 +157,16 @@ class ClusterLease:
         self._thread.start()
 
     def _renew(self) -> None:
-        with get_client(sync_client=True) as client:
-            while not self._stop.wait(self.seconds / 4):
-                asked = _clocks()
+        # A renewal that fails or hangs is tried again within seconds, not a quarter of the lease later: a server
+        # busy for a minute (a large fleet under an accelerated clock, measured) must not cost a run its lease.
+        every, again = self.seconds / 4, min(5.0, self.seconds / 4)
+        with get_client(sync_client=True, httpx_settings={"timeout": max(5.0, self.seconds / 8)}) as client:
+            pause = every
+            while not self._stop.wait(pause):
+                asked, pause = _clocks(), again
                 try:
                     client.renew_concurrency_lease(lease_id=self.lease_id, lease_duration=self.seconds)
-                    self._confirmed = asked
+                    self._confirmed, pause = asked, every
                 except httpx.HTTPStatusError as e:
                     if e.response.status_code in (404, 410):
                         self.lost = (f"the Prefect server no longer knows the cluster lock's lease {self.lease_id} "
