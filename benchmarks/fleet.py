@@ -114,7 +114,9 @@ def serve(clusters: int, per_serve: int, time_factor: float, folder: Path, env: 
         inventories.append(out)
     deadline = time.monotonic() + 300
     while not all(p.exists() for p in inventories):
-        if time.monotonic() > deadline:
+        if time.monotonic() > deadline or any(p.poll() is not None for p in processes):
+            for process in processes:
+                stop(process)
             raise RuntimeError("sim serve did not start")
         time.sleep(0.2)
     clusters_data = [c for p in inventories for c in yaml.safe_load(p.read_text())["clusters"]]

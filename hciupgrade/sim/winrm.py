@@ -129,9 +129,7 @@ class FakeWinRM:
         connection can hold it while the node reboots; a later start reuses it (OSError if it is still busy)."""
         if self._server is not None:
             return
-        if not self.port:
-            self.port = _free_port(self.host)
-        server = _Server((self.host, self.port), _Handler)
+        server = _Server((self.host, self.port), _Handler) if self.port else _bind_free_port(self.host)
         server.endpoint = self
         if self.tls is not None:
             server.socket = self.tls.wrap_socket(server.socket, server_side=True)
@@ -341,18 +339,16 @@ class FakeWinRM:
         return ET.Element(f"{{{NS['rsp']}}}SignalResponse")
 
 
-def _free_port(host: str) -> int:
-    low, high = 20000, 32000  # below Linux's default ephemeral range (32768-60999)
+def _bind_free_port(host: str) -> _Server:
+    """A listener on a free port below Linux's default ephemeral range (32768-60999), bound at the first try that
+    succeeds: probing a port and binding it later lets another simulator process take it in between (four `sim
+    serve` processes starting 800 endpoints at once collided)."""
     for _ in range(200):
-        port = random.randint(low, high)
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind((host, port))
-                return port
-            except OSError:
-                continue
-    return 0
+        try:
+            return _Server((host, random.randint(20000, 32000)), _Handler)
+        except OSError:
+            continue
+    return _Server((host, 0), _Handler)
 
 
 def _seconds(duration: str) -> float:
