@@ -123,14 +123,15 @@ def serve(clusters: int, per_serve: int, time_factor: float, folder: Path, env: 
     return processes, clusters_data
 
 
-def run_fleet(folder: Path, clusters: list[dict], env: dict, label: str, batch: int = 0, workers: list[int] = ()
-              ) -> tuple[float, float, float, dict]:
+def run_fleet(folder: Path, clusters: list[dict], env: dict, label: str, batch: int = 0, workers: list[int] = (),
+              lease: float | None = None) -> tuple[float, float, float, dict]:
     inventory = folder / f"fleet-{label}.yaml"
     inventory.write_text(yaml.safe_dump({"clusters": clusters, "waves": {
         "canary": {"ring": "none"}, "batch": len(clusters), "max_parallel": len(clusters),
         "max_failure_rate": 1.0}}))
     options = folder / "options.yaml"
-    options.write_text(yaml.safe_dump({"poll_seconds": 30, "retry_delay_seconds": 0.2}))
+    options.write_text(yaml.safe_dump({"poll_seconds": 30, "retry_delay_seconds": 0.2,
+                                       **({"lock_lease_seconds": lease} if lease else {})}))
     t0 = time.perf_counter()
     batches = ["--batch-deployment", "fleet-batch/fleet-batch", "--clusters-per-run", str(batch)] if batch else []
     process = subprocess.Popen([*CLI, "fleet", "--inventory", str(inventory), "--options", str(options), "--json",
@@ -155,6 +156,9 @@ def main() -> None:
     parser.add_argument("--clusters-per-run", type=int, default=0,
                         help="batch runs of this many clusters on process workers (0: the fleet's own process)")
     parser.add_argument("--workers", type=int, default=2, help="process workers for the batch runs")
+    parser.add_argument("--lock-lease-seconds", type=float,
+                        help="the runs' lock_lease_seconds (default 120): every lease is renewed four times a lease, "
+                             "and the server's file lease storage rewrites an index of all leases at each renewal")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, _interrupt)  # a stopped benchmark still stops its servers and simulators
     with tempfile.TemporaryDirectory() as tmp, postgres() as pg:
@@ -170,11 +174,13 @@ def main() -> None:
             try:
                 batch, pids = args.clusters_per_run, [w.pid for w in workers]
                 server = Sampler(server_pgid)
-                alone, alone_rss, alone_cpu, _ = run_fleet(folder, clusters[:1], env, "alone", batch, pids)
+                alone, alone_rss, alone_cpu, _ = run_fleet(folder, clusters[:1], env, "alone", batch, pids,
+                                                           args.lock_lease_seconds)
                 server.stop()
                 alone_server_cpu = server.cpu
                 server = Sampler(server_pgid)  # the fleet's share of the server, apart from the run alone
-                wall, rss, cpu, summary = run_fleet(folder, clusters, env, "all", batch, pids)
+                wall, rss, cpu, summary = run_fleet(folder, clusters, env, "all", batch, pids,
+                                                    args.lock_lease_seconds)
                 server.stop()
                 usages = [group_usage(p.pid) for p in serves]
                 sim_rss, sim_cpu = sum(u[0] for u in usages), sum(u[1] for u in usages)
@@ -209,7 +215,8 @@ def main() -> None:
                       "orchestrator_cpu_s": round(cpu), "server_peak_rss_mb": round(server.peak),
                       "server_cpu_s": round(server.cpu), "simulators_cpu_s": round(sim_cpu),
                       "simulators_rss_mb": round(sim_rss), "time_factor": args.time_factor,
-                      "clusters_per_run": args.clusters_per_run, "workers": len(workers)}))
+                      "clusters_per_run": args.clusters_per_run, "workers": len(workers),
+                      "lock_lease_seconds": args.lock_lease_seconds or 120}))
 
 
 def start_workers(count: int, folder: Path, env: dict) -> list[subprocess.Popen]:

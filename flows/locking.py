@@ -159,11 +159,12 @@ class ClusterLease:
     def _renew(self) -> None:
         # A renewal that fails or hangs is tried again within seconds, not a quarter of the lease later: a server
         # busy for a minute (a large fleet under an accelerated clock, measured) must not cost a run its lease.
-        every, again = self.seconds / 4, min(5.0, self.seconds / 4)
+        # The pause doubles from 5 s while it keeps failing, so that hundreds of leases do not bury a slow server.
+        every = self.seconds / 4
         with get_client(sync_client=True, httpx_settings={"timeout": max(5.0, self.seconds / 8)}) as client:
             pause = every
             while not self._stop.wait(pause):
-                asked, pause = _clocks(), again
+                asked, pause = _clocks(), min(every, 5.0 if pause == every else pause * 2)
                 try:
                     client.renew_concurrency_lease(lease_id=self.lease_id, lease_duration=self.seconds)
                     self._confirmed, pause = asked, every
