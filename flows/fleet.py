@@ -200,9 +200,10 @@ def run_clusters(inventory_path: str, fleet: Inventory, names: list[str], estima
 
 def run_batch(inventory_path: str, names: list[str], estimates: dict[str, NodeEstimate], options: RunOptions,
               deployment: str, max_windows: int) -> dict[str, dict[str, Any]]:
-    """A batch of clusters as one run of the batch deployment, taken by any worker. When that run ends without a
-    result for some of its clusters (its worker died: Crashed), a new batch run adopts them, at most ADOPTIONS
-    times; each cluster's result is read from the batch run's children (its clusters' runs) in Prefect."""
+    """A batch of clusters as one run of the batch deployment, taken by any worker. When that run dies (Crashed:
+    its worker or machine died) without a result for some of its clusters, a new batch run adopts them, at most
+    ADOPTIONS times; never after a batch an operator cancelled. Each cluster's result is read from the batch run's
+    children (its clusters' runs) in Prefect."""
     from prefect.deployments import run_deployment
 
     logger = get_run_logger()
@@ -220,8 +221,8 @@ def run_batch(inventory_path: str, names: list[str], estimates: dict[str, NodeEs
         left = [n for n in left if n not in results]
         if not left:
             break
-        if run.state is not None and run.state.is_completed():
-            break  # it ended well without running them: a new run would do the same
+        if run.state is None or not run.state.is_crashed():
+            break  # adopted only from a batch that died: one that failed or was cancelled would be again
         logger.warning("batch run %s ended %s with %d of its clusters unfinished (%s): a new batch run adopts them",
                        run.name, run.state.name if run.state else "in an unknown state", len(left), ", ".join(left))
     for name in left:
